@@ -1,0 +1,336 @@
+//! `flowlog-agent run`: load, attach, and every interval drain, build records and hand them to
+//! the sinks; on SIGINT or SIGTERM detach, drain what is left, flush and stop.
+
+use std::{
+    collections::BTreeMap,
+    io,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use flowlog_common::{flow::PacketCount, maps::flow_maps_memory_bytes, stats::Stat};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    collector::IntervalBuilder,
+    config::RunConfig,
+    datapath::{Datapath, DatapathConfig, DatapathError, Hook, HookChoice, KernelLogger, TcMode},
+    interfaces::{self, Interface},
+    privileges::{self, MissingCapability},
+    record::IntervalRecords,
+    sink::{self, LineRenderer, LogStreamSink, SinkHandle, SinkReport, SinkSpec, StdoutSink},
+    sys,
+};
+
+/// The traffic type of the flow log (the policy issue adds ACCEPT- and REJECT-only logs).
+const TRAFFIC_TYPE: &str = "all";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Privileges(#[from] MissingCapability),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error("no such interface: {}", .0.join(", "))]
+    NoSuchInterface(Vec<String>),
+    #[error("listing interfaces: {0}")]
+    ListInterfaces(io::Error),
+    #[error("sink {sink}: {error}")]
+    Sink { sink: String, error: io::Error },
+    #[error("installing signal handlers: {0}")]
+    Signals(io::Error),
+}
+
+/// What a run did, for the last log line and for tests.
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    pub intervals: u64,
+    pub records: u64,
+    pub sinks: Vec<(String, SinkReport)>,
+}
+
+pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
+    privileges::check()?;
+    let mut datapath = Datapath::load(DatapathConfig {
+        max_flows: config.max_flows,
+    })?;
+    tracing::info!(
+        max_flows = config.max_flows,
+        kernel_memory_mib_max = flow_maps_memory_bytes(config.max_flows) >> 20,
+        "datapath loaded"
+    );
+    if let Some(logger) = datapath.take_logger() {
+        spawn_kernel_log_reader(logger);
+    }
+    let interfaces = select_interfaces(&config)?;
+    let mut sinks = start_sinks(&config)?;
+    let mut signals = Signals::install().map_err(AgentError::Signals)?;
+
+    let mut builder = IntervalBuilder::new(SystemTime::now());
+    attach_all(&mut datapath, &mut builder, &interfaces, config.hook)?;
+
+    let mut summary = RunSummary::default();
+    let mut stats = StatsDelta::default();
+    loop {
+        let wait = until_next_boundary(SystemTime::now(), config.interval);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            signal = signals.next() => {
+                tracing::info!(signal, "stopping: final drain");
+                break;
+            }
+        }
+        let started = std::time::Instant::now();
+        let drained = tokio::task::block_in_place(|| datapath.drain_interval())?;
+        let entries = drained.entries;
+        let interval = Arc::new(builder.build(drained));
+        log_interval(
+            &interval,
+            entries,
+            started.elapsed(),
+            stats.update(&datapath),
+        );
+        dispatch(&mut sinks, &interval, &mut summary);
+    }
+
+    // Nothing counts any more once the programs are detached, so both epochs can be drained
+    // completely: everything counted before the signal reaches the sinks.
+    datapath.detach_all()?;
+    let drained = tokio::task::block_in_place(|| datapath.drain_all_after_detach())?;
+    let entries = drained.entries;
+    let interval = Arc::new(builder.build(drained));
+    log_interval(&interval, entries, Duration::ZERO, stats.update(&datapath));
+    dispatch(&mut sinks, &interval, &mut summary);
+    drop(datapath);
+
+    for handle in sinks {
+        let name = handle.name().to_owned();
+        let report = handle.finish().await;
+        tracing::info!(
+            sink = %name,
+            records = report.records_written,
+            lost = report.records_lost,
+            retries = report.retries,
+            "sink finished"
+        );
+        summary.sinks.push((name, report));
+    }
+    Ok(summary)
+}
+
+fn select_interfaces(config: &RunConfig) -> Result<Vec<Interface>, AgentError> {
+    let available = interfaces::list().map_err(AgentError::ListInterfaces)?;
+    let selection = config.interfaces.select(&available);
+    if !selection.missing.is_empty() {
+        return Err(AgentError::NoSuchInterface(selection.missing));
+    }
+    for glob in &selection.unmatched_globs {
+        tracing::warn!(glob = %glob, "--interface glob matches no interface");
+    }
+    if selection.matched.is_empty() {
+        tracing::warn!("no interface selected: every interval will be empty");
+    }
+    Ok(selection.matched)
+}
+
+fn start_sinks(config: &RunConfig) -> Result<Vec<SinkHandle>, AgentError> {
+    let renderer = LineRenderer {
+        format: Arc::clone(&config.format),
+        metadata: Arc::clone(&config.metadata),
+    };
+    let mut handles = Vec::new();
+    for spec in &config.sinks {
+        let handle = match spec {
+            SinkSpec::Stdout => sink::spawn(StdoutSink::new(renderer.clone())),
+            SinkSpec::LogStreams(directory) => {
+                let sink = LogStreamSink::new(directory.clone(), TRAFFIC_TYPE, renderer.clone())
+                    .map_err(|error| AgentError::Sink {
+                        sink: spec.to_string(),
+                        error,
+                    })?;
+                sink::spawn(sink)
+            }
+        };
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
+fn attach_all(
+    datapath: &mut Datapath,
+    builder: &mut IntervalBuilder,
+    interfaces: &[Interface],
+    choice: HookChoice,
+) -> Result<(), AgentError> {
+    let tc_mode = TcMode::for_running_kernel();
+    if tc_mode == TcMode::Clsact {
+        tracing::warn!("this kernel has no TCX (Linux 6.6+): attaching TC programs with clsact");
+    }
+    for interface in interfaces {
+        let hook = attach_one(datapath, interface, choice, tc_mode)?;
+        builder.interface_attached(interface.ifindex, &interface.name);
+        tracing::info!(interface = %interface.name, ifindex = interface.ifindex, %hook, %tc_mode, "attached");
+    }
+    Ok(())
+}
+
+/// Attaches with the hook the operator chose; `auto` tries native XDP where it pays and falls
+/// back to TC if the driver refuses.
+fn attach_one(
+    datapath: &mut Datapath,
+    interface: &Interface,
+    choice: HookChoice,
+    tc_mode: TcMode,
+) -> Result<Hook, DatapathError> {
+    let hook = match choice {
+        HookChoice::Tc => Hook::Tc,
+        HookChoice::Xdp => Hook::Xdp,
+        HookChoice::Auto if interfaces::prefers_native_xdp(interface) => Hook::Xdp,
+        HookChoice::Auto => Hook::Tc,
+    };
+    let attached = datapath.attach(&interface.name, interface.ifindex, hook, tc_mode);
+    match attached {
+        Ok(_) => Ok(hook),
+        Err(error) if choice == HookChoice::Auto && hook == Hook::Xdp => {
+            tracing::info!(interface = %interface.name, %error, "native XDP unavailable; using TC");
+            datapath.attach(&interface.name, interface.ifindex, Hook::Tc, tc_mode)?;
+            Ok(Hook::Tc)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+fn dispatch(sinks: &mut [SinkHandle], interval: &Arc<IntervalRecords>, summary: &mut RunSummary) {
+    summary.intervals += 1;
+    summary.records += interval.records.len() as u64;
+    for sink in sinks {
+        // A full queue is logged and counted by the handle; the drain never waits for a sink.
+        let _ = sink.offer(interval);
+    }
+}
+
+/// Time until the next multiple of `interval` since the Unix epoch, so intervals line up with
+/// the wall clock (a 60 s interval ends on every minute).
+fn until_next_boundary(now: SystemTime, interval: Duration) -> Duration {
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let period = interval.as_nanos().max(1);
+    let into_period = since_epoch.as_nanos() % period;
+    Duration::from_nanos((period - into_period) as u64)
+}
+
+fn log_interval(
+    interval: &IntervalRecords,
+    entries: usize,
+    drain_time: Duration,
+    not_flows: BTreeMap<Stat, PacketCount>,
+) {
+    use crate::record::RecordKind;
+    let (mut flows, mut idle, mut skipped) = (0, 0, 0u64);
+    for record in &interval.records {
+        match &record.kind {
+            RecordKind::Flow(_) => flows += 1,
+            RecordKind::NoData => idle += 1,
+            RecordKind::SkipData { packets, .. } => skipped += packets,
+        }
+    }
+    let stat = |s: Stat| not_flows.get(&s).map_or(0, |c| c.packets);
+    tracing::info!(
+        start = interval.start,
+        end = interval.end,
+        records = interval.records.len(),
+        flows,
+        idle_interfaces = idle,
+        skipped_packets = skipped,
+        map_entries = entries,
+        non_ip_packets = stat(Stat::NonIp),
+        malformed_packets = stat(Stat::Malformed),
+        drain_ms = drain_time.as_millis() as u64,
+        "interval written"
+    );
+}
+
+/// Turns the datapath's running totals into per-interval differences.
+#[derive(Default)]
+struct StatsDelta {
+    previous: BTreeMap<Stat, PacketCount>,
+}
+
+impl StatsDelta {
+    fn update(&mut self, datapath: &Datapath) -> BTreeMap<Stat, PacketCount> {
+        let Ok(now) = datapath.stats() else {
+            return BTreeMap::new();
+        };
+        let delta = now
+            .iter()
+            .map(|(stat, count)| {
+                let before = self.previous.get(stat).copied().unwrap_or_default();
+                let diff = PacketCount {
+                    packets: count.packets.saturating_sub(before.packets),
+                    bytes: count.bytes.saturating_sub(before.bytes),
+                };
+                (*stat, diff)
+            })
+            .collect();
+        self.previous = now;
+        delta
+    }
+}
+
+/// SIGINT and SIGTERM, whichever comes first.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> io::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
+/// Forwards the kernel programs' aya-log messages to the agent's log.
+fn spawn_kernel_log_reader(logger: KernelLogger) {
+    let Ok(mut readable) = sys::poll_kernel_logger(logger) else {
+        tracing::warn!("cannot poll the eBPF log ring buffer; kernel-side messages are lost");
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = readable.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_end_on_wall_clock_multiples() {
+        let at = |s: u64, ms: u64| UNIX_EPOCH + Duration::from_secs(s) + Duration::from_millis(ms);
+        let minute = Duration::from_secs(60);
+        assert_eq!(until_next_boundary(at(120, 0), minute), minute);
+        assert_eq!(
+            until_next_boundary(at(150, 500), minute),
+            Duration::from_millis(29_500)
+        );
+        assert_eq!(
+            until_next_boundary(at(3, 250), Duration::from_secs(2)),
+            Duration::from_millis(750)
+        );
+    }
+}

@@ -1,0 +1,98 @@
+//! The command line as typed: clap parses it, `config` validates it. Every value parser names
+//! the flag and the token it refuses.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use flowlog_common::maps::DEFAULT_MAX_FLOWS;
+
+use crate::{
+    config::{parse_interval, parse_max_flows, parse_metadata_value},
+    datapath::HookChoice,
+    format::{DEFAULT_FORMAT, RecordFormat},
+    sink::SinkSpec,
+};
+
+/// VPC Flow Logs for any Linux host: counts every IP flow of the selected interfaces in the
+/// kernel and writes VPC Flow Logs records every aggregation interval.
+#[derive(Debug, Parser)]
+#[command(name = "flowlog-agent", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Count flows and write records until SIGINT or SIGTERM (the default command).
+    Run(Box<RunArgs>),
+}
+
+impl Cli {
+    /// The command to carry out: `run` with its defaults when none is given.
+    pub fn command(self) -> Command {
+        self.command
+            .unwrap_or_else(|| Command::Run(Box::new(RunArgs::parse_from(["run"]))))
+    }
+}
+
+#[derive(Debug, Clone, Parser)]
+pub struct RunArgs {
+    /// Interface name or glob to log (repeatable). Default: every non-loopback interface.
+    #[arg(short = 'i', long = "interface", value_name = "NAME|GLOB")]
+    pub interfaces: Vec<String>,
+
+    /// Aggregation interval, 1s to 600s (e.g. 10s, 1m, 600s).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_interval)]
+    pub interval: Duration,
+
+    /// Record format in the AWS syntax: `${field}` tokens separated by single spaces.
+    #[arg(long, value_name = "FORMAT", default_value = DEFAULT_FORMAT)]
+    pub format: RecordFormat,
+
+    /// Where records go (repeatable): `stdout` or `dir:PATH` (one log stream file per
+    /// interface). Default: dir:/var/log/flowlog and stdout.
+    #[arg(long = "sink", value_name = "SINK")]
+    pub sinks: Vec<SinkSpec>,
+
+    /// How to hook interfaces: TC, native XDP for ingress, or auto (XDP only where the driver
+    /// runs it natively without losing receive offloads).
+    #[arg(long, value_enum, default_value_t = HookChoice::Auto)]
+    pub hook: HookChoice,
+
+    /// Capacity of each of the two flow maps, in entries (one per flow and CPU that saw it).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_FLOWS, value_parser = parse_max_flows)]
+    pub max_flows: u32,
+
+    #[command(flatten)]
+    pub metadata: MetadataArgs,
+}
+
+/// Values for the fields the host cannot know; each renders as `-` when not given.
+#[derive(Debug, Clone, Default, Args)]
+pub struct MetadataArgs {
+    /// Value of the account-id field.
+    #[arg(long, value_name = "ID", value_parser = parse_metadata_value)]
+    pub account_id: Option<String>,
+    /// Value of the region field.
+    #[arg(long, value_name = "REGION", value_parser = parse_metadata_value)]
+    pub region: Option<String>,
+    /// Value of the vpc-id field.
+    #[arg(long, value_name = "ID", value_parser = parse_metadata_value)]
+    pub vpc_id: Option<String>,
+    /// Value of the subnet-id field.
+    #[arg(long, value_name = "ID", value_parser = parse_metadata_value)]
+    pub subnet_id: Option<String>,
+    /// Value of the instance-id field.
+    #[arg(long, value_name = "ID", value_parser = parse_metadata_value)]
+    pub instance_id: Option<String>,
+    /// Value of the az-id field.
+    #[arg(long, value_name = "ID", value_parser = parse_metadata_value)]
+    pub az_id: Option<String>,
+    /// Value of the sublocation-type field.
+    #[arg(long, value_name = "TYPE", value_parser = parse_metadata_value)]
+    pub sublocation_type: Option<String>,
+    /// Value of the sublocation-id field.
+    #[arg(long, value_name = "ID", value_parser = parse_metadata_value)]
+    pub sublocation_id: Option<String>,
+}

@@ -1,0 +1,172 @@
+//! Interval epochs: the programs count into one of two flow maps, chosen by `EPOCH`. Ending an
+//! interval switches `EPOCH`, waits one RCU grace period (after which no program can still be
+//! writing the old map) and drains the old map, which nothing touches any more. No entry is ever
+//! deleted from a map a program may be updating, so no increment can be lost.
+
+use std::{collections::BTreeMap, os::fd::AsFd, time::SystemTime};
+
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
+use flowlog_common::{
+    flow::{FlowCounters, FlowKey, PacketCount, SkipKey},
+    maps::{EPOCH, FLOWS, SKIP_OVERFLOW, SKIPPED},
+};
+use rustc_hash::FxHashMap;
+
+use super::DatapathError;
+use crate::sys::{self, GracePeriod};
+
+/// Entries fetched per batch system call.
+const DRAIN_CHUNK: usize = 8192;
+
+/// What one epoch counted, summed over CPUs.
+#[derive(Debug)]
+pub struct DrainedEpoch {
+    /// Flows keyed with `cpu` = 0, their counters summed over the CPUs that saw them.
+    pub flows: FxHashMap<FlowKey, FlowCounters>,
+    /// Packets per interface that found the flow map full (reported as SKIPDATA).
+    pub skipped: BTreeMap<u32, PacketCount>,
+    /// Packets that found the skip map full as well: their interface is unknown.
+    pub unattributed: PacketCount,
+    /// Map entries read (a flow seen on several CPUs has several).
+    pub entries: usize,
+    /// When the programs were switched away from this epoch.
+    pub switched_at: SystemTime,
+    /// When the last program that could count into this epoch had returned.
+    pub quiescent_at: SystemTime,
+    /// How that was ensured.
+    pub grace_period: GracePeriod,
+    /// Add to the programs' timestamps to get Unix nanoseconds.
+    pub clock_offset_ns: i128,
+}
+
+impl DrainedEpoch {
+    fn new(switched_at: SystemTime, grace_period: GracePeriod) -> Self {
+        Self {
+            flows: FxHashMap::default(),
+            skipped: BTreeMap::new(),
+            unattributed: PacketCount::default(),
+            entries: 0,
+            switched_at,
+            quiescent_at: SystemTime::now(),
+            grace_period,
+            clock_offset_ns: sys::monotonic_to_unix_offset_ns(),
+        }
+    }
+}
+
+pub(super) struct Epochs {
+    index: Array<MapData, u32>,
+    flows: [MapData; 2],
+    skipped: [MapData; 2],
+    overflow: PerCpuArray<MapData, PacketCount>,
+    /// The epoch the programs count into now.
+    current: u32,
+}
+
+impl Epochs {
+    pub(super) fn new(
+        index: Array<MapData, u32>,
+        flows: [MapData; 2],
+        skipped: [MapData; 2],
+        overflow: PerCpuArray<MapData, PacketCount>,
+    ) -> Result<Self, DatapathError> {
+        let current = index
+            .get(&0, 0)
+            .map_err(|source| DatapathError::Map {
+                name: EPOCH,
+                source,
+            })?
+            .min(1);
+        Ok(Self {
+            index,
+            flows,
+            skipped,
+            overflow,
+            current,
+        })
+    }
+
+    /// Switches the programs to the other epoch and drains the one they left.
+    pub(super) fn rotate_and_drain(&mut self) -> Result<DrainedEpoch, DatapathError> {
+        let retired = self.current;
+        let next = 1 - retired;
+        self.index
+            .set(0, next, 0)
+            .map_err(|source| DatapathError::Map {
+                name: EPOCH,
+                source,
+            })?;
+        self.current = next;
+        let switched_at = SystemTime::now();
+        let grace_period = wait_for_programs()?;
+        let mut drained = DrainedEpoch::new(switched_at, grace_period);
+        self.drain_into(retired, &mut drained)?;
+        Ok(drained)
+    }
+
+    /// Drains both epochs in place. Exact only when no program is attached any more.
+    pub(super) fn drain_everything(&mut self) -> Result<DrainedEpoch, DatapathError> {
+        let switched_at = SystemTime::now();
+        let grace_period = wait_for_programs()?;
+        let mut drained = DrainedEpoch::new(switched_at, grace_period);
+        for epoch in [self.current, 1 - self.current] {
+            self.drain_into(epoch, &mut drained)?;
+        }
+        Ok(drained)
+    }
+
+    fn drain_into(&mut self, epoch: u32, drained: &mut DrainedEpoch) -> Result<(), DatapathError> {
+        let e = epoch as usize;
+        let flows = &mut drained.flows;
+        drained.entries += sys::drain_hash_map::<FlowKey, FlowCounters>(
+            self.flows[e].fd().as_fd(),
+            DRAIN_CHUNK,
+            |key, counters| {
+                let flow = FlowKey { cpu: 0, ..*key };
+                flows.entry(flow).or_default().merge(counters);
+            },
+        )
+        .map_err(|source| DatapathError::Syscall {
+            call: FLOWS[e],
+            source,
+        })?;
+
+        let skipped = &mut drained.skipped;
+        sys::drain_hash_map::<SkipKey, PacketCount>(
+            self.skipped[e].fd().as_fd(),
+            DRAIN_CHUNK,
+            |key, count| skipped.entry(key.ifindex).or_default().add(count),
+        )
+        .map_err(|source| DatapathError::Syscall {
+            call: SKIPPED[e],
+            source,
+        })?;
+
+        let overflow_error = |source| DatapathError::Map {
+            name: SKIP_OVERFLOW,
+            source,
+        };
+        let per_cpu = self.overflow.get(&epoch, 0).map_err(overflow_error)?;
+        if per_cpu.iter().any(|count| count.packets != 0) {
+            for count in per_cpu.iter() {
+                drained.unattributed.add(count);
+            }
+            let zeroes = PerCpuValues::try_from(vec![PacketCount::default(); per_cpu.len()])
+                .map_err(|source| DatapathError::Syscall {
+                    call: SKIP_OVERFLOW,
+                    source,
+                })?;
+            self.overflow
+                .set(epoch, zeroes, 0)
+                .map_err(overflow_error)?;
+        }
+        Ok(())
+    }
+}
+
+fn wait_for_programs() -> Result<GracePeriod, DatapathError> {
+    sys::wait_for_running_programs().map_err(|source| DatapathError::Syscall {
+        call: "membarrier(MEMBARRIER_CMD_GLOBAL)",
+        source,
+    })
+}

@@ -1,0 +1,221 @@
+//! The kernel side as the agent sees it: load the eBPF object, attach its programs to
+//! interfaces, and drain the flow maps interval by interval.
+
+mod attach;
+mod epoch;
+
+use std::{collections::BTreeMap, io};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, MapError, PerCpuArray},
+    programs::ProgramError,
+};
+use flowlog_common::{
+    flow::PacketCount,
+    maps::{EPOCH, FLOWS, MAX_SKIP_ENTRIES, SKIP_OVERFLOW, SKIPPED, STATS},
+    stats::Stat,
+};
+
+pub use attach::{AttachedInterface, Hook, HookChoice, TcMode};
+pub use epoch::DrainedEpoch;
+
+/// The eBPF object built by `build.rs` from `flowlog-ebpf`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowlog"));
+
+/// Reads the kernel programs' aya-log messages into the `log`/`tracing` pipeline.
+pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// Program names in the object.
+pub mod programs {
+    pub const TC_INGRESS: &str = "flowlog_tc_in";
+    pub const TC_EGRESS: &str = "flowlog_tc_eg";
+    pub const XDP_INGRESS: &str = "flowlog_xdp";
+    /// Benchmark references: one per-CPU hash update per packet.
+    pub const REFERENCE_TC: &str = "flowlog_ref_tc";
+    pub const REFERENCE_XDP: &str = "flowlog_ref_xdp";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(
+        "this flowlog-agent was built without its eBPF object (AYA_BUILD_SKIP was set); rebuild it with `cargo xtask run`"
+    )]
+    StubObject,
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("the eBPF object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("interface {interface}: {message}")]
+    Attach { interface: String, message: String },
+    #[error("starting the eBPF log reader: {0}")]
+    Logger(#[from] aya_log::Error),
+    #[error("{call}: {source}")]
+    Syscall {
+        call: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Capacities chosen at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct DatapathConfig {
+    /// Entries of each flow epoch map.
+    pub max_flows: u32,
+}
+
+/// The loaded programs and maps. Dropping it detaches every program.
+pub struct Datapath {
+    ebpf: Ebpf,
+    logger: Option<KernelLogger>,
+    epochs: epoch::Epochs,
+    stats: PerCpuArray<MapData, PacketCount>,
+    attached: BTreeMap<u32, AttachedInterface>,
+}
+
+impl Datapath {
+    /// Loads the object, sizes the flow maps and loads (verifies) every program. Nothing is
+    /// attached yet.
+    pub fn load(config: DatapathConfig) -> Result<Self, DatapathError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(DatapathError::StubObject);
+        }
+        let mut loader = EbpfLoader::new();
+        for name in FLOWS {
+            loader.map_max_entries(name, config.max_flows);
+        }
+        for name in SKIPPED {
+            loader.map_max_entries(name, MAX_SKIP_ENTRIES);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        attach::load_programs(&mut ebpf)?;
+        let logger = Some(aya_log::EbpfLogger::init(&mut ebpf)?);
+
+        let epoch_map: Array<MapData, u32> = take_map(&mut ebpf, EPOCH)?;
+        let flows = [
+            take_map_data(&mut ebpf, FLOWS[0])?,
+            take_map_data(&mut ebpf, FLOWS[1])?,
+        ];
+        let skipped = [
+            take_map_data(&mut ebpf, SKIPPED[0])?,
+            take_map_data(&mut ebpf, SKIPPED[1])?,
+        ];
+        let overflow: PerCpuArray<MapData, PacketCount> = take_map(&mut ebpf, SKIP_OVERFLOW)?;
+        let stats: PerCpuArray<MapData, PacketCount> = take_map(&mut ebpf, STATS)?;
+        let epochs = epoch::Epochs::new(epoch_map, flows, skipped, overflow)?;
+        Ok(Self {
+            ebpf,
+            logger,
+            epochs,
+            stats,
+            attached: BTreeMap::new(),
+        })
+    }
+
+    /// The reader of the programs' log messages (aya-log), to be polled by the caller; the
+    /// programs log only rare events (a full flow map), never per packet.
+    pub fn take_logger(&mut self) -> Option<KernelLogger> {
+        self.logger.take()
+    }
+
+    /// The loaded object, for tests and benchmarks that run programs with BPF_PROG_TEST_RUN.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Attaches the counting programs to one interface.
+    pub fn attach(
+        &mut self,
+        interface: &str,
+        ifindex: u32,
+        hook: Hook,
+        tc_mode: TcMode,
+    ) -> Result<&AttachedInterface, DatapathError> {
+        let attached = attach::attach(&mut self.ebpf, interface, ifindex, hook, tc_mode)?;
+        Ok(self.attached.entry(ifindex).or_insert(attached))
+    }
+
+    /// Detaches the programs from one interface (nothing happens if they were not attached).
+    pub fn detach(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        match self.attached.remove(&ifindex) {
+            Some(attached) => attach::detach(&mut self.ebpf, attached),
+            None => Ok(()),
+        }
+    }
+
+    /// Detaches every program from every interface.
+    pub fn detach_all(&mut self) -> Result<(), DatapathError> {
+        let ifindexes: Vec<u32> = self.attached.keys().copied().collect();
+        for ifindex in ifindexes {
+            self.detach(ifindex)?;
+        }
+        Ok(())
+    }
+
+    pub fn attached(&self) -> impl Iterator<Item = &AttachedInterface> {
+        self.attached.values()
+    }
+
+    /// Ends the current epoch: switches the programs to the other flow map, waits until no
+    /// program still counts into the old one, and drains it.
+    pub fn drain_interval(&mut self) -> Result<DrainedEpoch, DatapathError> {
+        self.epochs.rotate_and_drain()
+    }
+
+    /// Drains both epochs without switching. Only exact once no program runs any more, i.e.
+    /// after [`Datapath::detach_all`]: used for the final drain at shutdown.
+    pub fn drain_all_after_detach(&mut self) -> Result<DrainedEpoch, DatapathError> {
+        self.epochs.drain_everything()
+    }
+
+    /// Running totals of the packets the programs did not count as flows.
+    pub fn stats(&self) -> Result<BTreeMap<Stat, PacketCount>, DatapathError> {
+        let mut totals = BTreeMap::new();
+        for stat in Stat::ALL {
+            let per_cpu =
+                self.stats
+                    .get(&(stat as u32), 0)
+                    .map_err(|source| DatapathError::Map {
+                        name: STATS,
+                        source,
+                    })?;
+            let mut total = PacketCount::default();
+            for count in per_cpu.iter() {
+                total.add(count);
+            }
+            totals.insert(stat, total);
+        }
+        Ok(totals)
+    }
+}
+
+fn take_map_data(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, DatapathError> {
+    match ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))? {
+        aya::maps::Map::HashMap(data) => Ok(data),
+        _ => Err(DatapathError::Map {
+            name,
+            source: MapError::InvalidName { name: name.into() },
+        }),
+    }
+}
+
+fn take_map<M>(ebpf: &mut Ebpf, name: &'static str) -> Result<M, DatapathError>
+where
+    M: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))?;
+    M::try_from(map).map_err(|source| DatapathError::Map { name, source })
+}

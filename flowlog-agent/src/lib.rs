@@ -1,0 +1,14 @@
+//! flowlog's agent as a library: the binary (`main.rs`), xtask and the integration tests all
+//! call these functions.
+
+pub mod agent;
+pub mod cli;
+pub mod collector;
+pub mod config;
+pub mod datapath;
+pub mod format;
+pub mod interfaces;
+pub mod privileges;
+pub mod record;
+pub mod sink;
+pub mod sys;

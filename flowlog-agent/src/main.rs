@@ -1,0 +1,43 @@
+//! The `flowlog-agent` binary: parse the command line, set up logging, run.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use flowlog_agent::{
+    agent,
+    cli::{Cli, Command},
+    config::RunConfig,
+};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let command = Cli::parse().command();
+    // Records may go to stdout, so the agent's own log goes to stderr.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_env("FLOWLOG_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    match run(command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("flowlog-agent: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run(args) => {
+            let config = RunConfig::from_args(*args)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(agent::run(config))?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Where records go. A sink implements [`Sink`]; [`spawn`] runs it as its own task behind its
+//! own bounded queue, so a slow sink never stalls the drain or the other sinks, and retries
+//! failed writes with capped exponential backoff.
+
+mod log_stream;
+mod spec;
+mod stdout;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::{sync::mpsc, task::JoinHandle};
+
+pub use log_stream::LogStreamSink;
+pub use spec::{DEFAULT_LOG_DIR, SinkSpec, SinkSpecError, default_sinks};
+pub use stdout::StdoutSink;
+
+use crate::{
+    format::RecordFormat,
+    record::{FlowRecord, IntervalRecords, Metadata},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Worth trying again (I/O errors, an unreachable destination).
+    #[error("{0}")]
+    Retriable(String),
+    /// Trying again cannot help (a bad destination): the batch is given up and counted.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl From<std::io::Error> for SinkError {
+    fn from(error: std::io::Error) -> Self {
+        SinkError::Retriable(error.to_string())
+    }
+}
+
+/// A destination for the records of a flow log.
+pub trait Sink: Send + 'static {
+    /// How the sink is named in logs (`stdout`, `dir:/var/log/flowlog`).
+    fn name(&self) -> String;
+
+    /// Writes the records of one interval.
+    fn write(
+        &mut self,
+        interval: Arc<IntervalRecords>,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Makes everything written so far durable where it goes; called at shutdown.
+    fn flush(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// Renders records as text lines in the flow log's format.
+#[derive(Clone, Debug)]
+pub struct LineRenderer {
+    pub format: Arc<RecordFormat>,
+    pub metadata: Arc<Metadata>,
+}
+
+impl LineRenderer {
+    pub fn render<'a>(&self, records: impl IntoIterator<Item = &'a FlowRecord>, out: &mut Vec<u8>) {
+        for record in records {
+            self.format.render(record, &self.metadata, out);
+        }
+    }
+}
+
+/// Intervals a sink may fall behind before new ones are dropped (and counted) for it.
+pub const QUEUE_INTERVALS: usize = 16;
+/// Attempts at writing one interval before it is given up.
+const MAX_ATTEMPTS: u32 = 5;
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// A running sink: its queue and its task.
+pub struct SinkHandle {
+    name: String,
+    queue: mpsc::Sender<Arc<IntervalRecords>>,
+    task: JoinHandle<SinkReport>,
+    /// Records of intervals that found the queue full.
+    dropped_at_queue: u64,
+}
+
+/// What a sink did over its life.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SinkReport {
+    pub intervals_written: u64,
+    pub records_written: u64,
+    pub retries: u64,
+    /// Records given up: queue full, or every attempt failed.
+    pub records_lost: u64,
+}
+
+/// Starts `sink` as its own task.
+pub fn spawn<S: Sink>(mut sink: S) -> SinkHandle {
+    let name = sink.name();
+    let (queue, mut incoming) = mpsc::channel::<Arc<IntervalRecords>>(QUEUE_INTERVALS);
+    let task_name = name.clone();
+    let task = tokio::spawn(async move {
+        let mut report = SinkReport::default();
+        while let Some(interval) = incoming.recv().await {
+            write_with_retries(&mut sink, &task_name, interval, &mut report).await;
+        }
+        if let Err(error) = sink.flush().await {
+            tracing::error!(sink = %task_name, %error, "final flush failed");
+        }
+        report
+    });
+    SinkHandle {
+        name,
+        queue,
+        task,
+        dropped_at_queue: 0,
+    }
+}
+
+async fn write_with_retries<S: Sink>(
+    sink: &mut S,
+    name: &str,
+    interval: Arc<IntervalRecords>,
+    report: &mut SinkReport,
+) {
+    let records = interval.records.len() as u64;
+    let mut backoff = FIRST_BACKOFF;
+    for attempt in 1..=MAX_ATTEMPTS {
+        match sink.write(Arc::clone(&interval)).await {
+            Ok(()) => {
+                report.intervals_written += 1;
+                report.records_written += records;
+                return;
+            }
+            Err(SinkError::Retriable(error)) if attempt < MAX_ATTEMPTS => {
+                tracing::warn!(sink = name, attempt, %error, retry_in = ?backoff, "write failed");
+                report.retries += 1;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(error) => {
+                tracing::error!(sink = name, %error, records, "write failed; records lost");
+                report.records_lost += records;
+                return;
+            }
+        }
+    }
+}
+
+impl SinkHandle {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Queues an interval for this sink without waiting. If the sink is that far behind, the
+    /// interval is not queued for it, and the loss is logged and returned.
+    pub fn offer(&mut self, interval: &Arc<IntervalRecords>) -> Result<(), u64> {
+        match self.queue.try_send(Arc::clone(interval)) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                let lost = interval.records.len() as u64;
+                self.dropped_at_queue += lost;
+                tracing::error!(
+                    sink = %self.name,
+                    records = lost,
+                    "sink queue full; interval dropped for this sink"
+                );
+                Err(lost)
+            }
+        }
+    }
+
+    /// Closes the queue, lets the sink write what is queued and flush, and returns its report.
+    pub async fn finish(self) -> SinkReport {
+        drop(self.queue);
+        match self.task.await {
+            Ok(mut report) => {
+                report.records_lost += self.dropped_at_queue;
+                report
+            }
+            Err(error) => {
+                tracing::error!(sink = %self.name, %error, "sink task failed");
+                SinkReport::default()
+            }
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! `--sink` values.
+
+use std::{fmt, path::PathBuf, str::FromStr};
+
+/// The embedded default log-stream directory.
+pub const DEFAULT_LOG_DIR: &str = "/var/log/flowlog";
+
+/// Where a flow log's records go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SinkSpec {
+    /// `stdout`: one record per line on standard output.
+    Stdout,
+    /// `dir:PATH`: one log stream (file) per interface in PATH, like CloudWatch log streams.
+    LogStreams(PathBuf),
+}
+
+/// The sinks used when none is given: the log streams in [`DEFAULT_LOG_DIR`] and stdout.
+pub fn default_sinks() -> Vec<SinkSpec> {
+    vec![
+        SinkSpec::LogStreams(PathBuf::from(DEFAULT_LOG_DIR)),
+        SinkSpec::Stdout,
+    ]
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SinkSpecError {
+    #[error("unknown sink {0:?}: expected stdout or dir:PATH")]
+    Unknown(String),
+    #[error("sink {0:?}: dir: needs a directory path, as in dir:/var/log/flowlog")]
+    EmptyPath(String),
+}
+
+impl FromStr for SinkSpec {
+    type Err = SinkSpecError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == "stdout" {
+            return Ok(SinkSpec::Stdout);
+        }
+        if let Some(path) = text.strip_prefix("dir:") {
+            if path.is_empty() {
+                return Err(SinkSpecError::EmptyPath(text.to_owned()));
+            }
+            return Ok(SinkSpec::LogStreams(PathBuf::from(path)));
+        }
+        Err(SinkSpecError::Unknown(text.to_owned()))
+    }
+}
+
+impl fmt::Display for SinkSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SinkSpec::Stdout => f.write_str("stdout"),
+            SinkSpec::LogStreams(path) => write!(f, "dir:{}", path.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_form_and_prints_it_back() {
+        for text in ["stdout", "dir:/var/log/flowlog", "dir:relative/logs"] {
+            let spec: SinkSpec = text.parse().unwrap();
+            assert_eq!(spec.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn refuses_what_it_does_not_know_naming_it() {
+        assert_eq!(
+            "stdot".parse::<SinkSpec>().unwrap_err().to_string(),
+            "unknown sink \"stdot\": expected stdout or dir:PATH"
+        );
+        assert_eq!(
+            "dir:".parse::<SinkSpec>().unwrap_err(),
+            SinkSpecError::EmptyPath("dir:".into())
+        );
+    }
+}

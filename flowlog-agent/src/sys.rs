@@ -1,0 +1,254 @@
+//! The few system calls neither aya 0.14 nor std wrap. All of the agent's `unsafe` lives here.
+
+use std::{
+    io, mem,
+    os::fd::{AsRawFd, BorrowedFd},
+    time::Duration,
+};
+
+use aya::Pod;
+
+/// `enum bpf_cmd` value of `BPF_MAP_LOOKUP_AND_DELETE_BATCH` (include/uapi/linux/bpf.h).
+const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
+
+/// `MEMBARRIER_CMD_GLOBAL` (include/uapi/linux/membarrier.h).
+const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Reads and deletes every entry of a hash map, `chunk` entries per system call, handing each
+/// to `each`. Returns how many entries there were.
+///
+/// Only sound for counting when no program writes the map any more (a retired epoch): the kernel
+/// deletes bucket by bucket, and an update racing with it could be lost.
+pub fn drain_hash_map<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    chunk: usize,
+    mut each: impl FnMut(&K, &V),
+) -> io::Result<usize> {
+    let mut chunk = chunk.max(1);
+    let mut keys: Vec<K> = zeroed_vec(chunk);
+    let mut values: Vec<V> = zeroed_vec(chunk);
+    // For hash maps the batch position is a bucket index (u32); u64 leaves room.
+    let mut position: u64 = 0;
+    let mut next_position: u64 = 0;
+    let mut started = false;
+    let mut total = 0;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if started {
+                &position as *const u64 as u64
+            } else {
+                0
+            },
+            out_batch: &mut next_position as *mut u64 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` describes buffers of `chunk` keys and `chunk` values of the map's key
+        // and value types (`K`, `V` are the types the map was created with), which live until
+        // the call returns; the kernel writes at most `count` entries into them and the batch
+        // position into `next_position`.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_AND_DELETE_BATCH,
+                &mut attr as *mut BatchAttr,
+                mem::size_of::<BatchAttr>() as libc::c_uint,
+            )
+        };
+        let error = (ret < 0).then(io::Error::last_os_error);
+        let filled = (attr.count as usize).min(chunk);
+        for (key, value) in keys[..filled].iter().zip(&values[..filled]) {
+            each(key, value);
+        }
+        total += filled;
+        match error.as_ref().and_then(io::Error::raw_os_error) {
+            None => {
+                position = next_position;
+                started = true;
+            }
+            // The whole map has been read.
+            Some(libc::ENOENT) => return Ok(total),
+            // One bucket holds more entries than fit: retry it with larger buffers.
+            Some(libc::ENOSPC) if filled == 0 => {
+                chunk *= 2;
+                keys = zeroed_vec(chunk);
+                values = zeroed_vec(chunk);
+            }
+            Some(_) => return Err(error.unwrap_or_else(io::Error::last_os_error)),
+        }
+    }
+}
+
+fn zeroed_vec<T: Pod>(len: usize) -> Vec<T> {
+    // SAFETY: `Pod` types are valid for every bit pattern, zero included.
+    (0..len).map(|_| unsafe { mem::zeroed() }).collect()
+}
+
+/// Waits until every BPF program that was running when this is called has returned: one RCU
+/// grace period (`membarrier(MEMBARRIER_CMD_GLOBAL)` is exactly `synchronize_rcu()`; BPF
+/// programs run inside RCU read-side critical sections). The kernel's own BPF selftests use the
+/// same call for the same purpose.
+///
+/// On kernels booted with `nohz_full` the command is refused; then the wait falls back to a pause
+/// far longer than any program runs, and says so in the returned value.
+pub fn wait_for_running_programs() -> io::Result<GracePeriod> {
+    // SAFETY: membarrier takes plain integers and touches no memory of ours.
+    let ret = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if ret == 0 {
+        return Ok(GracePeriod::Rcu);
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EINVAL) {
+        std::thread::sleep(FALLBACK_GRACE);
+        return Ok(GracePeriod::Timed(FALLBACK_GRACE));
+    }
+    Err(error)
+}
+
+/// How long programs are given to return when an RCU grace period cannot be requested.
+const FALLBACK_GRACE: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GracePeriod {
+    /// A real RCU grace period: exact by construction.
+    Rcu,
+    /// A timed pause (nohz_full kernels).
+    Timed(Duration),
+}
+
+/// Nanoseconds between the kernel's monotonic clock (what `bpf_ktime_get_coarse_ns` reads) and
+/// the wall clock: add it to a program's timestamp to get Unix nanoseconds.
+pub fn monotonic_to_unix_offset_ns() -> i128 {
+    let realtime = clock_ns(libc::CLOCK_REALTIME);
+    let monotonic = clock_ns(libc::CLOCK_MONOTONIC);
+    realtime - monotonic
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write into; both clocks exist on every Linux.
+    let ret = unsafe { libc::clock_gettime(clock, &mut ts) };
+    debug_assert_eq!(ret, 0, "clock_gettime cannot fail for these clocks");
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// Number of CPUs the kernel may run programs on (the size of per-CPU map values).
+pub fn possible_cpus() -> io::Result<usize> {
+    aya::util::nr_cpus().map_err(|(_, error)| error)
+}
+
+/// An interface of the current network namespace, as the kernel names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkName {
+    pub ifindex: u32,
+    pub name: String,
+    /// `IFF_LOOPBACK` is set.
+    pub loopback: bool,
+}
+
+/// Lists the interfaces of the calling thread's network namespace (`if_nameindex(3)` asks the
+/// kernel over netlink, so unlike /sys/class/net it is right inside any namespace).
+pub fn list_links() -> io::Result<Vec<LinkName>> {
+    // SAFETY: if_nameindex returns either NULL (error, errno set) or an array terminated by an
+    // entry with if_index 0, which stays valid until if_freenameindex, called below once we have
+    // copied what we need.
+    let mut links = Vec::new();
+    unsafe {
+        let head = libc::if_nameindex();
+        if head.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        let mut entry = head;
+        while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
+            let name = std::ffi::CStr::from_ptr((*entry).if_name)
+                .to_string_lossy()
+                .into_owned();
+            links.push(((*entry).if_index, name));
+            entry = entry.add(1);
+        }
+        libc::if_freenameindex(head);
+    }
+    links
+        .into_iter()
+        .map(|(ifindex, name)| {
+            let loopback = interface_flags(&name)? & libc::IFF_LOOPBACK as libc::c_short != 0;
+            Ok(LinkName {
+                ifindex,
+                name,
+                loopback,
+            })
+        })
+        .collect()
+}
+
+/// `SIOCGIFFLAGS` for one interface.
+fn interface_flags(name: &str) -> io::Result<libc::c_short> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    // SAFETY: a plain socket(2) call; the descriptor is owned (and closed) by `socket`.
+    let socket = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        OwnedFd::from_raw_fd(fd)
+    };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut request: libc::ifreq = unsafe { mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= request.ifr_name.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
+    }
+    for (slot, byte) in request.ifr_name.iter_mut().zip(bytes) {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the NUL-terminated name in `request` and writes the flags into
+    // it; `request` outlives the call.
+    let ret = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: after SIOCGIFFLAGS the union holds the flags.
+    Ok(unsafe { request.ifr_ifru.ifru_flags })
+}
+
+/// Registers the kernel programs' log reader with tokio's reactor.
+pub fn poll_kernel_logger(
+    logger: crate::datapath::KernelLogger,
+) -> io::Result<tokio::io::unix::AsyncFd<crate::datapath::KernelLogger>> {
+    // SAFETY: the logger owns the ring buffer's file descriptor and neither closes nor replaces
+    // it while the AsyncFd (which now owns the logger) keeps it registered.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    }
+    .map_err(io::Error::from)
+}
+
+/// CPU time the calling thread has used (user and system).
+pub fn thread_cpu_time() -> Duration {
+    let ns = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
+    Duration::from_nanos(ns.max(0) as u64)
+}

@@ -1,0 +1,235 @@
+//! The flow key and counters the kernel programs write and the agent drains.
+
+/// Which way a packet crossed the interface it was counted on.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    Ingress = 0,
+    Egress = 1,
+}
+
+impl TryFrom<u8> for Direction {
+    type Error = u8;
+    fn try_from(value: u8) -> Result<Self, u8> {
+        match value {
+            0 => Ok(Self::Ingress),
+            1 => Ok(Self::Egress),
+            other => Err(other),
+        }
+    }
+}
+
+/// The IP version of a flow. IPv4 addresses sit in the first four bytes of the 16-byte address
+/// fields, the other twelve are zero; the family says which one it is, so an IPv6 packet that
+/// carries an IPv4-mapped address is never mistaken for IPv4.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AddressFamily {
+    Ipv4 = 4,
+    Ipv6 = 6,
+}
+
+impl TryFrom<u8> for AddressFamily {
+    type Error = u8;
+    fn try_from(value: u8) -> Result<Self, u8> {
+        match value {
+            4 => Ok(Self::Ipv4),
+            6 => Ok(Self::Ipv6),
+            other => Err(other),
+        }
+    }
+}
+
+/// What the datapath did with a packet. In the core every packet passes (`Accept`); the policy
+/// engine adds the reject reasons. The verdict is part of the flow key, so accepted and rejected
+/// packets of one tuple are counted apart, as VPC Flow Logs require.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Verdict {
+    Accept = 0,
+    Reject = 1,
+}
+
+impl TryFrom<u8> for Verdict {
+    type Error = u8;
+    fn try_from(value: u8) -> Result<Self, u8> {
+        match value {
+            0 => Ok(Self::Accept),
+            1 => Ok(Self::Reject),
+            other => Err(other),
+        }
+    }
+}
+
+/// One unidirectional flow on one interface, as counted by one CPU.
+///
+/// `cpu` makes every map entry private to the CPU that counts into it: kernel programs on one
+/// CPU never run concurrently with each other, so a plain `+=` on the entry cannot lose an
+/// increment. The agent sums the entries of a flow over CPUs when it drains.
+///
+/// 48 bytes, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// Interface index the packet was seen on.
+    pub ifindex: u32,
+    /// CPU that counted the packet (see the type's documentation). Zero in merged keys.
+    pub cpu: u32,
+    /// Source address: IPv4 in the first 4 bytes (rest zero), or IPv6.
+    pub src_addr: [u8; 16],
+    /// Destination address, same layout as `src_addr`.
+    pub dst_addr: [u8; 16],
+    /// Source port, big-endian; zero for protocols without ports and non-first fragments.
+    pub src_port: [u8; 2],
+    /// Destination port, big-endian.
+    pub dst_port: [u8; 2],
+    /// IANA protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, ...).
+    pub protocol: u8,
+    /// [`AddressFamily`] as its integer.
+    pub family: u8,
+    /// [`Direction`] as its integer.
+    pub direction: u8,
+    /// [`Verdict`] as its integer.
+    pub verdict: u8,
+}
+
+impl FlowKey {
+    pub const fn zeroed() -> Self {
+        Self {
+            ifindex: 0,
+            cpu: 0,
+            src_addr: [0; 16],
+            dst_addr: [0; 16],
+            src_port: [0; 2],
+            dst_port: [0; 2],
+            protocol: 0,
+            family: 0,
+            direction: 0,
+            verdict: 0,
+        }
+    }
+
+    pub const fn src_port(&self) -> u16 {
+        u16::from_be_bytes(self.src_port)
+    }
+
+    pub const fn dst_port(&self) -> u16 {
+        u16::from_be_bytes(self.dst_port)
+    }
+}
+
+/// What one CPU counted for one flow during one interval.
+///
+/// 40 bytes, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    /// Wire packets (a GSO/GRO super-packet counts as its segments).
+    pub packets: u64,
+    /// IP-layer bytes of those packets, IP header included.
+    pub bytes: u64,
+    /// Kernel monotonic time (coarse clock) of the first packet, in nanoseconds.
+    pub first_seen_ns: u64,
+    /// Kernel monotonic time (coarse clock) of the last packet, in nanoseconds.
+    pub last_seen_ns: u64,
+    /// OR of the packets' TCP flags in the VPC Flow Logs encoding (see [`crate::tcp`]).
+    pub tcp_flags: u8,
+    pub _pad: [u8; 7],
+}
+
+impl FlowCounters {
+    /// Adds another CPU's (or interval's) counts of the same flow.
+    pub fn merge(&mut self, other: &Self) {
+        if self.packets == 0 {
+            *self = *other;
+            return;
+        }
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.first_seen_ns = self.first_seen_ns.min(other.first_seen_ns);
+        self.last_seen_ns = self.last_seen_ns.max(other.last_seen_ns);
+        self.tcp_flags |= other.tcp_flags;
+    }
+}
+
+/// Packets that could not get a flow entry because the flow map was full, per interface and CPU.
+/// Reported as SKIPDATA records.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SkipKey {
+    pub ifindex: u32,
+    pub cpu: u32,
+}
+
+/// A packet and byte count (used for skipped packets and datapath statistics).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketCount {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl PacketCount {
+    pub fn add(&mut self, other: &Self) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::size_of;
+
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(size_of::<FlowKey>(), 48);
+        assert_eq!(size_of::<FlowCounters>(), 40);
+        assert_eq!(size_of::<SkipKey>(), 8);
+        assert_eq!(size_of::<PacketCount>(), 16);
+    }
+
+    #[test]
+    fn enums_round_trip_through_their_integers() {
+        for d in [Direction::Ingress, Direction::Egress] {
+            assert_eq!(Direction::try_from(d as u8), Ok(d));
+        }
+        for f in [AddressFamily::Ipv4, AddressFamily::Ipv6] {
+            assert_eq!(AddressFamily::try_from(f as u8), Ok(f));
+        }
+        for v in [Verdict::Accept, Verdict::Reject] {
+            assert_eq!(Verdict::try_from(v as u8), Ok(v));
+        }
+        assert_eq!(Direction::try_from(7), Err(7));
+        assert_eq!(AddressFamily::try_from(5), Err(5));
+    }
+
+    #[test]
+    fn merge_sums_counts_and_widens_times() {
+        let mut a = FlowCounters {
+            packets: 2,
+            bytes: 100,
+            first_seen_ns: 50,
+            last_seen_ns: 60,
+            tcp_flags: 2,
+            _pad: [0; 7],
+        };
+        let b = FlowCounters {
+            packets: 3,
+            bytes: 300,
+            first_seen_ns: 40,
+            last_seen_ns: 55,
+            tcp_flags: 1,
+            _pad: [0; 7],
+        };
+        a.merge(&b);
+        assert_eq!((a.packets, a.bytes), (5, 400));
+        assert_eq!((a.first_seen_ns, a.last_seen_ns), (40, 60));
+        assert_eq!(a.tcp_flags, 3);
+
+        let mut empty = FlowCounters::default();
+        empty.merge(&b);
+        assert_eq!(empty, b);
+    }
+}

@@ -1,0 +1,173 @@
+//! Adding a packet to its flow in the current epoch, and what happens when that fails.
+//!
+//! Why the counts are exact:
+//! - A flow entry is private to one CPU (the CPU is part of the key), and flowlog's programs never
+//!   run interleaved on one CPU (XDP and TC ingress run in softirq context, TC egress with bottom
+//!   halves disabled), so the plain read-add-write below cannot lose an increment.
+//! - The agent never deletes entries from the map the programs count into: it switches `EPOCH`
+//!   and drains the retired map only after an RCU grace period, when every program that read the
+//!   old index has returned.
+//! - When an entry cannot be created (the map is full), the packet goes to the skip map of its
+//!   interface, and if that is full too, to the per-CPU overflow slot of the epoch. Nothing is
+//!   dropped from the counts.
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns},
+    maps::HashMap,
+};
+use aya_log_ebpf::warn;
+use flowlog_common::{
+    flow::{FlowCounters, FlowKey, PacketCount, SkipKey, Verdict},
+    stats::Stat,
+};
+use flowlog_ebpf::{account::WireCount, parse::ParseError};
+
+use crate::maps::{
+    BENCH_REFERENCE, EPOCH, FLOWS_0, FLOWS_1, SKIP_OVERFLOW, SKIPPED_0, SKIPPED_1, STATS,
+};
+
+/// Counts one parsed packet (`key` holds its addresses, ports, protocol, interface and
+/// direction) into the current epoch.
+#[inline(always)]
+pub fn count_flow<C: EbpfContext>(ctx: &C, key: &mut FlowKey, count: WireCount, tcp_flags: u8) {
+    // SAFETY: both helpers take no arguments and only read kernel state.
+    let (cpu, now) = unsafe { (bpf_get_smp_processor_id(), bpf_ktime_get_coarse_ns()) };
+    key.cpu = cpu;
+    key.verdict = Verdict::Accept as u8;
+    // Each epoch has its own call site, so each map lookup sees one constant map.
+    if current_epoch() == 0 {
+        add_to_flow(ctx, &FLOWS_0, &SKIPPED_0, 0, key, count, tcp_flags, now);
+    } else {
+        add_to_flow(ctx, &FLOWS_1, &SKIPPED_1, 1, key, count, tcp_flags, now);
+    }
+}
+
+#[inline(always)]
+fn current_epoch() -> u32 {
+    EPOCH.get(0).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn add_to_flow<C: EbpfContext>(
+    ctx: &C,
+    flows: &HashMap<FlowKey, FlowCounters>,
+    skipped: &HashMap<SkipKey, PacketCount>,
+    epoch: u32,
+    key: &FlowKey,
+    count: WireCount,
+    tcp_flags: u8,
+    now: u64,
+) {
+    if let Some(counters) = flows.get_ptr_mut(key) {
+        // SAFETY: the entry belongs to this CPU (see the module documentation), so nothing else
+        // writes it while we do, and it is not deleted while its epoch is current.
+        unsafe {
+            (*counters).packets += count.packets;
+            (*counters).bytes += count.bytes;
+            (*counters).last_seen_ns = now;
+            (*counters).tcp_flags |= tcp_flags;
+        }
+        return;
+    }
+    let counters = FlowCounters {
+        packets: count.packets,
+        bytes: count.bytes,
+        first_seen_ns: now,
+        last_seen_ns: now,
+        tcp_flags,
+        _pad: [0; 7],
+    };
+    if flows.insert(key, counters, BPF_NOEXIST as u64).is_err() {
+        count_skipped(ctx, skipped, epoch, key, count);
+    }
+}
+
+/// A packet that found the flow map full: counted per interface, reported as SKIPDATA.
+#[inline(always)]
+fn count_skipped<C: EbpfContext>(
+    ctx: &C,
+    skipped: &HashMap<SkipKey, PacketCount>,
+    epoch: u32,
+    key: &FlowKey,
+    count: WireCount,
+) {
+    let skip_key = SkipKey {
+        ifindex: key.ifindex,
+        cpu: key.cpu,
+    };
+    if let Some(skip) = skipped.get_ptr_mut(skip_key) {
+        // SAFETY: private to this CPU, as flow entries are.
+        unsafe { add(skip, count) };
+        return;
+    }
+    let first = PacketCount {
+        packets: count.packets,
+        bytes: count.bytes,
+    };
+    if skipped.insert(skip_key, first, BPF_NOEXIST as u64).is_ok() {
+        // Once per interface, CPU and interval: off the per-packet path.
+        warn!(
+            ctx,
+            "flow map full: packets on ifindex {} now count as SKIPDATA", key.ifindex
+        );
+        return;
+    }
+    if let Some(overflow) = SKIP_OVERFLOW.get_ptr_mut(epoch) {
+        // SAFETY: a per-CPU array slot, written only by programs on this CPU.
+        unsafe { add(overflow, count) };
+    }
+}
+
+/// Counts a frame the parser could not turn into a flow.
+#[inline(always)]
+pub fn count_parse_error(error: ParseError, frame_len: usize) {
+    let stat = match error {
+        ParseError::NotIp => Stat::NonIp,
+        ParseError::Malformed | ParseError::Truncated => Stat::Malformed,
+    };
+    if let Some(slot) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: a per-CPU array slot, written only by programs on this CPU.
+        unsafe {
+            add(
+                slot,
+                WireCount {
+                    packets: 1,
+                    bytes: frame_len as u64,
+                },
+            )
+        };
+    }
+}
+
+/// The benchmark reference: one per-CPU hash update for a fixed key.
+#[inline(always)]
+pub fn count_reference(len: u64) {
+    let key = FlowKey::zeroed();
+    if let Some(counters) = BENCH_REFERENCE.get_ptr_mut(key) {
+        // SAFETY: a per-CPU value, written only by programs on this CPU.
+        unsafe {
+            (*counters).packets += 1;
+            (*counters).bytes += len;
+        }
+        return;
+    }
+    let counters = FlowCounters {
+        packets: 1,
+        bytes: len,
+        ..FlowCounters::default()
+    };
+    let _ = BENCH_REFERENCE.insert(key, counters, BPF_NOEXIST as u64);
+}
+
+/// # Safety
+/// `slot` must point to a live map value that only the calling CPU writes.
+#[inline(always)]
+unsafe fn add(slot: *mut PacketCount, count: WireCount) {
+    unsafe {
+        (*slot).packets += count.packets;
+        (*slot).bytes += count.bytes;
+    }
+}

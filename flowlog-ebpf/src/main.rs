@@ -1,0 +1,127 @@
+//! flowlog's kernel programs: TC ingress and egress classifiers and an XDP ingress program that
+//! count every IP packet into a per-interval flow map, plus two reference programs the benchmark
+//! compares them with.
+//!
+//! Every program passes every packet: a parse error is counted in the statistics map, never
+//! turned into a drop (see `verdict_for` below).
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod counting;
+#[cfg(target_arch = "bpf")]
+mod frames;
+#[cfg(target_arch = "bpf")]
+mod maps;
+
+#[cfg(target_arch = "bpf")]
+mod programs {
+    use aya_ebpf::{
+        bindings::{TC_ACT_UNSPEC, xdp_action},
+        macros::{classifier, xdp},
+        programs::{TcContext, XdpContext},
+    };
+    use flowlog_common::flow::{Direction, FlowKey};
+    use flowlog_ebpf::{
+        account::{WireCount, wire_count},
+        parse::{Frame, ParseError, parse},
+    };
+
+    use crate::{
+        counting::{count_flow, count_parse_error, count_reference},
+        frames::{SkbFrame, XdpFrame},
+    };
+
+    /// Bytes pulled into the linear area of a socket buffer whose headers sit in paged data.
+    const PULL_LEN: u32 = 256;
+
+    /// Classifier verdict for every packet: "no opinion", so later TC programs still decide.
+    const TC_PASS: i32 = TC_ACT_UNSPEC;
+
+    #[classifier]
+    pub fn flowlog_tc_in(ctx: TcContext) -> i32 {
+        count_skb(&ctx, Direction::Ingress);
+        TC_PASS
+    }
+
+    #[classifier]
+    pub fn flowlog_tc_eg(ctx: TcContext) -> i32 {
+        count_skb(&ctx, Direction::Egress);
+        TC_PASS
+    }
+
+    #[xdp]
+    pub fn flowlog_xdp(ctx: XdpContext) -> u32 {
+        let frame = XdpFrame::new(&ctx);
+        let mut key = FlowKey::zeroed();
+        match parse(&frame, false, &mut key) {
+            Ok(parsed) => {
+                key.ifindex = frame.ingress_ifindex();
+                key.direction = Direction::Ingress as u8;
+                count_flow(&ctx, &mut key, wire_count(&parsed, 0, 0), parsed.tcp_flags);
+            }
+            Err(error) => count_parse_error(error, frame.len()),
+        }
+        xdp_action::XDP_PASS
+    }
+
+    /// Counts a socket buffer seen by a TC program. If its headers reach into paged data the
+    /// parser cannot see, they are pulled into the linear area once and parsed again.
+    #[inline(always)]
+    fn count_skb(ctx: &TcContext, direction: Direction) {
+        let mut pulled = false;
+        loop {
+            let frame = SkbFrame::new(ctx);
+            let gso = frame.gso();
+            let mut key = FlowKey::zeroed();
+            match parse(&frame, gso.size != 0, &mut key) {
+                Ok(parsed) => {
+                    key.ifindex = frame.ifindex();
+                    key.direction = direction as u8;
+                    let count: WireCount = wire_count(&parsed, gso.size, gso.segs);
+                    count_flow(ctx, &mut key, count, parsed.tcp_flags);
+                    return;
+                }
+                Err(ParseError::Truncated) if !pulled && frame.has_paged_data() => {
+                    pulled = true;
+                    if ctx.pull_data(PULL_LEN.min(frame.len() as u32)).is_err() {
+                        count_parse_error(ParseError::Truncated, frame.len());
+                        return;
+                    }
+                }
+                Err(error) => {
+                    count_parse_error(error, frame.len());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Benchmark reference: nothing but one per-CPU hash update per packet.
+    #[xdp]
+    pub fn flowlog_ref_xdp(ctx: XdpContext) -> u32 {
+        count_reference(XdpFrame::new(&ctx).len() as u64);
+        xdp_action::XDP_PASS
+    }
+
+    /// Benchmark reference for the TC programs.
+    #[classifier]
+    pub fn flowlog_ref_tc(ctx: TcContext) -> i32 {
+        count_reference(ctx.len() as u64);
+        TC_PASS
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        // The verifier rejects programs that can reach a panic, so this is never called.
+        loop {}
+    }
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+/// On the host the crate builds (for `cargo test` of its library) but has no program to run.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

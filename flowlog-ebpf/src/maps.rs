@@ -1,0 +1,43 @@
+//! The kernel side of the maps named in `flowlog_common::maps` (same names, same sizes).
+//! Flow and skip maps are resized at load time by the agent (`--max-flows`).
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+};
+use flowlog_common::{
+    flow::{FlowCounters, FlowKey, PacketCount, SkipKey},
+    maps::{DEFAULT_MAX_FLOWS, MAX_SKIP_ENTRIES},
+    stats::Stat,
+};
+
+/// Index (0 or 1) of the epoch the programs count into; switched by the agent.
+#[map]
+pub static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
+
+// Entries are allocated as flows appear (BPF_F_NO_PREALLOC), so an idle host does not hold the
+// memory of a full map.
+#[map]
+pub static FLOWS_0: HashMap<FlowKey, FlowCounters> =
+    HashMap::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_NO_PREALLOC);
+#[map]
+pub static FLOWS_1: HashMap<FlowKey, FlowCounters> =
+    HashMap::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static SKIPPED_0: HashMap<SkipKey, PacketCount> =
+    HashMap::with_max_entries(MAX_SKIP_ENTRIES, BPF_F_NO_PREALLOC);
+#[map]
+pub static SKIPPED_1: HashMap<SkipKey, PacketCount> =
+    HashMap::with_max_entries(MAX_SKIP_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static SKIP_OVERFLOW: PerCpuArray<PacketCount> = PerCpuArray::with_max_entries(2, 0);
+
+#[map]
+pub static STATS: PerCpuArray<PacketCount> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
+
+#[map]
+pub static BENCH_REFERENCE: PerCpuHashMap<FlowKey, FlowCounters> =
+    PerCpuHashMap::with_max_entries(16, 0);

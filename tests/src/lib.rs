@@ -1,0 +1,8 @@
+//! flowlog's privileged integration-test harness: crafted frames for BPF_PROG_TEST_RUN and the
+//! host parser tests, and network-namespace topologies for traffic tests.
+//!
+//! The tests themselves live in `tests/*.rs`. They need root (CAP_BPF, CAP_NET_ADMIN,
+//! CAP_SYS_ADMIN) and only ever touch namespaces and links they create.
+
+pub mod frames;
+pub mod netns;

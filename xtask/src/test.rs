@@ -1,0 +1,123 @@
+//! `cargo xtask test [-- HARNESS_ARGS...]`: set up, build the agent, then run every test in the
+//! release profile, in three cargo invocations:
+//! - the unit tests of the host packages, with the default number of threads;
+//! - the host unit tests of the eBPF crate's library (the crate is not a default member);
+//! - the privileged integration tests of the `tests` package one at a time, since they create
+//!   network namespaces and send time-sensitive traffic.
+//!
+//! All three run even when one fails; a summary closes the output.
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use crate::{agent, cmd, setup};
+
+/// One `cargo test` invocation: what it covers and its arguments.
+struct TestRun {
+    name: &'static str,
+    args: Vec<String>,
+}
+
+/// The `cargo test` invocations, with `extra` passed to every test harness.
+fn test_runs(extra: &[String]) -> Vec<TestRun> {
+    let run = |name, cargo_args: &[&str], harness_args: &[&str]| TestRun {
+        name,
+        args: ["test", "--release", "--no-fail-fast"]
+            .iter()
+            .chain(cargo_args)
+            .chain(&["--"])
+            .chain(harness_args)
+            .map(|s| s.to_string())
+            .chain(extra.iter().cloned())
+            .collect(),
+    };
+    vec![
+        run(
+            "unit tests of the host packages",
+            &[
+                "--workspace",
+                "--exclude",
+                "tests",
+                "--exclude",
+                "flowlog-ebpf",
+            ],
+            &[],
+        ),
+        run(
+            "host tests of flowlog-ebpf's library",
+            &["-p", "flowlog-ebpf", "--lib"],
+            &[],
+        ),
+        run(
+            "integration tests (package tests, one thread)",
+            &["-p", "tests"],
+            &["--test-threads=1"],
+        ),
+    ]
+}
+
+pub fn test(extra: &[String]) -> Result<()> {
+    setup::setup()?;
+    agent::build()?;
+    let agent_bin = agent::binary();
+
+    let mut outcomes = Vec::new();
+    for run in test_runs(extra) {
+        let started = Instant::now();
+        let mut cargo = cmd::cargo();
+        cargo.args(&run.args).env(agent::BIN_ENV, &agent_bin);
+        let passed = cmd::status(&mut cargo)?.success();
+        outcomes.push((run.name, passed, started.elapsed()));
+    }
+
+    eprintln!("\ntest summary:");
+    for (name, passed, took) in &outcomes {
+        let verdict = if *passed { "passed" } else { "FAILED" };
+        eprintln!("  {verdict}  {name} ({})", seconds(*took));
+    }
+    let failed = outcomes.iter().filter(|(_, passed, _)| !passed).count();
+    if failed > 0 {
+        bail!("{failed} of {} test runs failed", outcomes.len());
+    }
+    eprintln!("all {} test runs passed", outcomes.len());
+    Ok(())
+}
+
+fn seconds(took: Duration) -> String {
+    format!("{:.1} s", took.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integration_tests_run_one_at_a_time_and_all_get_the_extra_args() {
+        let runs = test_runs(&["--nocapture".into(), "flow".into()]);
+        let args: Vec<String> = runs.iter().map(|r| r.args.join(" ")).collect();
+        assert_eq!(
+            args,
+            [
+                "test --release --no-fail-fast --workspace --exclude tests --exclude flowlog-ebpf \
+                 -- --nocapture flow",
+                "test --release --no-fail-fast -p flowlog-ebpf --lib -- --nocapture flow",
+                "test --release --no-fail-fast -p tests -- --test-threads=1 --nocapture flow",
+            ]
+        );
+    }
+
+    #[test]
+    fn without_extra_args_the_harness_gets_only_the_thread_limit() {
+        let runs = test_runs(&[]);
+        assert!(
+            runs[0]
+                .args
+                .ends_with(&["flowlog-ebpf".into(), "--".into()])
+        );
+        assert!(
+            runs[2]
+                .args
+                .ends_with(&["--".into(), "--test-threads=1".into()])
+        );
+    }
+}
