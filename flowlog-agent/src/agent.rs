@@ -14,7 +14,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     collector::IntervalBuilder,
     config::RunConfig,
-    datapath::{Datapath, DatapathConfig, DatapathError, Hook, HookChoice, KernelLogger, TcMode},
+    datapath::{
+        Datapath, DatapathConfig, DatapathError, Hook, HookChoice, KernelLogger, TcMode,
+        TcModeChoice,
+    },
     interfaces::{self, Interface},
     privileges::{self, MissingCapability},
     record::IntervalRecords,
@@ -67,7 +70,13 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
     let mut signals = Signals::install().map_err(AgentError::Signals)?;
 
     let mut builder = IntervalBuilder::new(SystemTime::now());
-    attach_all(&mut datapath, &mut builder, &interfaces, config.hook)?;
+    attach_all(
+        &mut datapath,
+        &mut builder,
+        &interfaces,
+        config.hook,
+        config.tc_mode,
+    )?;
 
     let mut summary = RunSummary::default();
     let mut stats = StatsDelta::default();
@@ -161,10 +170,13 @@ fn attach_all(
     builder: &mut IntervalBuilder,
     interfaces: &[Interface],
     choice: HookChoice,
+    tc_choice: TcModeChoice,
 ) -> Result<(), AgentError> {
-    let tc_mode = TcMode::for_running_kernel();
-    if tc_mode == TcMode::Clsact {
-        tracing::warn!("this kernel has no TCX (Linux 6.6+): attaching TC programs with clsact");
+    let tc_mode = tc_choice.resolve();
+    if tc_choice == TcModeChoice::Auto && tc_mode == TcMode::Clsact {
+        tracing::warn!(
+            "this kernel has no TCX (Linux 6.6+): falling back to clsact for TC programs"
+        );
     }
     for interface in interfaces {
         let hook = attach_one(datapath, interface, choice, tc_mode)?;

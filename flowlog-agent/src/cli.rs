@@ -8,7 +8,7 @@ use flowlog_common::maps::DEFAULT_MAX_FLOWS;
 
 use crate::{
     config::{parse_interval, parse_max_flows, parse_metadata_value},
-    datapath::HookChoice,
+    datapath::{HookChoice, TcModeChoice},
     format::{DEFAULT_FORMAT, RecordFormat},
     sink::SinkSpec,
 };
@@ -59,6 +59,11 @@ pub struct RunArgs {
     /// runs it natively without losing receive offloads).
     #[arg(long, value_enum, default_value_t = HookChoice::Auto)]
     pub hook: HookChoice,
+
+    /// How TC programs are attached: TCX links, clsact filters (visible to `tc filter show`),
+    /// or auto (TCX when the kernel has it, Linux 6.6+).
+    #[arg(long, value_enum, default_value_t = TcModeChoice::Auto)]
+    pub tc_mode: TcModeChoice,
 
     /// Capacity of each of the two flow maps, in entries (one per flow and CPU that saw it).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_FLOWS, value_parser = parse_max_flows)]

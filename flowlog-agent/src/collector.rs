@@ -54,15 +54,16 @@ impl IntervalBuilder {
         let mut records = Vec::with_capacity(drained.flows.len() + self.interfaces.len());
         let mut active: BTreeMap<u32, ()> = BTreeMap::new();
         let mut skipped = drained.skipped;
-        let time = |ns: u64| program_time_to_unix(ns, drained.clock_offset_ns).clamp(start, end);
+        let clock = drained.clock;
+        let time = |jiffies: u64| clock.unix_seconds(jiffies).clamp(start, end);
 
         for (key, counters) in &drained.flows {
             active.insert(key.ifindex, ());
             match flow_of(key, counters) {
                 Some(flow) => records.push(FlowRecord {
                     interface: self.name_of(key.ifindex),
-                    start: time(counters.first_seen_ns),
-                    end: time(counters.last_seen_ns),
+                    start: time(counters.first_seen_jiffies),
+                    end: time(counters.last_seen_jiffies),
                     kind: RecordKind::Flow(flow),
                 }),
                 None => {
@@ -154,7 +155,7 @@ fn flow_of(key: &FlowKey, counters: &FlowCounters) -> Option<Flow> {
         packets: counters.packets,
         bytes: counters.bytes,
         verdict: Verdict::try_from(key.verdict).ok()?,
-        tcp_flags: counters.tcp_flags,
+        tcp_flags: counters.tcp_flags as u8,
     })
 }
 
@@ -168,12 +169,6 @@ pub fn unix_seconds(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// A program timestamp (kernel monotonic nanoseconds) as Unix seconds.
-fn program_time_to_unix(monotonic_ns: u64, offset_ns: i128) -> u64 {
-    let unix_ns = monotonic_ns as i128 + offset_ns;
-    (unix_ns.max(0) / 1_000_000_000) as u64
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -181,9 +176,11 @@ mod tests {
     use rustc_hash::FxHashMap;
 
     use super::*;
-    use crate::sys::GracePeriod;
+    use crate::{datapath::JiffiesClock, sys::GracePeriod};
 
     const SECOND: u64 = 1_000_000_000;
+    /// A 1000 Hz kernel, whose jiffy 0 is Unix second 1000.
+    const JIFFIES_PER_SECOND: u64 = 1000;
 
     fn at(seconds: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(seconds)
@@ -214,13 +211,13 @@ mod tests {
         FlowCounters {
             packets,
             bytes: packets * 100,
-            first_seen_ns: first_s * SECOND,
-            last_seen_ns: last_s * SECOND + SECOND / 2,
+            first_seen_jiffies: first_s * JIFFIES_PER_SECOND,
+            last_seen_jiffies: last_s * JIFFIES_PER_SECOND + JIFFIES_PER_SECOND / 2,
             ..FlowCounters::default()
         }
     }
 
-    /// An epoch switched at `end` seconds, with monotonic time = Unix time - 1000 s.
+    /// An epoch switched at `end` seconds.
     fn drained(end: u64, flows: Vec<(FlowKey, FlowCounters)>) -> DrainedEpoch {
         DrainedEpoch {
             flows: flows.into_iter().collect::<FxHashMap<_, _>>(),
@@ -230,7 +227,11 @@ mod tests {
             switched_at: at(end),
             quiescent_at: at(end),
             grace_period: GracePeriod::Rcu,
-            clock_offset_ns: 1000 * SECOND as i128,
+            clock: JiffiesClock {
+                jiffies: 0,
+                unix_ns: 1000 * SECOND as i128,
+                ns_per_jiffy: SECOND / JIFFIES_PER_SECOND,
+            },
         }
     }
 
@@ -244,7 +245,7 @@ mod tests {
     #[test]
     fn flows_become_ok_records_and_idle_interfaces_nodata() {
         let mut builder = builder();
-        // Seen from 1003 to 1007 monotonic = 2003..2007 Unix.
+        // Seen from jiffy second 1003 to 1007 = 2003..2007 Unix.
         let epoch = drained(
             2060,
             vec![(key(2, AddressFamily::Ipv4, 17), counters(4, 1003, 1007))],
@@ -275,7 +276,7 @@ mod tests {
     #[test]
     fn times_are_clamped_into_the_interval() {
         let mut builder = builder();
-        // A coarse timestamp a tick before the switch, and one after the end.
+        // A timestamp a second before the switch, and one after the end.
         let epoch = drained(
             2060,
             vec![(key(2, AddressFamily::Ipv6, 6), counters(1, 999, 1061))],

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use crate::{
     cli::{MetadataArgs, RunArgs},
-    datapath::HookChoice,
+    datapath::{HookChoice, TcModeChoice},
     format::RecordFormat,
     interfaces::{InterfaceSelector, SelectorError},
     record::Metadata,
@@ -23,6 +23,7 @@ pub struct RunConfig {
     pub format: Arc<RecordFormat>,
     pub sinks: Vec<SinkSpec>,
     pub hook: HookChoice,
+    pub tc_mode: TcModeChoice,
     pub max_flows: u32,
     pub metadata: Arc<Metadata>,
 }
@@ -46,6 +47,7 @@ impl RunConfig {
             format: Arc::new(args.format),
             sinks,
             hook: args.hook,
+            tc_mode: args.tc_mode,
             max_flows: args.max_flows,
             metadata: Arc::new(metadata(args.metadata)),
         })

@@ -481,7 +481,7 @@ impl fmt::Display for FieldValue<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::{net::Ipv4Addr, sync::Arc, time::Instant};
+    use std::sync::Arc;
 
     use super::*;
     use crate::record::{Direction, Flow, Verdict};
@@ -795,43 +795,6 @@ mod tests {
         ];
         for (format, message) in cases {
             assert_eq!(parse_error(format), message, "format {format:?}");
-        }
-    }
-
-    /// `cargo test --release -p flowlog-agent --lib format -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn render_rate() {
-        let meta = full_metadata();
-        let records: Vec<FlowRecord> = (0..1024u32)
-            .map(|i| {
-                let f = Flow {
-                    src_addr: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i * 7919)),
-                    src_port: (i * 31) as u16,
-                    packets: u64::from(i) * 13,
-                    bytes: u64::from(i) * 9_001,
-                    ..flow("172.31.16.139 203.0.113.12 0 443 6 1 1 ACCEPT")
-                };
-                record(ENI, 1_700_000_000, 1_700_000_060, RecordKind::Flow(f))
-            })
-            .collect();
-        for (name, format) in [
-            ("default", RecordFormat::default()),
-            ("all fields", every_field_format()),
-        ] {
-            let mut out = Vec::with_capacity(1 << 20);
-            let rounds = 2_000;
-            let started = Instant::now();
-            for _ in 0..rounds {
-                out.clear();
-                for record in &records {
-                    format.render(record, &meta, &mut out);
-                }
-                std::hint::black_box(&out);
-            }
-            let rate = (rounds * records.len()) as f64 / started.elapsed().as_secs_f64();
-            let size = out.len() / records.len();
-            println!("{name}: {:.2} M records/s, {size} bytes/record", rate / 1e6);
         }
     }
 }

@@ -133,7 +133,7 @@ pub enum GracePeriod {
     Timed(Duration),
 }
 
-/// Nanoseconds between the kernel's monotonic clock (what `bpf_ktime_get_coarse_ns` reads) and
+/// Nanoseconds between the kernel's monotonic clock (what `bpf_ktime_get_ns` reads) and
 /// the wall clock: add it to a program's timestamp to get Unix nanoseconds.
 pub fn monotonic_to_unix_offset_ns() -> i128 {
     let realtime = clock_ns(libc::CLOCK_REALTIME);

@@ -67,8 +67,9 @@ impl TryFrom<u8> for Verdict {
 /// CPU never run concurrently with each other, so a plain `+=` on the entry cannot lose an
 /// increment. The agent sums the entries of a flow over CPUs when it drains.
 ///
-/// 48 bytes, no implicit padding.
-#[repr(C)]
+/// 48 bytes, no implicit padding. 8-byte aligned so the kernel programs can clear it with six
+/// word stores.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     /// Interface index the packet was seen on.
@@ -128,13 +129,15 @@ pub struct FlowCounters {
     pub packets: u64,
     /// IP-layer bytes of those packets, IP header included.
     pub bytes: u64,
-    /// Kernel monotonic time (coarse clock) of the first packet, in nanoseconds.
-    pub first_seen_ns: u64,
-    /// Kernel monotonic time (coarse clock) of the last packet, in nanoseconds.
-    pub last_seen_ns: u64,
-    /// OR of the packets' TCP flags in the VPC Flow Logs encoding (see [`crate::tcp`]).
-    pub tcp_flags: u8,
-    pub _pad: [u8; 7],
+    /// Kernel jiffies (`bpf_jiffies64`, which the verifier inlines) at the first packet. The
+    /// agent converts them to Unix time with the clock program's samples.
+    pub first_seen_jiffies: u64,
+    /// Kernel jiffies at the last packet.
+    pub last_seen_jiffies: u64,
+    /// OR of the packets' TCP flags in the VPC Flow Logs encoding (see [`crate::tcp`]); only the
+    /// low byte is used. A u32 beside a u32 of padding, so the value is built with plain stores.
+    pub tcp_flags: u32,
+    pub _pad: u32,
 }
 
 impl FlowCounters {
@@ -146,8 +149,8 @@ impl FlowCounters {
         }
         self.packets += other.packets;
         self.bytes += other.bytes;
-        self.first_seen_ns = self.first_seen_ns.min(other.first_seen_ns);
-        self.last_seen_ns = self.last_seen_ns.max(other.last_seen_ns);
+        self.first_seen_jiffies = self.first_seen_jiffies.min(other.first_seen_jiffies);
+        self.last_seen_jiffies = self.last_seen_jiffies.max(other.last_seen_jiffies);
         self.tcp_flags |= other.tcp_flags;
     }
 }
@@ -210,22 +213,22 @@ mod tests {
         let mut a = FlowCounters {
             packets: 2,
             bytes: 100,
-            first_seen_ns: 50,
-            last_seen_ns: 60,
+            first_seen_jiffies: 50,
+            last_seen_jiffies: 60,
             tcp_flags: 2,
-            _pad: [0; 7],
+            _pad: 0,
         };
         let b = FlowCounters {
             packets: 3,
             bytes: 300,
-            first_seen_ns: 40,
-            last_seen_ns: 55,
+            first_seen_jiffies: 40,
+            last_seen_jiffies: 55,
             tcp_flags: 1,
-            _pad: [0; 7],
+            _pad: 0,
         };
         a.merge(&b);
         assert_eq!((a.packets, a.bytes), (5, 400));
-        assert_eq!((a.first_seen_ns, a.last_seen_ns), (40, 60));
+        assert_eq!((a.first_seen_jiffies, a.last_seen_jiffies), (40, 60));
         assert_eq!(a.tcp_flags, 3);
 
         let mut empty = FlowCounters::default();

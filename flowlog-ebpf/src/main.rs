@@ -15,19 +15,21 @@ mod maps;
 
 #[cfg(target_arch = "bpf")]
 mod programs {
+    use core::mem::MaybeUninit;
+
     use aya_ebpf::{
         bindings::{TC_ACT_UNSPEC, xdp_action},
         macros::{classifier, xdp},
         programs::{TcContext, XdpContext},
     };
-    use flowlog_common::flow::{Direction, FlowKey};
+    use flowlog_common::flow::Direction;
     use flowlog_ebpf::{
         account::{WireCount, wire_count},
-        parse::{Frame, ParseError, parse},
+        parse::{Frame, ParseError, parse, zeroed_key},
     };
 
     use crate::{
-        counting::{count_flow, count_parse_error, count_reference},
+        counting::{clock_sample, count_flow, count_parse_error, count_reference},
         frames::{SkbFrame, XdpFrame},
     };
 
@@ -52,12 +54,13 @@ mod programs {
     #[xdp]
     pub fn flowlog_xdp(ctx: XdpContext) -> u32 {
         let frame = XdpFrame::new(&ctx);
-        let mut key = FlowKey::zeroed();
-        match parse(&frame, false, &mut key) {
+        let mut storage = MaybeUninit::uninit();
+        let key = zeroed_key(&mut storage);
+        match parse(&frame, false, key) {
             Ok(parsed) => {
                 key.ifindex = frame.ingress_ifindex();
                 key.direction = Direction::Ingress as u8;
-                count_flow(&ctx, &mut key, wire_count(&parsed, 0, 0), parsed.tcp_flags);
+                count_flow(&ctx, key, wire_count(&parsed, 0, 0), parsed.tcp_flags);
             }
             Err(error) => count_parse_error(error, frame.len()),
         }
@@ -72,13 +75,14 @@ mod programs {
         loop {
             let frame = SkbFrame::new(ctx);
             let gso = frame.gso();
-            let mut key = FlowKey::zeroed();
-            match parse(&frame, gso.size != 0, &mut key) {
+            let mut storage = MaybeUninit::uninit();
+            let key = zeroed_key(&mut storage);
+            match parse(&frame, gso.size != 0, key) {
                 Ok(parsed) => {
                     key.ifindex = frame.ifindex();
                     key.direction = direction as u8;
                     let count: WireCount = wire_count(&parsed, gso.size, gso.segs);
-                    count_flow(ctx, &mut key, count, parsed.tcp_flags);
+                    count_flow(ctx, key, count, parsed.tcp_flags);
                     return;
                 }
                 Err(ParseError::Truncated) if !pulled && frame.has_paged_data() => {
@@ -94,6 +98,23 @@ mod programs {
                 }
             }
         }
+    }
+
+    /// Not attached anywhere: the agent runs it with BPF_PROG_TEST_RUN to read jiffies and the
+    /// monotonic clock at the same instant; it writes them into the first 16 bytes of its input.
+    #[xdp]
+    pub fn flowlog_clock(ctx: XdpContext) -> u32 {
+        let (data, data_end) = (ctx.data(), ctx.data_end());
+        if data + 16 <= data_end {
+            let [jiffies, monotonic_ns] = clock_sample();
+            // SAFETY: the 16 bytes at `data` are in the packet (checked above); unaligned
+            // writes make no alignment assumption.
+            unsafe {
+                (data as *mut u64).write_unaligned(jiffies);
+                ((data + 8) as *mut u64).write_unaligned(monotonic_ns);
+            }
+        }
+        xdp_action::XDP_PASS
     }
 
     /// Benchmark reference: nothing but one per-CPU hash update per packet.

@@ -4,5 +4,9 @@
 //! The tests themselves live in `tests/*.rs`. They need root (CAP_BPF, CAP_NET_ADMIN,
 //! CAP_SYS_ADMIN) and only ever touch namespaces and links they create.
 
+pub mod agent;
 pub mod frames;
 pub mod netns;
+pub mod records;
+pub mod test_run;
+pub mod traffic;

@@ -359,13 +359,22 @@ fn ip_length_fields_are_checked_against_the_frame() {
         v4().udp(1, 2).payload(10).ip_length_field(27),
         ParseError::Malformed,
     );
-    // IPv6: beyond the frame, and 0 (a jumbogram, not followed).
+    // IPv6: beyond the frame, and 0, which leaves no room for the UDP header.
     for payload_len in [19, 0] {
         assert_error(
             v6().udp(1, 2).payload(10).ip_length_field(payload_len),
             ParseError::Malformed,
         );
     }
+    // Payload length 0 with a hop-by-hop header announces a jumbogram (not followed); without
+    // one it is an empty packet (next header 59, "no next header").
+    assert_error(
+        v6().extension(ExtensionHeader::HopByHop(8))
+            .protocol(59)
+            .ip_length_field(0),
+        ParseError::Malformed,
+    );
+    assert_parses(v6().protocol(59), parsed(14, 40, 40, 0), v6_key(59, 0, 0));
     // An extension header that runs past the payload length.
     assert_error(
         v6().extension(ExtensionHeader::HopByHop(16))

@@ -45,6 +45,26 @@ impl fmt::Display for Hook {
     }
 }
 
+/// How the operator asked TC programs to be attached (`--tc-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcModeChoice {
+    /// TCX where the kernel has it (Linux 6.6+), clsact otherwise.
+    #[default]
+    Auto,
+    Tcx,
+    Clsact,
+}
+
+impl TcModeChoice {
+    pub fn resolve(self) -> TcMode {
+        match self {
+            TcModeChoice::Auto => TcMode::for_running_kernel(),
+            TcModeChoice::Tcx => TcMode::Tcx,
+            TcModeChoice::Clsact => TcMode::Clsact,
+        }
+    }
+}
+
 /// How TC programs are attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TcMode {
@@ -100,7 +120,11 @@ pub(super) fn load_programs(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
             .load()
             .map_err(|source| DatapathError::Program { name, source })?;
     }
-    for name in [programs::XDP_INGRESS, programs::REFERENCE_XDP] {
+    for name in [
+        programs::XDP_INGRESS,
+        programs::REFERENCE_XDP,
+        programs::CLOCK,
+    ] {
         xdp(ebpf, name)?
             .load()
             .map_err(|source| DatapathError::Program { name, source })?;

@@ -12,7 +12,7 @@ use flowlog_common::{
 };
 use rustc_hash::FxHashMap;
 
-use super::DatapathError;
+use super::{DatapathError, JiffiesClock};
 use crate::sys::{self, GracePeriod};
 
 /// Entries fetched per batch system call.
@@ -35,12 +35,12 @@ pub struct DrainedEpoch {
     pub quiescent_at: SystemTime,
     /// How that was ensured.
     pub grace_period: GracePeriod,
-    /// Add to the programs' timestamps to get Unix nanoseconds.
-    pub clock_offset_ns: i128,
+    /// Converts the counters' jiffies to Unix seconds.
+    pub clock: JiffiesClock,
 }
 
 impl DrainedEpoch {
-    fn new(switched_at: SystemTime, grace_period: GracePeriod) -> Self {
+    fn new(switched_at: SystemTime, grace_period: GracePeriod, clock: JiffiesClock) -> Self {
         Self {
             flows: FxHashMap::default(),
             skipped: BTreeMap::new(),
@@ -49,7 +49,7 @@ impl DrainedEpoch {
             switched_at,
             quiescent_at: SystemTime::now(),
             grace_period,
-            clock_offset_ns: sys::monotonic_to_unix_offset_ns(),
+            clock,
         }
     }
 }
@@ -87,7 +87,10 @@ impl Epochs {
     }
 
     /// Switches the programs to the other epoch and drains the one they left.
-    pub(super) fn rotate_and_drain(&mut self) -> Result<DrainedEpoch, DatapathError> {
+    pub(super) fn rotate_and_drain(
+        &mut self,
+        clock: JiffiesClock,
+    ) -> Result<DrainedEpoch, DatapathError> {
         let retired = self.current;
         let next = 1 - retired;
         self.index
@@ -99,16 +102,19 @@ impl Epochs {
         self.current = next;
         let switched_at = SystemTime::now();
         let grace_period = wait_for_programs()?;
-        let mut drained = DrainedEpoch::new(switched_at, grace_period);
+        let mut drained = DrainedEpoch::new(switched_at, grace_period, clock);
         self.drain_into(retired, &mut drained)?;
         Ok(drained)
     }
 
     /// Drains both epochs in place. Exact only when no program is attached any more.
-    pub(super) fn drain_everything(&mut self) -> Result<DrainedEpoch, DatapathError> {
+    pub(super) fn drain_everything(
+        &mut self,
+        clock: JiffiesClock,
+    ) -> Result<DrainedEpoch, DatapathError> {
         let switched_at = SystemTime::now();
         let grace_period = wait_for_programs()?;
-        let mut drained = DrainedEpoch::new(switched_at, grace_period);
+        let mut drained = DrainedEpoch::new(switched_at, grace_period, clock);
         for epoch in [self.current, 1 - self.current] {
             self.drain_into(epoch, &mut drained)?;
         }

@@ -2,6 +2,7 @@
 //! interfaces, and drain the flow maps interval by interval.
 
 mod attach;
+mod clock;
 mod epoch;
 
 use std::{collections::BTreeMap, io};
@@ -17,7 +18,8 @@ use flowlog_common::{
     stats::Stat,
 };
 
-pub use attach::{AttachedInterface, Hook, HookChoice, TcMode};
+pub use attach::{AttachedInterface, Hook, HookChoice, TcMode, TcModeChoice};
+pub use clock::{ClockSample, JiffiesClock};
 pub use epoch::DrainedEpoch;
 
 /// The eBPF object built by `build.rs` from `flowlog-ebpf`.
@@ -34,6 +36,9 @@ pub mod programs {
     /// Benchmark references: one per-CPU hash update per packet.
     pub const REFERENCE_TC: &str = "flowlog_ref_tc";
     pub const REFERENCE_XDP: &str = "flowlog_ref_xdp";
+    /// Reads jiffies and the monotonic clock together (run with BPF_PROG_TEST_RUN, never
+    /// attached).
+    pub const CLOCK: &str = "flowlog_clock";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +89,8 @@ pub struct Datapath {
     epochs: epoch::Epochs,
     stats: PerCpuArray<MapData, PacketCount>,
     attached: BTreeMap<u32, AttachedInterface>,
+    /// The clock sample taken at load, against which the tick length is measured.
+    first_clock: ClockSample,
 }
 
 impl Datapath {
@@ -116,12 +123,14 @@ impl Datapath {
         let overflow: PerCpuArray<MapData, PacketCount> = take_map(&mut ebpf, SKIP_OVERFLOW)?;
         let stats: PerCpuArray<MapData, PacketCount> = take_map(&mut ebpf, STATS)?;
         let epochs = epoch::Epochs::new(epoch_map, flows, skipped, overflow)?;
+        let first_clock = clock::sample(&ebpf)?;
         Ok(Self {
             ebpf,
             logger,
             epochs,
             stats,
             attached: BTreeMap::new(),
+            first_clock,
         })
     }
 
@@ -172,13 +181,28 @@ impl Datapath {
     /// Ends the current epoch: switches the programs to the other flow map, waits until no
     /// program still counts into the old one, and drains it.
     pub fn drain_interval(&mut self) -> Result<DrainedEpoch, DatapathError> {
-        self.epochs.rotate_and_drain()
+        let clock = self.clock()?;
+        self.epochs.rotate_and_drain(clock)
     }
 
     /// Drains both epochs without switching. Only exact once no program runs any more, i.e.
     /// after [`Datapath::detach_all`]: used for the final drain at shutdown.
     pub fn drain_all_after_detach(&mut self) -> Result<DrainedEpoch, DatapathError> {
-        self.epochs.drain_everything()
+        let clock = self.clock()?;
+        self.epochs.drain_everything(clock)
+    }
+
+    /// Jiffies and the monotonic clock now, as the programs see them.
+    pub fn clock_sample(&self) -> Result<ClockSample, DatapathError> {
+        clock::sample(&self.ebpf)
+    }
+
+    fn clock(&self) -> Result<JiffiesClock, DatapathError> {
+        Ok(JiffiesClock::new(
+            self.first_clock,
+            self.clock_sample()?,
+            crate::sys::monotonic_to_unix_offset_ns(),
+        ))
     }
 
     /// Running totals of the packets the programs did not count as flows.

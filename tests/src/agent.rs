@@ -1,0 +1,150 @@
+//! The real `flowlog-agent` binary as a child process inside a test namespace.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::PathBuf,
+    process::{Child, ExitStatus, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::netns::NetNs;
+
+/// Where the agent binary is: `FLOWLOG_AGENT_BIN` (set by `cargo xtask test`), else the release
+/// build next to the test executable's target directory.
+pub fn agent_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("FLOWLOG_AGENT_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    // target/release/deps/<test> -> target/release/flowlog-agent
+    let release = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binaries live in target/<profile>/deps");
+    release.join("flowlog-agent")
+}
+
+/// A running agent. Stop it with [`Agent::stop`]; dropping it kills it.
+pub struct Agent {
+    child: Option<Child>,
+    stdout: Option<thread::JoinHandle<String>>,
+    stderr_lines: mpsc::Receiver<String>,
+    stderr_seen: Vec<String>,
+}
+
+/// What a stopped agent left.
+#[derive(Debug)]
+pub struct Stopped {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Agent {
+    /// Starts `flowlog-agent run ARGS` inside `ns` and waits until it has attached to
+    /// `attachments` interfaces (or fails, printing what it said).
+    pub fn start(ns: &NetNs, args: &[&str], attachments: usize) -> Self {
+        let binary = agent_binary();
+        let mut child = ns
+            .command(binary.to_str().expect("UTF-8 path"))
+            .arg("run")
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        let mut out = child.stdout.take().expect("piped");
+        let stdout = thread::spawn(move || {
+            let mut text = String::new();
+            let _ = out.read_to_string(&mut text);
+            text
+        });
+        let err = child.stderr.take().expect("piped");
+        let (send, stderr_lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut agent = Agent {
+            child: Some(child),
+            stdout: Some(stdout),
+            stderr_lines,
+            stderr_seen: Vec::new(),
+        };
+        agent.wait_for_log("attached", attachments, Duration::from_secs(20));
+        agent
+    }
+
+    /// Waits until `count` log lines containing `needle` have been seen in total.
+    pub fn wait_for_log(&mut self, needle: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self
+            .stderr_seen
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+            < count
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) => self.stderr_seen.push(line),
+                Err(_) => {
+                    let status = self
+                        .child
+                        .as_mut()
+                        .and_then(|c| c.try_wait().ok().flatten());
+                    panic!(
+                        "agent did not log {count} x {needle:?} (exit: {status:?}); it said:\n{}",
+                        self.stderr_seen.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends SIGTERM and waits for the agent to finish its final drain and exit.
+    pub fn stop(mut self) -> Stopped {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid; it touches no memory.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("waitpid") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("agent did not stop within 30 s of SIGTERM");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        let stdout = self.stdout.take().expect("once").join().unwrap_or_default();
+        while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_secs(2)) {
+            self.stderr_seen.push(line);
+        }
+        Stopped {
+            status,
+            stdout,
+            stderr: self.stderr_seen.join("\n"),
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! Figure 2: TCP throughput across a veth pair between two namespaces, with the agent attached
+//! (TC ingress and egress of the server's veth) and without, alternating run by run.
+
+use std::{
+    fs,
+    io::Read,
+    process::{Child, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use ::tests::netns::{NetNs, in_netns};
+
+use crate::{
+    agent::{self, Agent},
+    report::{Goal, Outcome, Report},
+    support::{Context, Result, TempDir, VethEnd, median, veth_topology},
+};
+
+const GOAL_RATIO: f64 = 0.97;
+const CLIENT_IF: &str = "fbtc0";
+const SERVER_IF: &str = "fbts0";
+const CLIENT_ADDR: [u8; 4] = [198, 18, 1, 1];
+const SERVER_ADDR: [u8; 4] = [198, 18, 1, 2];
+const IPERF_PORT: u16 = 5201;
+/// Seconds iperf3 runs before it starts counting (TCP slow start, first-second noise).
+const OMIT_SECONDS: u64 = 1;
+
+struct Settings {
+    pairs: usize,
+    seconds: u64,
+}
+
+pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
+    let settings = if quick {
+        Settings {
+            pairs: 2,
+            seconds: 2,
+        }
+    } else {
+        Settings {
+            pairs: 5,
+            seconds: 3,
+        }
+    };
+    // Fail before building a topology if there is no agent to run.
+    agent::binary()?;
+    eprintln!(
+        "throughput: iperf3 TCP over a veth pair, {} pairs of {} s runs (+{OMIT_SECONDS} s \
+         omitted), with and without the agent, alternating",
+        settings.pairs, settings.seconds
+    );
+    let (client, server) = veth_topology(
+        VethEnd {
+            ifname: CLIENT_IF,
+            addresses: &[CLIENT_ADDR],
+        },
+        VethEnd {
+            ifname: SERVER_IF,
+            addresses: &[SERVER_ADDR],
+        },
+    )?;
+    let sinks = TempDir::new("throughput")?;
+    let sink = format!("dir:{}", sinks.path().display());
+    let agent_args = [
+        "--interface",
+        SERVER_IF,
+        "--hook",
+        "tc",
+        "--interval",
+        "60s",
+        "--sink",
+        &sink,
+    ];
+
+    let mut iperf_server = IperfServer::start(&server)?;
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    for pair in 0..settings.pairs {
+        // Which variant goes first alternates, so a drift in the machine's load favours neither.
+        let agent_first = pair % 2 == 1;
+        for with_agent in [agent_first, !agent_first] {
+            let bits_per_second = if with_agent {
+                let agent = Agent::start(&server, &agent_args)?;
+                let measured = run_client(&client, settings.seconds);
+                agent.stop().context("stopping the agent")?;
+                measured?
+            } else {
+                run_client(&client, settings.seconds)?
+            };
+            let gbits = bits_per_second / 1e9;
+            eprintln!(
+                "throughput: pair {}/{}: {} agent: {gbits:.2} Gbit/s",
+                pair + 1,
+                settings.pairs,
+                if with_agent { "with" } else { "without" }
+            );
+            if with_agent {
+                with.push(gbits);
+            } else {
+                without.push(gbits);
+            }
+            iperf_server.check_running()?;
+        }
+    }
+    let iperf_records = check_counted(&sinks, settings.pairs)?;
+    let (with_median, without_median) = (median(&with), median(&without));
+    let ratio = with_median / without_median;
+    // Each pair's two runs are adjacent in time: their ratio is less exposed to load drift.
+    let pair_ratios: Vec<f64> = with.iter().zip(&without).map(|(w, wo)| w / wo).collect();
+    report.record(Outcome {
+        figure: "throughput TCP".into(),
+        measured: format!(
+            "{with_median:.2} Gbit/s with agent vs {without_median:.2} without = {ratio:.3}"
+        ),
+        value: ratio,
+        goal: Goal::at_least(GOAL_RATIO, &format!("{GOAL_RATIO}")),
+        details: vec![
+            format!(
+                "median of {} runs each of {} s; with: {}; without: {} (Gbit/s)",
+                settings.pairs,
+                settings.seconds,
+                list(&with),
+                list(&without)
+            ),
+            format!(
+                "ratio within each pair: {}; median {:.3}; the agent wrote {iperf_records} OK \
+                 records of port {IPERF_PORT}",
+                list(&pair_ratios),
+                median(&pair_ratios)
+            ),
+        ],
+    });
+    Ok(())
+}
+
+/// The agent must really have counted the iperf3 connections (ingress and egress, every run),
+/// or "with agent" measured nothing.
+fn check_counted(sinks: &TempDir, runs: usize) -> Result<usize> {
+    let path = sinks.path().join(format!("{SERVER_IF}-all.log"));
+    let text = fs::read_to_string(&path).context(format!("reading {}", path.display()))?;
+    let port = IPERF_PORT.to_string();
+    let iperf_records = text
+        .lines()
+        .filter(|line| {
+            // Default format: fields 5 and 6 are the ports, 13 the log status.
+            let fields: Vec<&str> = line.split(' ').collect();
+            fields.len() == 14 && (fields[5] == port || fields[6] == port) && fields[13] == "OK"
+        })
+        .count();
+    if iperf_records < 2 * runs {
+        return Err(format!(
+            "the agent wrote {iperf_records} records of port {port} in {}, expected at least {} \
+             (both directions of every run)",
+            path.display(),
+            2 * runs
+        ));
+    }
+    Ok(iperf_records)
+}
+
+fn list(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.2}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `iperf3 -s` in the server namespace for the whole figure.
+struct IperfServer {
+    child: Child,
+}
+
+impl IperfServer {
+    fn start(ns: &NetNs) -> Result<Self> {
+        let address = std::net::Ipv4Addr::from(SERVER_ADDR).to_string();
+        let child = ns
+            .command("iperf3")
+            .args(["-s", "-B", &address, "-p", &IPERF_PORT.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting iperf3 -s (is iperf3 installed?)")?;
+        let mut server = Self { child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !listening(ns, IPERF_PORT)? {
+            server.check_running()?;
+            if Instant::now() > deadline {
+                return Err("iperf3 -s did not listen within 10 s".into());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(server)
+    }
+
+    fn check_running(&mut self) -> Result<()> {
+        match self.child.try_wait().context("waiting for iperf3 -s")? {
+            None => Ok(()),
+            Some(status) => Err(format!(
+                "iperf3 -s exited: {status} (is iperf3 installed? `cargo xtask bench` installs it)"
+            )),
+        }
+    }
+}
+
+impl Drop for IperfServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether a TCP socket listens on `port` in `ns` (`/proc/thread-self/net/tcp` shows the
+/// calling thread's namespace).
+fn listening(ns: &NetNs, port: u16) -> Result<bool> {
+    let table = in_netns(ns, || fs::read_to_string("/proc/thread-self/net/tcp"))
+        .context("entering the server namespace")?
+        .context("reading the TCP socket table")?;
+    let local = format!(":{port:04X}");
+    // "  0: 0201A8C6:1451 00000000:0000 0A ...": local address, remote address, state (0A =
+    // LISTEN).
+    Ok(table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() > 3 && fields[1].ends_with(&local) && fields[3] == "0A"
+    }))
+}
+
+/// Runs one iperf3 client and returns the receiver's bits per second.
+fn run_client(ns: &NetNs, seconds: u64) -> Result<f64> {
+    let server = std::net::Ipv4Addr::from(SERVER_ADDR).to_string();
+    let mut child = ns
+        .command("iperf3")
+        .args([
+            "-c",
+            &server,
+            "-p",
+            &IPERF_PORT.to_string(),
+            "-t",
+            &seconds.to_string(),
+            "-O",
+            &OMIT_SECONDS.to_string(),
+            "-J",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the iperf3 client")?;
+    // Read while it runs, so a large report cannot block it on a full pipe.
+    let mut stdout = child.stdout.take().context("iperf3's stdout")?;
+    let reader = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(seconds + OMIT_SECONDS + 20);
+    let status = loop {
+        if let Some(status) = child.try_wait().context("waiting for iperf3")? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("the iperf3 client did not finish in time".into());
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let json = reader.join().unwrap_or_default();
+    if !status.success() {
+        let error = json_string(&json, "error").unwrap_or_default();
+        return Err(format!("iperf3 client failed ({status}): {error}"));
+    }
+    received_bits_per_second(&json)
+        .context("no end.sum_received.bits_per_second in iperf3's report")
+}
+
+/// `end.sum_received.bits_per_second` of an iperf3 `-J` report. The report's only
+/// `"sum_received"` object is the one under `end`; its first `bits_per_second` is its own
+/// (it holds no nested objects).
+fn received_bits_per_second(json: &str) -> Option<f64> {
+    let end = &json[json.find("\"end\"")?..];
+    let sum = &end[end.find("\"sum_received\"")?..];
+    let object = &sum[..sum.find('}')?];
+    let value = &object[object.find("\"bits_per_second\"")? + "\"bits_per_second\"".len()..];
+    let value = value.trim_start().strip_prefix(':')?.trim_start();
+    let number: String = value
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'))
+        .collect();
+    number.parse().ok()
+}
+
+/// A top-level string member of a JSON report (for iperf3's `"error"`).
+fn json_string(json: &str, key: &str) -> Option<String> {
+    let quoted = format!("\"{key}\"");
+    let rest = &json[json.find(&quoted)? + quoted.len()..];
+    let rest = rest
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start()
+        .strip_prefix('"')?;
+    Some(rest[..rest.find('"')?].to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REPORT: &str = r#"{
+        "start": {"connected": [{"socket": 5}]},
+        "intervals": [{"sum": {"bits_per_second": 1.0}}],
+        "end": {
+            "streams": [{"receiver": {"bits_per_second": 2.0}}],
+            "sum_sent": {"bytes": 10, "bits_per_second": 1.6e10, "retransmits": 0},
+            "sum_received": {"start": 0, "bytes": 10, "bits_per_second": 15623456789.5, "sender": true}
+        }
+    }"#;
+
+    #[test]
+    fn reads_the_received_rate() {
+        assert_eq!(received_bits_per_second(REPORT), Some(15_623_456_789.5));
+        assert_eq!(received_bits_per_second("{\"end\": {}}"), None);
+    }
+
+    #[test]
+    fn reads_the_error() {
+        assert_eq!(
+            json_string(r#"{"start": {}, "error": "unable to connect"}"#, "error").as_deref(),
+            Some("unable to connect")
+        );
+    }
+}

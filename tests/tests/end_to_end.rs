@@ -1,0 +1,282 @@
+//! The real agent on a veth pair between two test namespaces: known UDP and TCP traffic, IPv4
+//! and IPv6, both directions, across several 2 s intervals; the records must add up to exactly
+//! what crossed the wire, lie inside their intervals, and an idle interface must get NODATA.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::unix::fs::PermissionsExt,
+    path::PathBuf,
+    thread,
+    time::Duration,
+};
+
+use tests::{
+    agent::Agent,
+    netns::{NetNs, veth_pair},
+    records::{FlowTuple, Record, parse_lines, totals},
+    traffic::{plain_tcp_headers, tcp_exchange, udp_exchange, udp_gso_exchange, udp_socket},
+};
+
+const A4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const B4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+const UDP: u8 = 17;
+const TCP: u8 = 6;
+
+/// Namespace `a` (where the agent runs) and `b`, joined by `a0`-`b0` (addressed, busy) and
+/// `a1`-`b1` (no addresses, IPv6 off: idle).
+struct Topology {
+    a: NetNs,
+    b: NetNs,
+}
+
+fn topology() -> Topology {
+    let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
+    veth_pair(&a, "a0", &b, "b0").expect("veth");
+    veth_pair(&a, "a1", &b, "b1").expect("veth");
+    for (ns, busy, idle, v4, v6) in [(&a, "a0", "a1", A4, A6), (&b, "b0", "b1", B4, B6)] {
+        ns.disable_ipv6(idle).expect("sysctl");
+        ns.add_address(busy, v4, 24).expect("address");
+        ns.add_address(busy, v6, 64).expect("address");
+        plain_tcp_headers(ns);
+        for link in ["lo", busy, idle] {
+            ns.link_up(link).expect("link up");
+        }
+    }
+    Topology { a, b }
+}
+
+/// Expected (interface, flow) -> (packets, bytes), from what the test sent.
+#[derive(Default)]
+struct Expected(BTreeMap<(String, FlowTuple), (u64, u64)>);
+
+impl Expected {
+    fn add(&mut self, from: SocketAddr, to: SocketAddr, protocol: u8, wire: (u64, u64)) {
+        let flow = FlowTuple {
+            src: from.ip(),
+            dst: to.ip(),
+            src_port: from.port(),
+            dst_port: to.port(),
+            protocol,
+        };
+        let entry = self.0.entry(("a0".to_owned(), flow)).or_insert((0, 0));
+        entry.0 += wire.0;
+        entry.1 += wire.1;
+    }
+}
+
+/// `--hook auto` picks TC on a veth, attached with TCX on this kernel.
+#[test]
+fn tc_records_add_up_to_the_traffic_exactly() {
+    let stderr = records_add_up_to_the_traffic_exactly("tc-auto", &["--hook", "auto"]);
+    assert_eq!(stderr.matches("hook=tc tc_mode=tcx").count(), 2, "{stderr}");
+}
+
+/// Native veth XDP on ingress, TC on egress.
+#[test]
+fn xdp_records_add_up_to_the_traffic_exactly() {
+    let stderr = records_add_up_to_the_traffic_exactly("xdp", &["--hook", "xdp"]);
+    assert_eq!(
+        stderr.matches("hook=xdp tc_mode=tcx").count(),
+        2,
+        "{stderr}"
+    );
+}
+
+/// The clsact path older kernels take.
+#[test]
+fn clsact_records_add_up_to_the_traffic_exactly() {
+    let stderr =
+        records_add_up_to_the_traffic_exactly("clsact", &["--hook", "tc", "--tc-mode", "clsact"]);
+    assert_eq!(
+        stderr.matches("hook=tc tc_mode=clsact").count(),
+        2,
+        "{stderr}"
+    );
+}
+
+/// Runs the agent with `hook_args` through the whole scenario; returns its log.
+fn records_add_up_to_the_traffic_exactly(name: &str, hook_args: &[&str]) -> String {
+    let topology = topology();
+    let logs = PathBuf::from(format!("/tmp/flowlog-e2e-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&logs);
+    let sink = format!("dir:{}", logs.display());
+    let mut args = vec![
+        "--interval",
+        "2s",
+        "--interface",
+        "a0",
+        "--interface",
+        "a1",
+        "--sink",
+        "stdout",
+        "--sink",
+        &sink,
+        "--account-id",
+        "123456789010",
+    ];
+    args.extend_from_slice(hook_args);
+    let agent = Agent::start(&topology.a, &args, 2);
+
+    let mut expected = Expected::default();
+    let mut sockets = Vec::new();
+    for (a_ip, b_ip) in [
+        (IpAddr::V4(A4), IpAddr::V4(B4)),
+        (IpAddr::V6(A6), IpAddr::V6(B6)),
+    ] {
+        let a_addr = SocketAddr::new(a_ip, 5001);
+        let b_addr = SocketAddr::new(b_ip, 5002);
+        sockets.push((
+            udp_socket(&topology.a, a_addr),
+            udp_socket(&topology.b, b_addr),
+            a_addr,
+            b_addr,
+        ));
+    }
+    // About 7 s of traffic: at least three interval boundaries.
+    for round in 0..7u64 {
+        for (a_socket, b_socket, a_addr, b_addr) in &sockets {
+            let wire = udp_exchange(b_socket, a_socket, 10 + round, 100);
+            expected.add(*b_addr, *a_addr, UDP, wire);
+            let wire = udp_exchange(a_socket, b_socket, 5, 1000 + round as usize);
+            expected.add(*a_addr, *b_addr, UDP, wire);
+            let wire = udp_gso_exchange(a_socket, b_socket, 5000, 1400);
+            expected.add(*a_addr, *b_addr, UDP, wire);
+            let wire = udp_gso_exchange(b_socket, a_socket, 3001, 1000);
+            expected.add(*b_addr, *a_addr, UDP, wire);
+        }
+        for (port, server_ip) in [
+            (6000 + round as u16, IpAddr::V4(A4)),
+            (7000 + round as u16, IpAddr::V6(A6)),
+        ] {
+            let exchange = tcp_exchange(
+                &topology.b,
+                &topology.a,
+                SocketAddr::new(server_ip, port),
+                150_000 + round as usize * 1000,
+                40_000,
+            );
+            let c2s = exchange.client_to_server;
+            let s2c = exchange.server_to_client;
+            expected.add(
+                exchange.client,
+                exchange.server,
+                TCP,
+                (c2s.packets, c2s.bytes),
+            );
+            expected.add(
+                exchange.server,
+                exchange.client,
+                TCP,
+                (s2c.packets, s2c.bytes),
+            );
+        }
+        thread::sleep(Duration::from_millis(900));
+    }
+
+    let stopped = agent.stop();
+    assert!(
+        stopped.status.success(),
+        "agent failed:\n{}",
+        stopped.stderr
+    );
+    let records = parse_lines(&stopped.stdout);
+
+    // 1. Exact totals for every flow the test made (other flows, e.g. neighbour discovery, may
+    //    exist beside them).
+    let seen = totals(&records);
+    for (key, want) in &expected.0 {
+        assert_eq!(seen.get(key), Some(want), "flow {key:?}: records vs wire");
+    }
+    for record in &records {
+        assert_eq!(
+            (record.version, record.account_id.as_str()),
+            (2, "123456789010")
+        );
+        if record.flow.is_some() {
+            assert_eq!(
+                (record.action.as_str(), record.log_status.as_str()),
+                ("ACCEPT", "OK")
+            );
+        }
+    }
+
+    // 2. Every record lies inside its interval. stdout gets each interval in one write, flows
+    //    first and the idle interface's NODATA last, so each NODATA of a1 closes an interval.
+    let intervals = check_intervals(&records);
+    assert!(
+        intervals >= 4,
+        "only {intervals} intervals: fewer than three boundaries"
+    );
+
+    // 3. The log streams hold the same records, one file per interface, mode 0640.
+    for interface in ["a0", "a1"] {
+        let path = logs.join(format!("{interface}-all.log"));
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let in_stream = parse_lines(&text);
+        let on_stdout: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.interface == interface)
+            .collect();
+        assert_eq!(
+            in_stream.iter().collect::<Vec<_>>(),
+            on_stdout,
+            "{interface} stream"
+        );
+        let mode = fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640, "{}", path.display());
+    }
+    fs::remove_dir_all(&logs).expect("clean up logs");
+
+    // 4. Nothing is left attached: with clsact no filter remains (TCX links and XDP links go
+    //    with the agent's file descriptors).
+    for direction in ["ingress", "egress"] {
+        let filters = topology
+            .a
+            .exec("tc", &["filter", "show", "dev", "a0", direction])
+            .expect("tc");
+        assert!(
+            filters.stdout.is_empty(),
+            "{direction}: {}",
+            String::from_utf8_lossy(&filters.stdout)
+        );
+    }
+    stopped.stderr
+}
+
+/// Checks that each OK record lies within the interval the next NODATA record of `a1` states,
+/// that `a1` has nothing but NODATA, and returns the number of intervals.
+fn check_intervals(records: &[Record]) -> usize {
+    let mut pending: Vec<&Record> = Vec::new();
+    let mut intervals = 0;
+    let mut previous_end = 0;
+    for record in records {
+        if record.interface == "a1" {
+            assert_eq!(
+                record.log_status, "NODATA",
+                "the idle interface had traffic: {record:?}"
+            );
+            assert!(record.start <= record.end && record.start >= previous_end.min(record.start));
+            for flow in pending.drain(..) {
+                assert!(
+                    record.start <= flow.start && flow.start <= flow.end && flow.end <= record.end,
+                    "{flow:?} outside interval {}..{}",
+                    record.start,
+                    record.end
+                );
+            }
+            previous_end = record.end;
+            intervals += 1;
+        } else {
+            pending.push(record);
+        }
+    }
+    assert!(
+        pending.is_empty(),
+        "records after the last interval: {pending:?}"
+    );
+    intervals
+}
