@@ -1,13 +1,14 @@
 //! The validated configuration the rest of the agent trusts, and the value parsers that refuse
 //! bad input at start-up, naming the offending token.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use crate::{
-    cli::{MetadataArgs, RunArgs},
+    cli::{MetadataArgs, RunArgs, TrafficType},
     datapath::{HookChoice, TcModeChoice},
     format::RecordFormat,
     interfaces::{InterfaceSelector, SelectorError},
+    policy::{Exclusion, Policy, PolicyError},
     record::Metadata,
     sink::{SinkSpec, default_sinks},
 };
@@ -26,12 +27,21 @@ pub struct RunConfig {
     pub tc_mode: TcModeChoice,
     pub max_flows: u32,
     pub metadata: Arc<Metadata>,
+    /// The policy file and what it held at start-up (SIGHUP reads the file again).
+    pub policy: Option<(PathBuf, Policy)>,
+    pub traffic_type: TrafficType,
+    /// Defaults first, unless turned off, then `--exclude`s.
+    pub exclusions: Vec<Exclusion>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(transparent)]
     Interface(#[from] SelectorError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("{0}")]
+    Exclusions(String),
 }
 
 impl RunConfig {
@@ -41,6 +51,20 @@ impl RunConfig {
         } else {
             args.sinks
         };
+        let policy = match args.policy {
+            Some(path) => {
+                let policy = Policy::load(&path)?;
+                Some((path, policy))
+            }
+            None => None,
+        };
+        let mut exclusions = if args.no_default_exclusions {
+            Vec::new()
+        } else {
+            Exclusion::defaults()
+        };
+        exclusions.extend(args.exclusions);
+        Exclusion::compile(&exclusions).map_err(ConfigError::Exclusions)?;
         Ok(Self {
             interfaces: InterfaceSelector::parse(&args.interfaces)?,
             interval: args.interval,
@@ -50,6 +74,9 @@ impl RunConfig {
             tc_mode: args.tc_mode,
             max_flows: args.max_flows,
             metadata: Arc::new(metadata(args.metadata)),
+            policy,
+            traffic_type: args.traffic_type,
+            exclusions,
         })
     }
 }
