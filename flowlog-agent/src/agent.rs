@@ -24,7 +24,9 @@ use crate::{
     policy::{Exclusion, Policy},
     privileges::{self, MissingCapability},
     record::{IntervalRecords, RecordKind},
-    sink::{self, LineRenderer, LogStreamSink, SinkHandle, SinkReport, SinkSpec, StdoutSink},
+    sink::{
+        self, IpfixSink, LineRenderer, LogStreamSink, SinkHandle, SinkReport, SinkSpec, StdoutSink,
+    },
     sys,
 };
 
@@ -74,7 +76,7 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
         publish_policy(&mut datapath, path, policy)?;
     }
     let interfaces = select_interfaces(&config)?;
-    let mut sinks = start_sinks(&config)?;
+    let mut sinks = start_sinks(&config, &interfaces)?;
     let mut signals = Signals::install().map_err(AgentError::Signals)?;
 
     let mut builder = IntervalBuilder::new(SystemTime::now());
@@ -156,7 +158,10 @@ fn select_interfaces(config: &RunConfig) -> Result<Vec<Interface>, AgentError> {
     Ok(selection.matched)
 }
 
-fn start_sinks(config: &RunConfig) -> Result<Vec<SinkHandle>, AgentError> {
+fn start_sinks(
+    config: &RunConfig,
+    interfaces: &[Interface],
+) -> Result<Vec<SinkHandle>, AgentError> {
     let renderer = LineRenderer {
         format: Arc::clone(&config.format),
         metadata: Arc::clone(&config.metadata),
@@ -173,6 +178,13 @@ fn start_sinks(config: &RunConfig) -> Result<Vec<SinkHandle>, AgentError> {
                         error,
                     })?;
                 sink::spawn(sink)
+            }
+            SinkSpec::Ipfix(spec) => {
+                let indexes = interfaces
+                    .iter()
+                    .map(|i| (i.name.clone(), i.ifindex))
+                    .collect();
+                sink::spawn(IpfixSink::new(spec.clone(), indexes))
             }
         };
         handles.push(handle);

@@ -51,8 +51,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "FORMAT", default_value = DEFAULT_FORMAT)]
     pub format: RecordFormat,
 
-    /// Where records go (repeatable): `stdout` or `dir:PATH` (one log stream file per
-    /// interface). Default: dir:/var/log/flowlog and stdout.
+    /// Where records go (repeatable): `stdout`, `dir:PATH` (one log stream file per
+    /// interface), or IPFIX to a collector: `ipfix+udp://HOST:PORT` or `ipfix+tcp://HOST:PORT`
+    /// (port 4739 by default; options `?domain=N&mtu=BYTES&template-refresh=60s&
+    /// template-refresh-messages=100`). Default: dir:/var/log/flowlog and stdout.
     #[arg(long = "sink", value_name = "SINK")]
     pub sinks: Vec<SinkSpec>,
 

@@ -2,6 +2,7 @@
 //! own bounded queue, so a slow sink never stalls the drain or the other sinks, and retries
 //! failed writes with capped exponential backoff.
 
+pub mod ipfix;
 mod log_stream;
 mod spec;
 mod stdout;
@@ -10,6 +11,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::{sync::mpsc, task::JoinHandle};
 
+pub use ipfix::IpfixSink;
 pub use log_stream::LogStreamSink;
 pub use spec::{DEFAULT_LOG_DIR, SinkSpec, SinkSpecError, default_sinks};
 pub use stdout::StdoutSink;

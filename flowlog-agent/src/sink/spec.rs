@@ -2,6 +2,8 @@
 
 use std::{fmt, path::PathBuf, str::FromStr};
 
+use super::ipfix::{IpfixSpec, IpfixSpecError};
+
 /// The embedded default log-stream directory.
 pub const DEFAULT_LOG_DIR: &str = "/var/log/flowlog";
 
@@ -12,6 +14,8 @@ pub enum SinkSpec {
     Stdout,
     /// `dir:PATH`: one log stream (file) per interface in PATH, like CloudWatch log streams.
     LogStreams(PathBuf),
+    /// `ipfix+udp://HOST:PORT` or `ipfix+tcp://HOST:PORT`: IPFIX to a flow collector.
+    Ipfix(IpfixSpec),
 }
 
 /// The sinks used when none is given: the log streams in [`DEFAULT_LOG_DIR`] and stdout.
@@ -24,10 +28,14 @@ pub fn default_sinks() -> Vec<SinkSpec> {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SinkSpecError {
-    #[error("unknown sink {0:?}: expected stdout or dir:PATH")]
+    #[error(
+        "unknown sink {0:?}: expected stdout, dir:PATH, ipfix+udp://HOST:PORT or ipfix+tcp://HOST:PORT"
+    )]
     Unknown(String),
     #[error("sink {0:?}: dir: needs a directory path, as in dir:/var/log/flowlog")]
     EmptyPath(String),
+    #[error(transparent)]
+    Ipfix(#[from] IpfixSpecError),
 }
 
 impl FromStr for SinkSpec {
@@ -43,6 +51,9 @@ impl FromStr for SinkSpec {
             }
             return Ok(SinkSpec::LogStreams(PathBuf::from(path)));
         }
+        if let Some(ipfix) = IpfixSpec::parse(text) {
+            return Ok(SinkSpec::Ipfix(ipfix?));
+        }
         Err(SinkSpecError::Unknown(text.to_owned()))
     }
 }
@@ -52,6 +63,7 @@ impl fmt::Display for SinkSpec {
         match self {
             SinkSpec::Stdout => f.write_str("stdout"),
             SinkSpec::LogStreams(path) => write!(f, "dir:{}", path.display()),
+            SinkSpec::Ipfix(spec) => spec.fmt(f),
         }
     }
 }
@@ -62,7 +74,13 @@ mod tests {
 
     #[test]
     fn parses_every_form_and_prints_it_back() {
-        for text in ["stdout", "dir:/var/log/flowlog", "dir:relative/logs"] {
+        for text in [
+            "stdout",
+            "dir:/var/log/flowlog",
+            "dir:relative/logs",
+            "ipfix+udp://127.0.0.1:4739",
+            "ipfix+tcp://[::1]:9995?domain=3",
+        ] {
             let spec: SinkSpec = text.parse().unwrap();
             assert_eq!(spec.to_string(), text);
         }
@@ -72,11 +90,18 @@ mod tests {
     fn refuses_what_it_does_not_know_naming_it() {
         assert_eq!(
             "stdot".parse::<SinkSpec>().unwrap_err().to_string(),
-            "unknown sink \"stdot\": expected stdout or dir:PATH"
+            "unknown sink \"stdot\": expected stdout, dir:PATH, ipfix+udp://HOST:PORT or ipfix+tcp://HOST:PORT"
         );
         assert_eq!(
             "dir:".parse::<SinkSpec>().unwrap_err(),
             SinkSpecError::EmptyPath("dir:".into())
+        );
+        assert!(
+            "ipfix+udp://h:99999"
+                .parse::<SinkSpec>()
+                .unwrap_err()
+                .to_string()
+                .contains("port \"99999\"")
         );
     }
 }
