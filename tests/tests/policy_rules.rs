@@ -198,3 +198,26 @@ cidr = "198.18.0.0/15"
         .tcp_flags(0x12);
     assert_eq!(verdict_of(&mut datapath, &stray), sg_reject);
 }
+
+#[test]
+fn a_new_policy_keeps_the_connections_it_still_admits() {
+    let mut datapath = TestDatapath::load(1024);
+    let admit = |ports: &str| {
+        format!(
+            "[security_group]\n[[security_group.ingress]]\nprotocol = \"tcp\"\nports = \"{ports}\"\ncidr = \"198.18.0.0/15\"\n"
+        )
+    };
+    datapath.set_policy(&admit("22"));
+    let syn = v4().tcp(40000, 22).tcp_flags(0x02);
+    let ack = v4().tcp(40000, 22).tcp_flags(0x10).payload(10);
+    assert_eq!(verdict_of(&mut datapath, &syn), PASSED);
+    // Still admitted by the new policy: the connection goes on.
+    datapath.set_policy(&admit("20-30"));
+    assert_eq!(verdict_of(&mut datapath, &ack), PASSED);
+    // No longer admitted: its packets are rejected.
+    datapath.set_policy(&admit("80"));
+    assert_eq!(
+        verdict_of(&mut datapath, &ack),
+        (true, Verdict::RejectSecurityGroup)
+    );
+}
