@@ -12,7 +12,10 @@ use tests::{
 /// Runs `frame` through the TC ingress program once; returns whether it was dropped and the
 /// verdict it was counted under (the interval holds that one packet).
 fn verdict_of(datapath: &mut TestDatapath, frame: &FrameBuilder) -> (bool, Verdict) {
-    let hook = Hook::TcIngress;
+    verdict_on(Hook::TcIngress, datapath, frame)
+}
+
+fn verdict_on(hook: Hook, datapath: &mut TestDatapath, frame: &FrameBuilder) -> (bool, Verdict) {
     let returned = datapath
         .try_run(hook, &frame.build().bytes, 1)
         .expect("test run");
@@ -220,4 +223,31 @@ fn a_new_policy_keeps_the_connections_it_still_admits() {
         verdict_of(&mut datapath, &ack),
         (true, Verdict::RejectSecurityGroup)
     );
+}
+
+#[test]
+fn every_program_enforces_and_audit_mode_drops_nothing() {
+    let mut datapath = TestDatapath::load(1024);
+    let policy = |mode: &str| {
+        format!(
+            "mode = \"{mode}\"\n[acl]\ndefault = \"allow\"\n[[acl.rule]]\nnumber = 1\ndirection = \"ingress\"\nprotocol = \"udp\"\ncidr = \"198.18.0.0/15\"\nports = \"53\"\naction = \"deny\"\n[[acl.rule]]\nnumber = 2\ndirection = \"egress\"\nprotocol = \"udp\"\ncidr = \"198.18.0.0/15\"\nports = \"53\"\naction = \"deny\"\n"
+        )
+    };
+    datapath.set_policy(&policy("enforce"));
+    let dns = v4().udp(40000, 53);
+    for hook in Hook::ALL {
+        assert_eq!(
+            verdict_on(hook, &mut datapath, &dns),
+            DROPPED_BY_ACL,
+            "{hook:?}"
+        );
+    }
+    datapath.set_policy(&policy("audit"));
+    for hook in Hook::ALL {
+        assert_eq!(
+            verdict_on(hook, &mut datapath, &dns),
+            (false, Verdict::AuditAcl),
+            "{hook:?}"
+        );
+    }
 }
