@@ -131,21 +131,53 @@ fn send_round(topology: &Topology, round: u64, expected: &mut Expected) {
     }
 }
 
-fn start_agent(topology: &Topology, sink: &str) -> Agent {
-    Agent::start(
-        &topology.a,
-        &[
-            "--interval",
-            "1s",
-            "--interface",
-            "a0",
-            "--sink",
-            sink,
-            "--sink",
-            "stdout",
-        ],
-        1,
-    )
+fn start_agent(topology: &Topology, sink: &str, extra: &[&str]) -> Agent {
+    let mut args = vec![
+        "--interval",
+        "1s",
+        "--interface",
+        "a0",
+        "--sink",
+        sink,
+        "--sink",
+        "stdout",
+    ];
+    args.extend_from_slice(extra);
+    Agent::start(&topology.a, &args, 1)
+}
+
+/// The UDP port the policy of the TCP test drops (ingress, both families).
+const DENIED_PORT: u16 = 9999;
+
+const DENY_POLICY: &str = r#"
+[acl]
+default = "allow"
+[[acl.rule]]
+number = 1
+direction = "ingress"
+protocol = "udp"
+cidr = "198.18.0.0/15"
+ports = "9999"
+action = "deny"
+[[acl.rule]]
+number = 2
+direction = "ingress"
+protocol = "udp"
+cidr = "fd00::/8"
+ports = "9999"
+action = "deny"
+"#;
+
+/// Datagrams from b to a's [`DENIED_PORT`], which the policy drops: REJECT records.
+fn send_denied(topology: &Topology, expected: &mut Expected) {
+    for (_, b_socket, a_addr, b_addr) in &topology.sockets {
+        let to = SocketAddr::new(a_addr.ip(), DENIED_PORT);
+        for _ in 0..6 {
+            b_socket.send_to(&[9; 80], to).expect("send");
+        }
+        let header = if to.is_ipv4() { 20 } else { 40 };
+        expected.add(*b_addr, to, UDP, (6, 6 * (header + 8 + 80)));
+    }
 }
 
 /// Checks the collector's flows against the wire and against the agent's own records; returns
@@ -191,7 +223,11 @@ fn check_collected(
 fn udp_export_reaches_nfcapd_exactly() {
     let topology = topology();
     let nfcapd = Nfcapd::start(&topology.a, "udp", NFCAPD_PORT);
-    let agent = start_agent(&topology, &format!("ipfix+udp://127.0.0.1:{NFCAPD_PORT}"));
+    let agent = start_agent(
+        &topology,
+        &format!("ipfix+udp://127.0.0.1:{NFCAPD_PORT}"),
+        &[],
+    );
     let mut expected = Expected::default();
     for round in 0..3 {
         send_round(&topology, round, &mut expected);
@@ -234,10 +270,16 @@ fn tcp_export_survives_a_collector_restart() {
         Ipv4Addr::new(127, 0, 0, 2),
     );
     let sink = format!("ipfix+tcp://127.0.0.1:{IPFIX_PORT}");
-    let mut agent = start_agent(&topology, &sink);
+    let policy = PathBuf::from(format!(
+        "/tmp/flowlog-ipfix-policy-{}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&policy, DENY_POLICY).expect("policy file");
+    let mut agent = start_agent(&topology, &sink, &["--policy", policy.to_str().unwrap()]);
     let mut expected = Expected::default();
 
     send_round(&topology, 0, &mut expected);
+    send_denied(&topology, &mut expected);
     agent.wait_for_log("connected to the collector", 1, Duration::from_secs(5));
     thread::sleep(Duration::from_millis(1200));
     // The collector goes away between two intervals, for about a second, while traffic goes on.
@@ -259,6 +301,7 @@ fn tcp_export_survives_a_collector_restart() {
     thread::sleep(Duration::from_millis(1200));
 
     let stopped = agent.stop();
+    let _ = std::fs::remove_file(&policy);
     assert!(stopped.status.success(), "agent: {}", stopped.stderr);
     // The agent closed its connection after the last interval; let the front read it all.
     thread::sleep(Duration::from_millis(300));
@@ -311,7 +354,13 @@ fn tcp_export_survives_a_collector_restart() {
                 .get(name)
                 .unwrap_or_else(|| panic!("{name} missing in {record:?}"))
         };
-        assert_eq!(field("forwardingStatus"), "64", "{record:?}");
+        // Forwarded (64), or dropped by the ACL (129) for the denied port.
+        let status = if field("destinationTransportPort") == DENIED_PORT.to_string() {
+            "129"
+        } else {
+            "64"
+        };
+        assert_eq!(field("forwardingStatus"), status, "{record:?}");
         assert_eq!(field("interfaceName"), "(len: 2) a0", "{record:?}");
         let (src, dst) = match field("ipVersion") {
             "4" => ("sourceIPv4Address", "destinationIPv4Address"),
