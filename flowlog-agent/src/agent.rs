@@ -13,7 +13,7 @@ use flowlog_common::{flow::PacketCount, maps::flow_maps_memory_bytes, stats::Sta
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::TrafficType,
+    cli::{OnExit, TrafficType},
     collector::IntervalBuilder,
     config::RunConfig,
     datapath::{
@@ -58,9 +58,23 @@ pub struct RunSummary {
 
 pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
     privileges::check()?;
-    let mut datapath = Datapath::load(DatapathConfig {
+    let datapath_config = DatapathConfig {
         max_flows: config.max_flows,
-    })?;
+    };
+    let mut datapath = match &config.pin_dir {
+        Some(dir) => Datapath::load_pinned(datapath_config, dir)?,
+        None => Datapath::load(datapath_config)?,
+    };
+    // Statistics of pinned maps are running totals of earlier agents too: report from here on
+    // (before anything is attached, so nothing this agent sees is missed).
+    let mut stats = StatsDelta::default();
+    stats.update(&datapath);
+    if datapath.reused_pinned_maps() {
+        tracing::info!(
+            pin_dir = %config.pin_dir.as_deref().unwrap_or(Path::new("")).display(),
+            "adopted the maps of the previous agent: what it left undrained and what was counted since is in the first interval"
+        );
+    }
     tracing::info!(
         max_flows = config.max_flows,
         kernel_memory_mib_max = flow_maps_memory_bytes(config.max_flows) >> 20,
@@ -88,8 +102,19 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
         config.tc_mode,
     )?;
 
+    let stale = datapath.remove_stale_links()?;
+    if !stale.is_empty() {
+        tracing::info!(links = ?stale, "removed pinned links of interfaces no longer logged");
+    }
+    // A previous agent's undrained epoch (it was killed, or stopped with its programs kept)
+    // joins the first interval.
+    let mut leftovers = if datapath.reused_pinned_maps() {
+        Some(tokio::task::block_in_place(|| datapath.drain_leftovers())?)
+    } else {
+        None
+    };
+
     let mut summary = RunSummary::default();
-    let mut stats = StatsDelta::default();
     loop {
         let wait = until_next_boundary(SystemTime::now(), config.interval);
         tokio::select! {
@@ -106,7 +131,10 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
             },
         }
         let started = std::time::Instant::now();
-        let drained = tokio::task::block_in_place(|| datapath.drain_interval())?;
+        let mut drained = tokio::task::block_in_place(|| datapath.drain_interval())?;
+        if let Some(leftovers) = leftovers.take() {
+            drained.absorb(leftovers);
+        }
         let entries = drained.entries;
         let interval = Arc::new(select_traffic(builder.build(drained), config.traffic_type));
         log_interval(
@@ -118,10 +146,27 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
         dispatch(&mut sinks, &interval, &mut summary);
     }
 
-    // Nothing counts any more once the programs are detached, so both epochs can be drained
-    // completely: everything counted before the signal reaches the sinks.
-    datapath.detach_all()?;
-    let drained = tokio::task::block_in_place(|| datapath.drain_all_after_detach())?;
+    let keep = config.on_exit == OnExit::Keep && datapath.has_pinned_links();
+    let mut drained = if keep {
+        // The pinned programs go on counting into the other epoch, which the next agent drains:
+        // everything counted before the switch reaches the sinks now, the rest later.
+        datapath.detach_unpinned()?;
+        let drained = tokio::task::block_in_place(|| datapath.drain_interval())?;
+        datapath.leave_pinned_attached();
+        tracing::info!(
+            pin_dir = %config.pin_dir.as_deref().unwrap_or(Path::new("")).display(),
+            "programs stay attached and keep counting until the next agent (`flowlog-agent detach` removes them)"
+        );
+        drained
+    } else {
+        // Nothing counts any more once the programs are detached, so both epochs can be drained
+        // completely: everything counted before the signal reaches the sinks.
+        datapath.detach_all()?;
+        tokio::task::block_in_place(|| datapath.drain_all_after_detach())?
+    };
+    if let Some(leftovers) = leftovers.take() {
+        drained.absorb(leftovers);
+    }
     let entries = drained.entries;
     let interval = Arc::new(select_traffic(builder.build(drained), config.traffic_type));
     log_interval(&interval, entries, Duration::ZERO, stats.update(&datapath));

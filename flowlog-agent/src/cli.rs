@@ -27,6 +27,30 @@ pub struct Cli {
 pub enum Command {
     /// Count flows and write records until SIGINT or SIGTERM (the default command).
     Run(Box<RunArgs>),
+    /// Detach the programs an agent left attached and remove its pinned maps (their counts not
+    /// yet written are discarded).
+    Detach(DetachArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DetachArgs {
+    /// The pin directory the agent used.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+}
+
+/// Where the agent pins its maps and links by default.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/flowlog";
+
+/// What happens to the programs when the agent stops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnExit {
+    /// Pinned programs stay attached and keep counting (and enforcing the policy); the next
+    /// agent reports what they counted meanwhile.
+    #[default]
+    Keep,
+    /// Detach everything and write every count before exiting.
+    Detach,
 }
 
 impl Cli {
@@ -89,6 +113,20 @@ pub struct RunArgs {
     /// Do not exclude DHCP, DHCPv6 and the instance metadata and time services by default.
     #[arg(long)]
     pub no_default_exclusions: bool,
+
+    /// BPF filesystem directory for the maps and links that outlive the agent (a restart or an
+    /// upgrade then loses and double-counts nothing). `/sys/fs/bpf` is mounted if needed.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+
+    /// Pin nothing: the programs and their counts go with the agent.
+    #[arg(long)]
+    pub no_pin: bool,
+
+    /// On SIGINT/SIGTERM: `keep` pinned programs attached (counting, and enforcing the policy,
+    /// until the next agent), or `detach` them and write every count.
+    #[arg(long, value_enum, default_value_t = OnExit::Keep)]
+    pub on_exit: OnExit,
 
     #[command(flatten)]
     pub metadata: MetadataArgs,

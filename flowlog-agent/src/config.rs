@@ -4,7 +4,7 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use crate::{
-    cli::{MetadataArgs, RunArgs, TrafficType},
+    cli::{MetadataArgs, OnExit, RunArgs, TrafficType},
     datapath::{HookChoice, TcModeChoice},
     format::RecordFormat,
     interfaces::{InterfaceSelector, SelectorError},
@@ -32,6 +32,9 @@ pub struct RunConfig {
     pub traffic_type: TrafficType,
     /// Defaults first, unless turned off, then `--exclude`s.
     pub exclusions: Vec<Exclusion>,
+    /// Where maps and links are pinned; `None` with `--no-pin`.
+    pub pin_dir: Option<PathBuf>,
+    pub on_exit: OnExit,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +80,8 @@ impl RunConfig {
             policy,
             traffic_type: args.traffic_type,
             exclusions,
+            pin_dir: (!args.no_pin).then_some(args.pin_dir),
+            on_exit: args.on_exit,
         })
     }
 }
@@ -151,6 +156,8 @@ pub fn parse_metadata_value(text: &str) -> Result<String, String> {
 mod tests {
     use clap::Parser;
 
+    use std::path::Path;
+
     use super::*;
     use crate::cli::{Cli, Command};
 
@@ -159,6 +166,7 @@ mod tests {
             .map_err(|e| e.to_string())?;
         match cli.command() {
             Command::Run(args) => Ok(*args),
+            other => Err(format!("not run: {other:?}")),
         }
     }
 
@@ -178,8 +186,15 @@ mod tests {
         assert_eq!(config.hook, HookChoice::Auto);
         assert_eq!(config.metadata.account_id, None);
         // No subcommand at all means `run` with these defaults.
-        let Command::Run(args) = Cli::try_parse_from(["flowlog-agent"]).unwrap().command();
+        let Command::Run(args) = Cli::try_parse_from(["flowlog-agent"]).unwrap().command() else {
+            panic!("no subcommand must mean run");
+        };
         assert_eq!(args.interval, Duration::from_secs(60));
+        assert_eq!(
+            config.pin_dir.as_deref(),
+            Some(Path::new("/sys/fs/bpf/flowlog"))
+        );
+        assert_eq!(config.on_exit, OnExit::Keep);
     }
 
     #[test]

@@ -39,5 +39,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             runtime.block_on(agent::run(config))?;
             Ok(())
         }
+        Command::Detach(args) => {
+            let removed = flowlog_agent::datapath::remove_pins(&args.pin_dir)?;
+            eprintln!(
+                "flowlog-agent: removed {removed} pinned maps and links from {}",
+                args.pin_dir.display()
+            );
+            Ok(())
+        }
     }
 }

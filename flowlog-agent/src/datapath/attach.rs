@@ -1,12 +1,17 @@
 //! Hooking the programs into interfaces: TC on ingress and egress (TCX where the kernel has it,
 //! clsact otherwise), or XDP on ingress with TC on egress.
 
-use std::{fmt, io};
+use std::{
+    fmt, io,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf,
     programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, ProgramError, ProgramFd, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::FdLink,
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
         xdp::XdpLinkId,
     },
@@ -14,6 +19,7 @@ use aya::{
 };
 
 use super::{DatapathError, programs};
+use crate::sys;
 
 /// How the operator asked interfaces to be hooked (`--hook`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -100,14 +106,32 @@ pub struct AttachedInterface {
     pub ifindex: u32,
     pub hook: Hook,
     pub tc_mode: TcMode,
-    ingress: IngressLink,
-    egress: SchedClassifierLinkId,
+    ingress: ProgramLink,
+    egress: ProgramLink,
+}
+
+impl AttachedInterface {
+    /// Whether its programs are attached through pinned links, which outlive the agent.
+    pub fn is_pinned(&self) -> bool {
+        matches!(self.egress, ProgramLink::Pinned(_))
+    }
+
+    pub(super) fn pinned_paths(&self) -> impl Iterator<Item = &Path> {
+        [&self.ingress, &self.egress]
+            .into_iter()
+            .filter_map(|link| match link {
+                ProgramLink::Pinned(path) => Some(path.as_path()),
+                _ => None,
+            })
+    }
 }
 
 #[derive(Debug)]
-enum IngressLink {
+enum ProgramLink {
     Tc(SchedClassifierLinkId),
     Xdp(XdpLinkId),
+    /// A link pinned at this path: the pin holds it; removing the pin detaches it.
+    Pinned(PathBuf),
 }
 
 pub(super) fn load_programs(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
@@ -132,16 +156,27 @@ pub(super) fn load_programs(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
     Ok(())
 }
 
+/// Attaches the programs to one interface. With `pins` (a links directory) and TCX, the links
+/// are pinned there; a link already pinned for the interface and hook (left by a previous agent)
+/// is adopted: its program is replaced in one step, so no packet is missed or counted twice.
 pub(super) fn attach(
     ebpf: &mut Ebpf,
     interface: &str,
     ifindex: u32,
     hook: Hook,
     tc_mode: TcMode,
+    pins: Option<&Path>,
 ) -> Result<AttachedInterface, DatapathError> {
     let error = |what: &str, source: ProgramError| DatapathError::Attach {
         interface: interface.to_owned(),
         message: describe_attach_error(what, &source),
+    };
+    // clsact filters are not links: they cannot be pinned, and are detached with the agent.
+    let pins = pins.filter(|_| tc_mode == TcMode::Tcx);
+    // bpffs refuses names with dots (reserved), and interface names may have them (eth0.100).
+    let pin_path = |point: &str| {
+        let name = interface.replace('.', "_");
+        pins.map(|dir| dir.join(format!("{name}-{ifindex}-{point}")))
     };
     if tc_mode == TcMode::Clsact {
         match tc::qdisc_add_clsact(interface) {
@@ -161,6 +196,7 @@ pub(super) fn attach(
         interface,
         TcAttachType::Egress,
         tc_mode,
+        pin_path("tc_eg"),
     )
     .map_err(|e| error("TC egress", e))?;
     let ingress = match hook {
@@ -170,19 +206,16 @@ pub(super) fn attach(
             interface,
             TcAttachType::Ingress,
             tc_mode,
+            pin_path("tc_in"),
         )
-        .map(IngressLink::Tc)
         .map_err(|e| error("TC ingress", e)),
-        Hook::Xdp => xdp(ebpf, programs::XDP_INGRESS)?
-            .attach_to_if_index(ifindex, XdpMode::Driver)
-            .map(IngressLink::Xdp)
-            .map_err(|e| error("native XDP", e)),
+        Hook::Xdp => attach_xdp(ebpf, ifindex, pin_path("xdp")).map_err(|e| error("native XDP", e)),
     };
     let ingress = match ingress {
         Ok(link) => link,
         Err(e) => {
             // Leave nothing half attached.
-            let _ = classifier(ebpf, programs::TC_EGRESS)?.detach(egress);
+            let _ = release(ebpf, programs::TC_EGRESS, egress);
             return Err(e);
         }
     };
@@ -201,12 +234,81 @@ pub(super) fn detach(ebpf: &mut Ebpf, attached: AttachedInterface) -> Result<(),
         interface: attached.name.clone(),
         message: format!("detaching: {source}"),
     };
-    let egress = classifier(ebpf, programs::TC_EGRESS)?.detach(attached.egress);
-    let ingress = match attached.ingress {
-        IngressLink::Tc(link) => classifier(ebpf, programs::TC_INGRESS)?.detach(link),
-        IngressLink::Xdp(link) => xdp(ebpf, programs::XDP_INGRESS)?.detach(link),
+    let ingress_program = match attached.hook {
+        Hook::Tc => programs::TC_INGRESS,
+        Hook::Xdp => programs::XDP_INGRESS,
     };
+    let egress = release(ebpf, programs::TC_EGRESS, attached.egress);
+    let ingress = release(ebpf, ingress_program, attached.ingress);
     egress.and(ingress).map_err(error)
+}
+
+/// Detaches one program: an owned link through aya, a pinned one by removing its pin.
+fn release(ebpf: &mut Ebpf, program: &'static str, link: ProgramLink) -> Result<(), ProgramError> {
+    match link {
+        ProgramLink::Tc(id) => classifier(ebpf, program)
+            .map_err(|_| ProgramError::NotLoaded)?
+            .detach(id),
+        ProgramLink::Xdp(id) => xdp(ebpf, program)
+            .map_err(|_| ProgramError::NotLoaded)?
+            .detach(id),
+        ProgramLink::Pinned(path) => std::fs::remove_file(&path).map_err(|io_error| {
+            ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "unlink(pinned link)",
+                io_error,
+            })
+        }),
+    }
+}
+
+/// Replaces the program of the link pinned at `path` with `program`, if there is such a link and
+/// it is still attached. A link that cannot be updated (its interface went away) is unpinned.
+fn adopt(program: &ProgramFd, path: &Path) -> bool {
+    if !path.exists() {
+        return false;
+    }
+    let updated =
+        sys::bpf_obj_get(path).and_then(|link| sys::bpf_link_update(link.as_fd(), program.as_fd()));
+    match updated {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(pin = %path.display(), %error, "stale pinned link removed");
+            let _ = std::fs::remove_file(path);
+            false
+        }
+    }
+}
+
+fn attach_xdp(
+    ebpf: &mut Ebpf,
+    ifindex: u32,
+    pin: Option<PathBuf>,
+) -> Result<ProgramLink, ProgramError> {
+    let program = xdp(ebpf, programs::XDP_INGRESS).map_err(|_| ProgramError::NotLoaded)?;
+    if let Some(path) = &pin
+        && adopt(program.fd()?, path)
+    {
+        return Ok(ProgramLink::Pinned(path.clone()));
+    }
+    let id = program.attach_to_if_index(ifindex, XdpMode::Driver)?;
+    match pin {
+        None => Ok(ProgramLink::Xdp(id)),
+        Some(path) => {
+            let link: FdLink = program
+                .take_link(id)?
+                .try_into()
+                .map_err(|_| ProgramError::NotAttached)?;
+            link.pin(&path).map_err(pin_error)?;
+            Ok(ProgramLink::Pinned(path))
+        }
+    }
+}
+
+fn pin_error(error: aya::pin::PinError) -> ProgramError {
+    ProgramError::SyscallError(aya::sys::SyscallError {
+        call: "pinning a link",
+        io_error: io::Error::other(error.to_string()),
+    })
 }
 
 fn attach_tc(
@@ -215,14 +317,31 @@ fn attach_tc(
     interface: &str,
     attach_type: TcAttachType,
     tc_mode: TcMode,
-) -> Result<SchedClassifierLinkId, ProgramError> {
+    pin: Option<PathBuf>,
+) -> Result<ProgramLink, ProgramError> {
     let options = match tc_mode {
         // Last in the chain: earlier programs' drops are theirs; we count what goes through.
         TcMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
         TcMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
     };
     let classifier = classifier(ebpf, program).map_err(|_| ProgramError::NotLoaded)?;
-    classifier.attach_with_options(interface, attach_type, options)
+    if let Some(path) = &pin
+        && adopt(classifier.fd()?, path)
+    {
+        return Ok(ProgramLink::Pinned(path.clone()));
+    }
+    let id = classifier.attach_with_options(interface, attach_type, options)?;
+    match pin {
+        None => Ok(ProgramLink::Tc(id)),
+        Some(path) => {
+            let link: FdLink = classifier
+                .take_link(id)?
+                .try_into()
+                .map_err(|_| ProgramError::NotAttached)?;
+            link.pin(&path).map_err(pin_error)?;
+            Ok(ProgramLink::Pinned(path))
+        }
+    }
 }
 
 fn classifier<'a>(
@@ -267,5 +386,9 @@ fn describe_attach_error(what: &str, error: &ProgramError) -> String {
         }
         _ => "",
     };
-    format!("attaching {what}: {error}{hint}")
+    let detail = match error {
+        ProgramError::SyscallError(e) => format!(": {}", e.io_error),
+        _ => String::new(),
+    };
+    format!("attaching {what}: {error}{detail}{hint}")
 }

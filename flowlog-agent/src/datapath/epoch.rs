@@ -40,6 +40,18 @@ pub struct DrainedEpoch {
 }
 
 impl DrainedEpoch {
+    /// Adds what another drain found (leftovers of a previous agent) to this one.
+    pub fn absorb(&mut self, other: DrainedEpoch) {
+        for (key, counters) in other.flows {
+            self.flows.entry(key).or_default().merge(&counters);
+        }
+        for (ifindex, count) in other.skipped {
+            self.skipped.entry(ifindex).or_default().add(&count);
+        }
+        self.unattributed.add(&other.unattributed);
+        self.entries += other.entries;
+    }
+
     fn new(switched_at: SystemTime, grace_period: GracePeriod, clock: JiffiesClock) -> Self {
         Self {
             flows: FxHashMap::default(),
@@ -104,6 +116,18 @@ impl Epochs {
         let grace_period = wait_for_programs()?;
         let mut drained = DrainedEpoch::new(switched_at, grace_period, clock);
         self.drain_into(retired, &mut drained)?;
+        Ok(drained)
+    }
+
+    /// Drains the epoch the programs do not count into, in place.
+    pub(super) fn drain_retired(
+        &mut self,
+        clock: JiffiesClock,
+    ) -> Result<DrainedEpoch, DatapathError> {
+        let switched_at = SystemTime::now();
+        let grace_period = wait_for_programs()?;
+        let mut drained = DrainedEpoch::new(switched_at, grace_period, clock);
+        self.drain_into(1 - self.current, &mut drained)?;
         Ok(drained)
     }
 

@@ -4,9 +4,10 @@
 mod attach;
 mod clock;
 mod epoch;
+mod pins;
 mod policy;
 
-use std::{collections::BTreeMap, io};
+use std::{collections::BTreeMap, io, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -23,6 +24,7 @@ use flowlog_common::{
 pub use attach::{AttachedInterface, Hook, HookChoice, TcMode, TcModeChoice};
 pub use clock::{ClockSample, JiffiesClock};
 pub use epoch::DrainedEpoch;
+pub use pins::{LAYOUT_VERSION, remove_pins};
 
 use crate::policy::CompiledPolicy;
 
@@ -65,6 +67,8 @@ pub enum DatapathError {
         #[source]
         source: MapError,
     },
+    #[error("pin directory: {0}")]
+    Pins(String),
     #[error("the eBPF object has no map {0}")]
     MissingMap(&'static str),
     #[error("interface {interface}: {message}")]
@@ -94,18 +98,40 @@ pub struct Datapath {
     stats: PerCpuArray<MapData, PacketCount>,
     attached: BTreeMap<u32, AttachedInterface>,
     policy: policy::PolicyTables,
+    /// Where maps and links are pinned, if they are.
+    pins: Option<pins::Pins>,
     /// The clock sample taken at load, against which the tick length is measured.
     first_clock: ClockSample,
 }
 
 impl Datapath {
     /// Loads the object, sizes the flow maps and loads (verifies) every program. Nothing is
-    /// attached yet.
+    /// attached yet. Maps are the agent's own and go with it.
     pub fn load(config: DatapathConfig) -> Result<Self, DatapathError> {
+        Self::load_with_pins(config, None)
+    }
+
+    /// As [`Datapath::load`], with the maps pinned under `pin_dir` (a BPF filesystem): maps left
+    /// there by a previous agent are reused with their counts, and programs attached with TCX
+    /// or XDP links are pinned there too, so they keep counting while no agent runs.
+    pub fn load_pinned(config: DatapathConfig, pin_dir: &Path) -> Result<Self, DatapathError> {
+        Self::load_with_pins(config, Some(pin_dir))
+    }
+
+    fn load_with_pins(
+        config: DatapathConfig,
+        pin_dir: Option<&Path>,
+    ) -> Result<Self, DatapathError> {
         if EBPF_OBJECT.is_empty() {
             return Err(DatapathError::StubObject);
         }
+        let pins = pin_dir.map(pins::Pins::prepare).transpose()?;
         let mut loader = EbpfLoader::new();
+        if let Some(pins) = &pins {
+            for name in pins::PINNED_MAPS {
+                loader.map_pin_path(name, pins.map_path(name));
+            }
+        }
         for name in FLOWS {
             loader.map_max_entries(name, config.max_flows);
         }
@@ -137,6 +163,7 @@ impl Datapath {
             stats,
             attached: BTreeMap::new(),
             policy,
+            pins,
             first_clock,
         })
     }
@@ -160,7 +187,9 @@ impl Datapath {
         hook: Hook,
         tc_mode: TcMode,
     ) -> Result<&AttachedInterface, DatapathError> {
-        let attached = attach::attach(&mut self.ebpf, interface, ifindex, hook, tc_mode)?;
+        let links = self.pins.as_ref().map(|pins| pins.links_dir());
+        let links = links.as_deref();
+        let attached = attach::attach(&mut self.ebpf, interface, ifindex, hook, tc_mode, links)?;
         Ok(self.attached.entry(ifindex).or_insert(attached))
     }
 
@@ -170,6 +199,57 @@ impl Datapath {
             Some(attached) => attach::detach(&mut self.ebpf, attached),
             None => Ok(()),
         }
+    }
+
+    /// Whether maps left by a previous agent were reused (their counts carry over).
+    pub fn reused_pinned_maps(&self) -> bool {
+        self.pins.as_ref().is_some_and(|pins| pins.reused)
+    }
+
+    /// Whether any interface is attached through pinned links, which outlive the agent.
+    pub fn has_pinned_links(&self) -> bool {
+        self.attached.values().any(AttachedInterface::is_pinned)
+    }
+
+    /// Detaches the interfaces whose links are not pinned (clsact filters, or no pin directory).
+    pub fn detach_unpinned(&mut self) -> Result<(), DatapathError> {
+        let unpinned: Vec<u32> = self
+            .attached
+            .values()
+            .filter(|a| !a.is_pinned())
+            .map(|a| a.ifindex)
+            .collect();
+        for ifindex in unpinned {
+            self.detach(ifindex)?;
+        }
+        Ok(())
+    }
+
+    /// Removes pinned links this agent did not attach or adopt (interfaces gone or no longer
+    /// selected, or an ingress hook that changed). Call after attaching everything.
+    pub fn remove_stale_links(&mut self) -> Result<Vec<String>, DatapathError> {
+        let Some(pins) = &self.pins else {
+            return Ok(Vec::new());
+        };
+        let keep: Vec<&Path> = self
+            .attached
+            .values()
+            .flat_map(AttachedInterface::pinned_paths)
+            .collect();
+        pins.remove_links_except(&keep)
+    }
+
+    /// Forgets the pinned links without detaching them: they keep counting after the agent exits.
+    pub fn leave_pinned_attached(&mut self) {
+        self.attached.retain(|_, a| !a.is_pinned());
+    }
+
+    /// Drains the epoch the programs are not counting into, without switching: what a previous
+    /// agent left undrained (it was stopped before draining, or killed). Exact, because programs
+    /// left that epoch at least one grace period ago.
+    pub fn drain_leftovers(&mut self) -> Result<DrainedEpoch, DatapathError> {
+        let clock = self.clock()?;
+        self.epochs.drain_retired(clock)
     }
 
     /// Detaches every program from every interface.

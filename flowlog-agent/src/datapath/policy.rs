@@ -32,9 +32,14 @@ fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathErro
 }
 
 impl PolicyTables {
+    /// Takes the tables out of the object. With pinned maps a previous agent's policy may be
+    /// live: its slot and generation are read back, so the next publish uses the other slot.
     pub(super) fn take(ebpf: &mut aya::Ebpf) -> Result<Self, DatapathError> {
+        let active: Array<MapData, u32> = take_map(ebpf, POLICY_ACTIVE)?;
+        let word = active.get(&0, 0).map_err(map_error(POLICY_ACTIVE))?;
+        let live = (word & 3 != 0).then(|| (word & 3) - 1);
         Ok(Self {
-            active: take_map(ebpf, POLICY_ACTIVE)?,
+            active,
             configs: [
                 take_map(ebpf, POLICY_CONFIG[0])?,
                 take_map(ebpf, POLICY_CONFIG[1])?,
@@ -43,8 +48,8 @@ impl PolicyTables {
             sg: [take_map(ebpf, SG_RULES[0])?, take_map(ebpf, SG_RULES[1])?],
             exclusions: take_map(ebpf, EXCLUSIONS)?,
             exclusion_count: take_map(ebpf, EXCLUSION_COUNT)?,
-            live: None,
-            generation: 0,
+            live,
+            generation: word >> 2,
         })
     }
 
