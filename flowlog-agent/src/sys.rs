@@ -362,3 +362,14 @@ pub fn mount_bpffs(path: &std::path::Path) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Takes an exclusive lock on a directory for as long as the returned file is open, failing at
+/// once if another process holds it.
+pub fn lock_directory(path: &std::path::Path) -> io::Result<std::fs::File> {
+    let dir = std::fs::File::open(path)?;
+    // SAFETY: flock on a descriptor we own; it touches no memory.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(dir)
+}

@@ -123,6 +123,26 @@ fn stopped_and_killed_agents_lose_and_double_count_nothing() {
     // 3. A second agent adopts the maps and links, then is killed between two drains.
     let mut agent = start("keep");
     agent.wait_for_log("adopted the maps", 1, Duration::from_secs(5));
+    // A second agent on the same pin directory would drain part of the counts: refused.
+    let second = a
+        .command(agent_binary().to_str().unwrap())
+        .args([
+            "run",
+            "--interface",
+            "a0",
+            "--sink",
+            "stdout",
+            "--pin-dir",
+            &pin_arg,
+        ])
+        .output()
+        .expect("second agent");
+    let message = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{message}");
+    assert!(
+        message.contains("another flowlog-agent is using"),
+        "{message}"
+    );
     send(30);
     agent.wait_for_log("interval written", 1, Duration::from_secs(10));
     send(40);

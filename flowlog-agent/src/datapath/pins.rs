@@ -48,6 +48,8 @@ pub const PINNED_MAPS: [&str; 17] = [
 
 pub(super) struct Pins {
     root: PathBuf,
+    /// Held while the agent runs: two agents counting into the same maps would each drain part.
+    _lock: fs::File,
     /// Maps were already pinned there: counts of a previous agent carry over.
     pub reused: bool,
 }
@@ -79,8 +81,19 @@ impl Pins {
                 dir.display()
             )));
         }
+        let lock = sys::lock_directory(&root).map_err(|e| match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => DatapathError::Pins(format!(
+                "another flowlog-agent is using {} (one agent per pin directory)",
+                dir.display()
+            )),
+            _ => error(&root, "locking", e),
+        })?;
         let reused = existing.join(EPOCH).exists();
-        Ok(Self { root, reused })
+        Ok(Self {
+            root,
+            _lock: lock,
+            reused,
+        })
     }
 
     pub(super) fn map_path(&self, name: &str) -> PathBuf {
