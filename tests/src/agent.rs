@@ -46,16 +46,30 @@ impl Agent {
     /// Starts `flowlog-agent run ARGS` inside `ns` and waits until it has attached to
     /// `attachments` interfaces (or fails, printing what it said).
     pub fn start(ns: &NetNs, args: &[&str], attachments: usize) -> Self {
+        Self::start_wrapped(ns, &[], args, attachments)
+    }
+
+    /// As [`Agent::start`], with the agent started through `wrapper` (a program and its
+    /// arguments, e.g. `setpriv` with a capability set).
+    pub fn start_wrapped(ns: &NetNs, wrapper: &[&str], args: &[&str], attachments: usize) -> Self {
         let binary = agent_binary();
-        let mut child = ns
-            .command(binary.to_str().expect("UTF-8 path"))
+        let binary = binary.to_str().expect("UTF-8 path");
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = ns.command(program);
+                command.args(rest).arg(binary);
+                command
+            }
+            None => ns.command(binary),
+        };
+        let mut child = command
             .arg("run")
             .args(args)
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary));
         let mut out = child.stdout.take().expect("piped");
         let stdout = thread::spawn(move || {
             let mut text = String::new();
