@@ -46,6 +46,8 @@ pub enum AgentError {
     Signals(io::Error),
     #[error("{0}")]
     Exclusions(String),
+    #[error("watching interfaces (rtnetlink): {0}")]
+    LinkWatch(io::Error),
 }
 
 /// What a run did, for the last log line and for tests.
@@ -93,6 +95,8 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
     let mut sinks = start_sinks(&config, &interfaces)?;
     let mut signals = Signals::install().map_err(AgentError::Signals)?;
 
+    // Subscribed before the first listing, so no interface can appear unseen in between.
+    let mut links = LinkWatcher::new().map_err(AgentError::LinkWatch)?;
     let mut builder = IntervalBuilder::new(SystemTime::now());
     attach_all(
         &mut datapath,
@@ -119,6 +123,14 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
         let wait = until_next_boundary(SystemTime::now(), config.interval);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            changed = links.changed() => {
+                if let Err(error) = changed {
+                    tracing::error!(%error, "watching interfaces failed; the interface set is frozen");
+                    links.stop();
+                }
+                follow_interfaces(&mut datapath, &mut builder, &config)?;
+                continue;
+            }
             signal = signals.next() => match signal {
                 Signal::Reload => {
                     reload_policy(&mut datapath, &config);
@@ -256,6 +268,86 @@ fn attach_all(
         tracing::info!(interface = %interface.name, ifindex = interface.ifindex, %hook, %tc_mode, "attached");
     }
     Ok(())
+}
+
+/// Interfaces come and go (containers, VMs): attaches every selected interface that is not
+/// attached yet, and detaches the ones that are gone or no longer match. A departed interface's
+/// last counts are still drained and written under its name.
+fn follow_interfaces(
+    datapath: &mut Datapath,
+    builder: &mut IntervalBuilder,
+    config: &RunConfig,
+) -> Result<(), AgentError> {
+    let available = interfaces::list().map_err(AgentError::ListInterfaces)?;
+    let wanted: Vec<&Interface> = available
+        .iter()
+        .filter(|i| config.interfaces.matches(i))
+        .collect();
+    let gone: Vec<(u32, String)> = datapath
+        .attached()
+        .filter(|a| {
+            !wanted
+                .iter()
+                .any(|w| w.ifindex == a.ifindex && w.name == a.name)
+        })
+        .map(|a| (a.ifindex, a.name.clone()))
+        .collect();
+    for (ifindex, name) in gone {
+        if let Err(error) = datapath.detach(ifindex) {
+            // The kernel already removed what hung on a deleted device.
+            tracing::debug!(interface = %name, %error, "detaching a departed interface");
+        }
+        builder.interface_detached(ifindex);
+        tracing::info!(interface = %name, ifindex, "detached");
+    }
+    let tc_mode = config.tc_mode.resolve();
+    for interface in wanted {
+        if datapath.attached().any(|a| a.ifindex == interface.ifindex) {
+            continue;
+        }
+        match attach_one(datapath, interface, config.hook, tc_mode) {
+            Ok(hook) => {
+                builder.interface_attached(interface.ifindex, &interface.name);
+                tracing::info!(interface = %interface.name, ifindex = interface.ifindex, %hook, %tc_mode, "attached");
+            }
+            // It may be gone again already; the next notification tells.
+            Err(error) => tracing::warn!(interface = %interface.name, %error, "not attached"),
+        }
+    }
+    Ok(())
+}
+
+/// Link notifications from the kernel (rtnetlink).
+struct LinkWatcher {
+    socket: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+}
+
+impl LinkWatcher {
+    fn new() -> io::Result<Self> {
+        let socket = sys::link_notifications()?;
+        Ok(Self {
+            socket: Some(socket),
+        })
+    }
+
+    /// Waits until an interface appeared, changed or went away (never returns once stopped).
+    async fn changed(&mut self) -> io::Result<()> {
+        let Some(socket) = &self.socket else {
+            return std::future::pending().await;
+        };
+        loop {
+            let mut ready = socket.readable().await?;
+            let any = sys::drain_socket(std::os::fd::AsFd::as_fd(socket.get_ref()))?;
+            ready.clear_ready();
+            if any {
+                return Ok(());
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        self.socket = None;
+    }
 }
 
 /// Attaches with the hook the operator chose; `auto` tries native XDP where it pays and falls

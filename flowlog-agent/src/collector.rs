@@ -24,6 +24,9 @@ pub const UNATTRIBUTED: &str = "-";
 #[derive(Debug)]
 pub struct IntervalBuilder {
     interfaces: BTreeMap<u32, Arc<str>>,
+    /// Interfaces detached during the current interval: their last counts are still to come,
+    /// under their names, but they get no NODATA record.
+    departed: BTreeMap<u32, Arc<str>>,
     interval_start: SystemTime,
 }
 
@@ -32,6 +35,7 @@ impl IntervalBuilder {
     pub fn new(started: SystemTime) -> Self {
         Self {
             interfaces: BTreeMap::new(),
+            departed: BTreeMap::new(),
             interval_start: started,
         }
     }
@@ -41,7 +45,9 @@ impl IntervalBuilder {
     }
 
     pub fn interface_detached(&mut self, ifindex: u32) {
-        self.interfaces.remove(&ifindex);
+        if let Some(name) = self.interfaces.remove(&ifindex) {
+            self.departed.insert(ifindex, name);
+        }
     }
 
     /// Builds the records of the interval that `drained` ends. The interval runs from the
@@ -102,6 +108,8 @@ impl IntervalBuilder {
                 });
             }
         }
+        // Their programs were gone before this drain: nothing more can come from them.
+        self.departed.clear();
         IntervalRecords {
             start,
             end,
@@ -129,7 +137,11 @@ impl IntervalBuilder {
 
     /// The interface's name; an index no longer attached keeps a readable stand-in.
     fn name_of(&self, ifindex: u32) -> Arc<str> {
-        match self.interfaces.get(&ifindex) {
+        match self
+            .interfaces
+            .get(&ifindex)
+            .or(self.departed.get(&ifindex))
+        {
             Some(name) => Arc::clone(name),
             None => Arc::from(format!("ifindex-{ifindex}")),
         }

@@ -373,3 +373,79 @@ pub fn lock_directory(path: &std::path::Path) -> io::Result<std::fs::File> {
     }
     Ok(dir)
 }
+
+/// A netlink socket subscribed to link notifications (`RTMGRP_LINK`), registered with tokio:
+/// readable whenever an interface appears, changes or goes away.
+pub fn link_notifications() -> io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    let socket = link_socket()?;
+    // SAFETY: the AsyncFd owns the socket, which nothing else can close or replace.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(socket, tokio::io::Interest::READABLE)
+    }
+    .map_err(io::Error::from)
+}
+
+fn link_socket() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) with constant arguments; the descriptor is owned by the result.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: a zeroed sockaddr_nl is valid; bind reads it for the call only.
+    let mut address: libc::sockaddr_nl = unsafe { mem::zeroed() };
+    address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    address.nl_groups = libc::RTMGRP_LINK as u32;
+    let rc = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&address as *const libc::sockaddr_nl).cast(),
+            mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(socket)
+}
+
+/// Reads and discards every pending message of a non-blocking socket. Returns whether there was
+/// any (an overflowed socket, ENOBUFS, counts as news: something was missed).
+pub fn drain_socket(socket: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut buffer = [0u8; 16384];
+    let mut any = false;
+    loop {
+        // SAFETY: recv writes at most `buffer.len()` bytes into the buffer.
+        let n = unsafe {
+            libc::recv(
+                socket.as_raw_fd(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n > 0 {
+            any = true;
+            continue;
+        }
+        let error = io::Error::last_os_error();
+        return match error.raw_os_error() {
+            Some(libc::EAGAIN) => Ok(any),
+            Some(libc::ENOBUFS) => {
+                any = true;
+                continue;
+            }
+            Some(libc::EINTR) => continue,
+            _ if n == 0 => Ok(any),
+            _ => Err(error),
+        };
+    }
+}
