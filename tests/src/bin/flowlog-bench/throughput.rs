@@ -20,9 +20,9 @@ use crate::{
 const GOAL_RATIO: f64 = 0.97;
 const CLIENT_IF: &str = "fbtc0";
 const SERVER_IF: &str = "fbts0";
-const CLIENT_ADDR: [u8; 4] = [198, 18, 1, 1];
+pub const CLIENT_ADDR: [u8; 4] = [198, 18, 1, 1];
 const SERVER_ADDR: [u8; 4] = [198, 18, 1, 2];
-const IPERF_PORT: u16 = 5201;
+pub const IPERF_PORT: u16 = 5201;
 /// Seconds iperf3 runs before it starts counting (TCP slow start, first-second noise).
 const OMIT_SECONDS: u64 = 1;
 
@@ -32,6 +32,28 @@ struct Settings {
 }
 
 pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
+    compare_with_agent(quick, report, &AgentVariant::default())
+}
+
+/// How the agent of a throughput comparison runs, beyond counting on the server's veth.
+#[derive(Default)]
+pub struct AgentVariant<'a> {
+    /// Added to the figure's name (e.g. ` with a 1,000-rule policy`).
+    pub figure_suffix: &'a str,
+    /// Further `flowlog-agent run` arguments.
+    pub extra_args: &'a [&'a str],
+    /// A line the agent must have logged once attached (proof the variant is in force).
+    pub expect_log: Option<&'a str>,
+    /// Further facts printed under the figure.
+    pub details: Vec<String>,
+}
+
+/// iperf3 runs with the agent (as `variant` says) and without, alternating, against the goal.
+pub fn compare_with_agent(
+    quick: bool,
+    report: &mut Report,
+    variant: &AgentVariant<'_>,
+) -> Result<()> {
     let settings = if quick {
         Settings {
             pairs: 2,
@@ -62,7 +84,7 @@ pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
     )?;
     let sinks = TempDir::new("throughput")?;
     let sink = format!("dir:{}", sinks.path().display());
-    let agent_args = [
+    let mut agent_args = vec![
         "--interface",
         SERVER_IF,
         "--hook",
@@ -72,6 +94,7 @@ pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
         "--sink",
         &sink,
     ];
+    agent_args.extend_from_slice(variant.extra_args);
 
     let mut iperf_server = IperfServer::start(&server)?;
     let mut without = Vec::new();
@@ -81,7 +104,10 @@ pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
         let agent_first = pair % 2 == 1;
         for with_agent in [agent_first, !agent_first] {
             let bits_per_second = if with_agent {
-                let agent = Agent::start(&server, &agent_args)?;
+                let mut agent = Agent::start(&server, &agent_args)?;
+                if let Some(expected) = variant.expect_log {
+                    agent.wait_for(|line| line.contains(expected), Duration::from_secs(5))?;
+                }
                 let measured = run_client(&client, settings.seconds);
                 agent.stop().context("stopping the agent")?;
                 measured?
@@ -109,13 +135,13 @@ pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
     // Each pair's two runs are adjacent in time: their ratio is less exposed to load drift.
     let pair_ratios: Vec<f64> = with.iter().zip(&without).map(|(w, wo)| w / wo).collect();
     report.record(Outcome {
-        figure: "throughput TCP".into(),
+        figure: format!("throughput TCP{}", variant.figure_suffix),
         measured: format!(
             "{with_median:.2} Gbit/s with agent vs {without_median:.2} without = {ratio:.3}"
         ),
         value: ratio,
         goal: Goal::at_least(GOAL_RATIO, &format!("{GOAL_RATIO}")),
-        details: vec![
+        details: [
             format!(
                 "median of {} runs each of {} s; with: {}; without: {} (Gbit/s)",
                 settings.pairs,
@@ -129,7 +155,10 @@ pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
                 list(&pair_ratios),
                 median(&pair_ratios)
             ),
-        ],
+        ]
+        .into_iter()
+        .chain(variant.details.iter().cloned())
+        .collect(),
     });
     Ok(())
 }
