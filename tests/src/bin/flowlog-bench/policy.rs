@@ -70,13 +70,13 @@ struct RuleSpec {
     ports: Option<u16>,
 }
 
-/// A policy of [`ACL_RULES`] ACL rules: filler rules like the first of `acl_allows` but for
+/// A policy of `acl_rules` ACL rules: filler rules like the first of `acl_allows` but for
 /// networks in 10.0.0.0/8 (denied), then `acl_allows`; the security group allows `sg_ingress`
 /// in and every connection out.
-fn policy_toml(acl_allows: &[RuleSpec], sg_ingress: &[RuleSpec]) -> String {
+fn policy_toml(acl_rules: usize, acl_allows: &[RuleSpec], sg_ingress: &[RuleSpec]) -> String {
     let mut toml = String::from("mode = \"enforce\"\n\n[acl]\ndefault = \"deny\"\n");
     let like = &acl_allows[0];
-    let fillers = ACL_RULES - acl_allows.len();
+    let fillers = acl_rules - acl_allows.len();
     let rule = |toml: &mut String, number: usize, spec: &RuleSpec, cidr: &str, action: &str| {
         toml.push_str(&format!(
             "\n[[acl.rule]]\nnumber = {number}\ndirection = \"{}\"\nprotocol = \"{}\"\n\
@@ -107,15 +107,16 @@ fn policy_toml(acl_allows: &[RuleSpec], sg_ingress: &[RuleSpec]) -> String {
     toml
 }
 
-/// The kernel figures' policy: allows UDP from [`REMOTE`]'s /15 to [`ALLOWED_PORT`].
-fn kernel_policy() -> String {
+/// The kernel figures' policy of `acl_rules` ACL rules: allows UDP from [`REMOTE`]'s /15 to
+/// [`ALLOWED_PORT`].
+fn kernel_policy(acl_rules: usize) -> String {
     let allow = || RuleSpec {
         direction: "ingress",
         protocol: "udp",
         cidr: "198.18.0.0/15".into(),
         ports: Some(ALLOWED_PORT),
     };
-    policy_toml(&[allow()], &[allow()])
+    policy_toml(acl_rules, &[allow()], &[allow()])
 }
 
 /// 64 bytes: Ethernet, IPv4, UDP and 22 bytes of payload, from [`REMOTE`] to [`LOCAL`].
@@ -160,48 +161,63 @@ impl Hook {
     }
 }
 
-/// Two datapaths, one without a policy and one with, and the packets each has accepted (and
-/// rejected) so far, to check against what they counted.
+/// Datapaths without a policy, with the 1,000-rule policy and with a 1-rule one, and the
+/// packets each has accepted (and rejected) so far, to check against what they counted.
 struct KernelBench {
     plain: Datapath,
     with_policy: Datapath,
+    /// Shows which part of the cost depends on the number of rules.
+    one_rule: Datapath,
+    /// The 1,000-rule policy, published again to invalidate cached verdicts.
     compiled: CompiledPolicy,
     plain_accepted: u64,
     accepted: u64,
+    one_rule_accepted: u64,
     rejected: u64,
+}
+
+/// A datapath with the kernel figures' policy of `acl_rules` ACL rules published.
+fn load_with_policy(dir: &TempDir, acl_rules: usize) -> Result<(Datapath, CompiledPolicy)> {
+    let path = dir.path().join(format!("kernel-policy-{acl_rules}.toml"));
+    fs::write(&path, kernel_policy(acl_rules)).context(format!("writing {}", path.display()))?;
+    let policy = Policy::load(&path).context("the benchmark policy")?;
+    let mut datapath = Datapath::load(DatapathConfig {
+        max_flows: DEFAULT_MAX_FLOWS,
+    })
+    .context("loading the datapath")?;
+    let ns_per_jiffy = datapath
+        .ns_per_jiffy()
+        .context("measuring the kernel tick")?;
+    let compiled = policy.compile(ns_per_jiffy);
+    if compiled.acl_rules.len() != acl_rules || compiled.config.acl_in_count != acl_rules as u32 {
+        return Err(format!(
+            "the benchmark policy compiled to {} ACL rules ({} inbound), not {acl_rules}",
+            compiled.acl_rules.len(),
+            compiled.config.acl_in_count
+        ));
+    }
+    datapath
+        .set_policy(Some(&compiled))
+        .context("publishing the policy")?;
+    Ok((datapath, compiled))
 }
 
 impl KernelBench {
     fn load(dir: &TempDir) -> Result<Self> {
-        let path = dir.path().join("kernel-policy.toml");
-        fs::write(&path, kernel_policy()).context(format!("writing {}", path.display()))?;
-        let policy = Policy::load(&path).context("the benchmark policy")?;
         let config = DatapathConfig {
             max_flows: DEFAULT_MAX_FLOWS,
         };
         let plain = Datapath::load(config).context("loading the datapath without a policy")?;
-        let mut with_policy = Datapath::load(config).context("loading the datapath")?;
-        let ns_per_jiffy = with_policy
-            .ns_per_jiffy()
-            .context("measuring the kernel tick")?;
-        let compiled = policy.compile(ns_per_jiffy);
-        if compiled.acl_rules.len() != ACL_RULES || compiled.config.acl_in_count != ACL_RULES as u32
-        {
-            return Err(format!(
-                "the benchmark policy compiled to {} ACL rules ({} inbound), not {ACL_RULES}",
-                compiled.acl_rules.len(),
-                compiled.config.acl_in_count
-            ));
-        }
-        with_policy
-            .set_policy(Some(&compiled))
-            .context("publishing the policy")?;
+        let (with_policy, compiled) = load_with_policy(dir, ACL_RULES)?;
+        let (one_rule, _) = load_with_policy(dir, 1)?;
         Ok(Self {
             plain,
             with_policy,
+            one_rule,
             compiled,
             plain_accepted: 0,
             accepted: 0,
+            one_rule_accepted: 0,
             rejected: 0,
         })
     }
@@ -248,6 +264,14 @@ impl KernelBench {
             self.accepted += runs;
             self.plain_accepted += runs;
             let ratio = with_cost.kernel_ns / without_cost.kernel_ns;
+            // The same comparison with a 1-rule policy: a cached verdict should not care how
+            // many rules produced it.
+            let one_rule = hook.runnable(&mut self.one_rule)?;
+            let without = hook.runnable(&mut self.plain)?;
+            let (one_rule_cost, without_again) =
+                per_packet::compare(one_rule, without, &frame.bytes, &settings)?;
+            self.one_rule_accepted += runs;
+            self.plain_accepted += runs;
             report.record(Outcome {
                 figure: format!("policy per-packet {}, 1,000 rules vs none", hook.name()),
                 measured: format!(
@@ -268,6 +292,17 @@ impl KernelBench {
                         with_cost.cpu_ns,
                         without_cost.cpu_ns,
                         with_cost.cpu_ns / without_cost.cpu_ns
+                    ),
+                    format!(
+                        "with a 1-rule policy instead (next {} rounds): {:.0} ns vs {:.0} ns = \
+                         {:.3}; the 1,000-rule policy adds {:.0} ns to a packet, a 1-rule one \
+                         {:.0} ns",
+                        settings.rounds,
+                        one_rule_cost.kernel_ns,
+                        without_again.kernel_ns,
+                        one_rule_cost.kernel_ns / without_again.kernel_ns,
+                        with_cost.kernel_ns - without_cost.kernel_ns,
+                        one_rule_cost.kernel_ns - without_again.kernel_ns
                     ),
                 ],
             });
@@ -327,8 +362,19 @@ impl KernelBench {
     /// source port: otherwise they took a cheaper path and the figures flatter them.
     fn check_counted(&mut self) -> Result<()> {
         for (datapath, accepted, rejected, name) in [
-            (&mut self.with_policy, self.accepted, self.rejected, "with"),
-            (&mut self.plain, self.plain_accepted, 0, "without"),
+            (
+                &mut self.with_policy,
+                self.accepted,
+                self.rejected,
+                "with the 1,000-rule policy",
+            ),
+            (
+                &mut self.one_rule,
+                self.one_rule_accepted,
+                0,
+                "with the 1-rule policy",
+            ),
+            (&mut self.plain, self.plain_accepted, 0, "without a policy"),
         ] {
             let drained = datapath
                 .drain_interval()
@@ -343,7 +389,7 @@ impl KernelBench {
             }
             if (counted_accepted, counted_rejected) != (accepted, rejected) {
                 return Err(format!(
-                    "the datapath {name} a policy counted {counted_accepted} accepted and \
+                    "the datapath {name} counted {counted_accepted} accepted and \
                      {counted_rejected} rejected packets, expected {accepted} and {rejected}"
                 ));
             }
@@ -454,8 +500,11 @@ fn throughput(dir: &TempDir, quick: bool, report: &mut Report) -> Result<()> {
         ports: None,
     };
     let path = dir.path().join("iperf-policy.toml");
-    fs::write(&path, policy_toml(&[inbound(), outbound], &[inbound()]))
-        .context(format!("writing {}", path.display()))?;
+    fs::write(
+        &path,
+        policy_toml(ACL_RULES, &[inbound(), outbound], &[inbound()]),
+    )
+    .context(format!("writing {}", path.display()))?;
     Policy::load(&path).context("the throughput policy")?;
     let path = path.to_str().context("the policy's path is not UTF-8")?;
     throughput::compare_with_agent(
@@ -482,7 +531,7 @@ mod tests {
     #[test]
     fn the_benchmark_policy_checks_and_has_its_rules() {
         let path = std::env::temp_dir().join(format!("flowlog-bench-{}.toml", std::process::id()));
-        fs::write(&path, kernel_policy()).unwrap();
+        fs::write(&path, kernel_policy(ACL_RULES)).unwrap();
         let policy = Policy::load(&path);
         let _ = fs::remove_file(&path);
         let compiled = policy.unwrap().compile(4_000_000);

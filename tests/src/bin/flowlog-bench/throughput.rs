@@ -14,7 +14,7 @@ use ::tests::netns::{NetNs, in_netns};
 use crate::{
     agent::{self, Agent},
     report::{Goal, Outcome, Report},
-    support::{Context, Result, TempDir, VethEnd, median, veth_topology},
+    support::{Context, Result, TempDir, VethEnd, median, si, veth_topology},
 };
 
 const GOAL_RATIO: f64 = 0.97;
@@ -129,7 +129,10 @@ pub fn compare_with_agent(
             iperf_server.check_running()?;
         }
     }
-    let iperf_records = check_counted(&sinks, settings.pairs)?;
+    let counted = check_counted(&sinks, settings.pairs)?;
+    let received_skbs = received_skbs(&server, SERVER_IF)?;
+    // Each run lasts its seconds plus the omitted ones (and a connection set-up, not counted).
+    let run_seconds = (settings.pairs as u64 * (settings.seconds + OMIT_SECONDS)) as f64;
     let (with_median, without_median) = (median(&with), median(&without));
     let ratio = with_median / without_median;
     // Each pair's two runs are adjacent in time: their ratio is less exposed to load drift.
@@ -150,10 +153,24 @@ pub fn compare_with_agent(
                 list(&without)
             ),
             format!(
-                "ratio within each pair: {}; median {:.3}; the agent wrote {iperf_records} OK \
-                 records of port {IPERF_PORT}",
+                "ratio within each pair: {}; median {:.3}; the agent wrote {} OK records of \
+                 port {IPERF_PORT}",
                 list(&pair_ratios),
-                median(&pair_ratios)
+                median(&pair_ratios),
+                counted.records
+            ),
+            format!(
+                "the agent counted {} packets in and {} out, about {} and {} per second of \
+                 iperf3, GSO super-packets counted as their segments; {SERVER_IF} received {} \
+                 socket buffers over all {} runs, about {} per second: the ingress program \
+                 runs once per socket buffer",
+                counted.packets_in,
+                counted.packets_out,
+                si(counted.packets_in as f64 / run_seconds),
+                si(counted.packets_out as f64 / run_seconds),
+                received_skbs,
+                2 * settings.pairs,
+                si(received_skbs as f64 / (2.0 * run_seconds))
             ),
         ]
         .into_iter()
@@ -163,29 +180,70 @@ pub fn compare_with_agent(
     Ok(())
 }
 
+/// What the agent counted of the iperf3 connections on the server's veth.
+struct Counted {
+    records: usize,
+    /// Packets to the server (client data) and from it (mostly ACKs).
+    packets_in: u64,
+    packets_out: u64,
+}
+
 /// The agent must really have counted the iperf3 connections (ingress and egress, every run),
 /// or "with agent" measured nothing.
-fn check_counted(sinks: &TempDir, runs: usize) -> Result<usize> {
+fn check_counted(sinks: &TempDir, runs: usize) -> Result<Counted> {
     let path = sinks.path().join(format!("{SERVER_IF}-all.log"));
     let text = fs::read_to_string(&path).context(format!("reading {}", path.display()))?;
     let port = IPERF_PORT.to_string();
-    let iperf_records = text
-        .lines()
-        .filter(|line| {
-            // Default format: fields 5 and 6 are the ports, 13 the log status.
-            let fields: Vec<&str> = line.split(' ').collect();
-            fields.len() == 14 && (fields[5] == port || fields[6] == port) && fields[13] == "OK"
-        })
-        .count();
-    if iperf_records < 2 * runs {
+    let server = std::net::Ipv4Addr::from(SERVER_ADDR).to_string();
+    let mut counted = Counted {
+        records: 0,
+        packets_in: 0,
+        packets_out: 0,
+    };
+    for line in text.lines() {
+        // Default format: fields 3 and 4 are the addresses, 5 and 6 the ports, 8 the packets,
+        // 13 the log status.
+        let fields: Vec<&str> = line.split(' ').collect();
+        if fields.len() != 14 || !(fields[5] == port || fields[6] == port) || fields[13] != "OK" {
+            continue;
+        }
+        counted.records += 1;
+        let packets: u64 = fields[8]
+            .parse()
+            .context(format!("packets field of {line:?}"))?;
+        if fields[3] == server {
+            counted.packets_out += packets;
+        } else {
+            counted.packets_in += packets;
+        }
+    }
+    if counted.records < 2 * runs {
         return Err(format!(
-            "the agent wrote {iperf_records} records of port {port} in {}, expected at least {} \
+            "the agent wrote {} records of port {port} in {}, expected at least {} \
              (both directions of every run)",
+            counted.records,
             path.display(),
             2 * runs
         ));
     }
-    Ok(iperf_records)
+    Ok(counted)
+}
+
+/// Socket buffers (a GSO super-packet is one) received by `ifname` in `ns` so far, from
+/// `/proc/thread-self/net/dev` (the calling thread's namespace).
+fn received_skbs(ns: &NetNs, ifname: &str) -> Result<u64> {
+    let table = in_netns(ns, || fs::read_to_string("/proc/thread-self/net/dev"))
+        .context("entering the server namespace")?
+        .context("reading the interface statistics")?;
+    // "  fbts0: 3858416691   63131 0 0 ...": bytes, then packets received.
+    table
+        .lines()
+        .find_map(|line| {
+            let (name, counters) = line.split_once(':')?;
+            (name.trim() == ifname).then(|| counters.split_whitespace().nth(1))?
+        })
+        .and_then(|packets| packets.parse().ok())
+        .context(format!("no receive counters of {ifname} in /proc/net/dev"))
 }
 
 fn list(values: &[f64]) -> String {
