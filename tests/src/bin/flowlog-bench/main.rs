@@ -2,7 +2,7 @@
 //! an absolute within one run (variants alternate, medians are kept: the machine is shared).
 //!
 //! ```text
-//! cargo xtask bench [-- [--only per-packet|throughput|drain|memory|ipfix]... [--quick]]
+//! cargo xtask bench [-- [--only per-packet|throughput|drain|memory|ipfix|policy]... [--quick]]
 //! ```
 //!
 //! Exits 0 when every figure asked for was measured, whether or not it met its goal; 1 when a
@@ -13,6 +13,7 @@ mod drain;
 mod ipfix;
 mod memory;
 mod per_packet;
+mod policy;
 mod report;
 mod support;
 mod throughput;
@@ -28,15 +29,17 @@ enum Figure {
     Drain,
     Memory,
     Ipfix,
+    Policy,
 }
 
 impl Figure {
-    const ALL: [Figure; 5] = [
+    const ALL: [Figure; 6] = [
         Figure::PerPacket,
         Figure::Throughput,
         Figure::Drain,
         Figure::Memory,
         Figure::Ipfix,
+        Figure::Policy,
     ];
 
     fn name(self) -> &'static str {
@@ -46,6 +49,7 @@ impl Figure {
             Figure::Drain => "drain",
             Figure::Memory => "memory",
             Figure::Ipfix => "ipfix",
+            Figure::Policy => "policy",
         }
     }
 
@@ -56,6 +60,7 @@ impl Figure {
             Figure::Drain => drain::measure(quick, report),
             Figure::Memory => memory::measure(quick, report),
             Figure::Ipfix => ipfix::measure(quick, report),
+            Figure::Policy => policy::measure(quick, report),
         }
     }
 }
@@ -68,7 +73,7 @@ struct Options {
 }
 
 const USAGE: &str =
-    "usage: flowlog-bench [--only per-packet|throughput|drain|memory|ipfix]... [--quick]";
+    "usage: flowlog-bench [--only per-packet|throughput|drain|memory|ipfix|policy]... [--quick]";
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
     let mut only = Vec::new();

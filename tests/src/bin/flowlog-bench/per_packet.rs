@@ -26,21 +26,24 @@ const GOAL_RATIO: f64 = 1.25;
 /// `TC_ACT_UNSPEC` (-1) as the kernel reports it, and `XDP_PASS`.
 const TC_PASS: u32 = u32::MAX;
 const XDP_PASS: u32 = 2;
+/// `TC_ACT_SHOT` and `XDP_DROP`.
+const TC_SHOT: u32 = 2;
+const XDP_DROP: u32 = 1;
 
-struct Settings {
-    rounds: usize,
-    repeat: u32,
+pub struct Settings {
+    pub rounds: usize,
+    pub repeat: u32,
 }
 
 /// A program of either type, run the same way.
 #[derive(Clone, Copy)]
-enum Runnable<'a> {
+pub enum Runnable<'a> {
     Tc(&'a SchedClassifier),
     Xdp(&'a Xdp),
 }
 
 impl Runnable<'_> {
-    fn run(self, data: &[u8], repeat: u32) -> std::result::Result<TestRunResult, ProgramError> {
+    pub fn run(self, data: &[u8], repeat: u32) -> std::result::Result<TestRunResult, ProgramError> {
         let options = TestRunOptions {
             data_in: Some(data),
             repeat,
@@ -52,21 +55,29 @@ impl Runnable<'_> {
         }
     }
 
-    fn pass_verdict(self) -> u32 {
+    pub fn pass_verdict(self) -> u32 {
         match self {
             Runnable::Tc(_) => TC_PASS,
             Runnable::Xdp(_) => XDP_PASS,
         }
     }
+
+    /// What the program returns for a packet a policy drops.
+    pub fn drop_verdict(self) -> u32 {
+        match self {
+            Runnable::Tc(_) => TC_SHOT,
+            Runnable::Xdp(_) => XDP_DROP,
+        }
+    }
 }
 
 /// Medians over the rounds, in nanoseconds per packet.
-struct Costs {
+pub struct Costs {
     /// What BPF_PROG_TEST_RUN reports: the kernel's average per repeat, whole nanoseconds.
-    kernel_ns: f64,
+    pub kernel_ns: f64,
     /// The calling thread's CPU time over the call, per repeat: finer-grained, and a cross-check
     /// (it also includes the call's one-off set-up, negligible over the repeats).
-    cpu_ns: f64,
+    pub cpu_ns: f64,
 }
 
 pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
@@ -148,7 +159,7 @@ pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
 }
 
 /// A loaded program of the object, as its type.
-fn program<'a, P>(ebpf: &'a Ebpf, name: &str) -> Result<&'a P>
+pub fn program<'a, P>(ebpf: &'a Ebpf, name: &str) -> Result<&'a P>
 where
     &'a P: TryFrom<&'a aya::programs::Program, Error = ProgramError>,
 {
@@ -160,7 +171,7 @@ where
 
 /// Runs real and reference alternately (which goes first alternates too), after one warm-up
 /// round, and returns the medians of each.
-fn compare(
+pub fn compare(
     real: Runnable<'_>,
     reference: Runnable<'_>,
     frame: &[u8],

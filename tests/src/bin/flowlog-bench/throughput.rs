@@ -14,15 +14,15 @@ use ::tests::netns::{NetNs, in_netns};
 use crate::{
     agent::{self, Agent},
     report::{Goal, Outcome, Report},
-    support::{Context, Result, TempDir, VethEnd, median, veth_topology},
+    support::{Context, Result, TempDir, VethEnd, median, si, veth_topology},
 };
 
 const GOAL_RATIO: f64 = 0.97;
 const CLIENT_IF: &str = "fbtc0";
 const SERVER_IF: &str = "fbts0";
-const CLIENT_ADDR: [u8; 4] = [198, 18, 1, 1];
+pub const CLIENT_ADDR: [u8; 4] = [198, 18, 1, 1];
 const SERVER_ADDR: [u8; 4] = [198, 18, 1, 2];
-const IPERF_PORT: u16 = 5201;
+pub const IPERF_PORT: u16 = 5201;
 /// Seconds iperf3 runs before it starts counting (TCP slow start, first-second noise).
 const OMIT_SECONDS: u64 = 1;
 
@@ -32,6 +32,28 @@ struct Settings {
 }
 
 pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
+    compare_with_agent(quick, report, &AgentVariant::default())
+}
+
+/// How the agent of a throughput comparison runs, beyond counting on the server's veth.
+#[derive(Default)]
+pub struct AgentVariant<'a> {
+    /// Added to the figure's name (e.g. ` with a 1,000-rule policy`).
+    pub figure_suffix: &'a str,
+    /// Further `flowlog-agent run` arguments.
+    pub extra_args: &'a [&'a str],
+    /// A line the agent must have logged once attached (proof the variant is in force).
+    pub expect_log: Option<&'a str>,
+    /// Further facts printed under the figure.
+    pub details: Vec<String>,
+}
+
+/// iperf3 runs with the agent (as `variant` says) and without, alternating, against the goal.
+pub fn compare_with_agent(
+    quick: bool,
+    report: &mut Report,
+    variant: &AgentVariant<'_>,
+) -> Result<()> {
     let settings = if quick {
         Settings {
             pairs: 2,
@@ -62,7 +84,7 @@ pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
     )?;
     let sinks = TempDir::new("throughput")?;
     let sink = format!("dir:{}", sinks.path().display());
-    let agent_args = [
+    let mut agent_args = vec![
         "--interface",
         SERVER_IF,
         "--hook",
@@ -72,6 +94,7 @@ pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
         "--sink",
         &sink,
     ];
+    agent_args.extend_from_slice(variant.extra_args);
 
     let mut iperf_server = IperfServer::start(&server)?;
     let mut without = Vec::new();
@@ -81,7 +104,10 @@ pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
         let agent_first = pair % 2 == 1;
         for with_agent in [agent_first, !agent_first] {
             let bits_per_second = if with_agent {
-                let agent = Agent::start(&server, &agent_args)?;
+                let mut agent = Agent::start(&server, &agent_args)?;
+                if let Some(expected) = variant.expect_log {
+                    agent.wait_for(|line| line.contains(expected), Duration::from_secs(5))?;
+                }
                 let measured = run_client(&client, settings.seconds);
                 agent.stop().context("stopping the agent")?;
                 measured?
@@ -103,19 +129,22 @@ pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
             iperf_server.check_running()?;
         }
     }
-    let iperf_records = check_counted(&sinks, settings.pairs)?;
+    let counted = check_counted(&sinks, settings.pairs)?;
+    let received_skbs = received_skbs(&server, SERVER_IF)?;
+    // Each run lasts its seconds plus the omitted ones (and a connection set-up, not counted).
+    let run_seconds = (settings.pairs as u64 * (settings.seconds + OMIT_SECONDS)) as f64;
     let (with_median, without_median) = (median(&with), median(&without));
     let ratio = with_median / without_median;
     // Each pair's two runs are adjacent in time: their ratio is less exposed to load drift.
     let pair_ratios: Vec<f64> = with.iter().zip(&without).map(|(w, wo)| w / wo).collect();
     report.record(Outcome {
-        figure: "throughput TCP".into(),
+        figure: format!("throughput TCP{}", variant.figure_suffix),
         measured: format!(
             "{with_median:.2} Gbit/s with agent vs {without_median:.2} without = {ratio:.3}"
         ),
         value: ratio,
         goal: Goal::at_least(GOAL_RATIO, &format!("{GOAL_RATIO}")),
-        details: vec![
+        details: [
             format!(
                 "median of {} runs each of {} s; with: {}; without: {} (Gbit/s)",
                 settings.pairs,
@@ -124,39 +153,97 @@ pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
                 list(&without)
             ),
             format!(
-                "ratio within each pair: {}; median {:.3}; the agent wrote {iperf_records} OK \
-                 records of port {IPERF_PORT}",
+                "ratio within each pair: {}; median {:.3}; the agent wrote {} OK records of \
+                 port {IPERF_PORT}",
                 list(&pair_ratios),
-                median(&pair_ratios)
+                median(&pair_ratios),
+                counted.records
             ),
-        ],
+            format!(
+                "the agent counted {} packets in and {} out, about {} and {} per second of \
+                 iperf3, GSO super-packets counted as their segments; {SERVER_IF} received {} \
+                 socket buffers over all {} runs, about {} per second: the ingress program \
+                 runs once per socket buffer",
+                counted.packets_in,
+                counted.packets_out,
+                si(counted.packets_in as f64 / run_seconds),
+                si(counted.packets_out as f64 / run_seconds),
+                received_skbs,
+                2 * settings.pairs,
+                si(received_skbs as f64 / (2.0 * run_seconds))
+            ),
+        ]
+        .into_iter()
+        .chain(variant.details.iter().cloned())
+        .collect(),
     });
     Ok(())
 }
 
+/// What the agent counted of the iperf3 connections on the server's veth.
+struct Counted {
+    records: usize,
+    /// Packets to the server (client data) and from it (mostly ACKs).
+    packets_in: u64,
+    packets_out: u64,
+}
+
 /// The agent must really have counted the iperf3 connections (ingress and egress, every run),
 /// or "with agent" measured nothing.
-fn check_counted(sinks: &TempDir, runs: usize) -> Result<usize> {
+fn check_counted(sinks: &TempDir, runs: usize) -> Result<Counted> {
     let path = sinks.path().join(format!("{SERVER_IF}-all.log"));
     let text = fs::read_to_string(&path).context(format!("reading {}", path.display()))?;
     let port = IPERF_PORT.to_string();
-    let iperf_records = text
-        .lines()
-        .filter(|line| {
-            // Default format: fields 5 and 6 are the ports, 13 the log status.
-            let fields: Vec<&str> = line.split(' ').collect();
-            fields.len() == 14 && (fields[5] == port || fields[6] == port) && fields[13] == "OK"
-        })
-        .count();
-    if iperf_records < 2 * runs {
+    let server = std::net::Ipv4Addr::from(SERVER_ADDR).to_string();
+    let mut counted = Counted {
+        records: 0,
+        packets_in: 0,
+        packets_out: 0,
+    };
+    for line in text.lines() {
+        // Default format: fields 3 and 4 are the addresses, 5 and 6 the ports, 8 the packets,
+        // 13 the log status.
+        let fields: Vec<&str> = line.split(' ').collect();
+        if fields.len() != 14 || !(fields[5] == port || fields[6] == port) || fields[13] != "OK" {
+            continue;
+        }
+        counted.records += 1;
+        let packets: u64 = fields[8]
+            .parse()
+            .context(format!("packets field of {line:?}"))?;
+        if fields[3] == server {
+            counted.packets_out += packets;
+        } else {
+            counted.packets_in += packets;
+        }
+    }
+    if counted.records < 2 * runs {
         return Err(format!(
-            "the agent wrote {iperf_records} records of port {port} in {}, expected at least {} \
+            "the agent wrote {} records of port {port} in {}, expected at least {} \
              (both directions of every run)",
+            counted.records,
             path.display(),
             2 * runs
         ));
     }
-    Ok(iperf_records)
+    Ok(counted)
+}
+
+/// Socket buffers (a GSO super-packet is one) received by `ifname` in `ns` so far, from
+/// `/proc/thread-self/net/dev` (the calling thread's namespace).
+fn received_skbs(ns: &NetNs, ifname: &str) -> Result<u64> {
+    let table = in_netns(ns, || fs::read_to_string("/proc/thread-self/net/dev"))
+        .context("entering the server namespace")?
+        .context("reading the interface statistics")?;
+    // "  fbts0: 3858416691   63131 0 0 ...": bytes, then packets received.
+    table
+        .lines()
+        .find_map(|line| {
+            let (name, counters) = line.split_once(':')?;
+            (name.trim() == ifname).then(|| counters.split_whitespace().nth(1))?
+        })
+        .and_then(|packets| packets.parse().ok())
+        .context(format!("no receive counters of {ifname} in /proc/net/dev"))
 }
 
 fn list(values: &[f64]) -> String {
