@@ -105,7 +105,6 @@ fn decide_with(
         Some(state) => (unsafe { *state }, true),
         None => (ConnState::default(), false),
     };
-    let before = state;
     if !known || state.generation != generation {
         reset_cache(&mut state, generation);
     }
@@ -193,13 +192,17 @@ fn decide_with(
     if rejected.is_none() || audit {
         track_close(&mut state, packet);
     }
-    if state != before {
-        match entry {
-            // SAFETY: as above; entries hold state, and a lost update is a re-evaluation.
-            Some(slot) => unsafe { *slot = state },
-            None => {
-                let _ = CONNECTIONS.insert(conn, state, BPF_ANY as u64);
+    match entry {
+        // Written only when something changed (compared with the entry itself, not a copy:
+        // the stack is tight). SAFETY: as above; entries hold state, and a lost update is a
+        // re-evaluation.
+        Some(slot) => unsafe {
+            if *slot != state {
+                *slot = state;
             }
+        },
+        None => {
+            let _ = CONNECTIONS.insert(conn, state, BPF_ANY as u64);
         }
     }
     match rejected {
@@ -220,9 +223,14 @@ fn decide_with(
 struct Scan {
     subject: RuleSubject,
     start: u32,
+    count: u32,
     /// The action of the first matching rule, or [`NO_MATCH`].
     action: u32,
 }
+
+/// Rules checked per callback call: the call and return (through the kernel's return thunk)
+/// cost more than checking a rule, so each call checks a block.
+const RULES_PER_STEP: u32 = 4;
 
 const NO_MATCH: u32 = u32::MAX;
 
@@ -240,16 +248,18 @@ fn first_match(
     conn: &ConnKey,
     inbound: bool,
 ) -> Option<u8> {
+    let count = count.min(bound);
     let mut scan = Scan {
         subject: RuleSubject::opening(conn, inbound),
         start,
+        count,
         action: NO_MATCH,
     };
     // SAFETY: the callback only reads and writes the `Scan` it is given, which outlives the
     // call; the helper calls it at most `count` times.
     unsafe {
         bpf_loop(
-            count.min(bound),
+            count.div_ceil(RULES_PER_STEP),
             callback as *mut c_void,
             (&mut scan as *mut Scan).cast(),
             0,
@@ -260,19 +270,28 @@ fn first_match(
 
 type ScanCallback = unsafe extern "C" fn(u32, *mut c_void) -> i64;
 
-/// One step of a scan over `rules`: 1 stops the loop (a rule matched), 0 goes on.
+/// One step of a scan over `rules`: checks block `step` (up to [`RULES_PER_STEP`] rules); 1
+/// stops the loop (a rule matched, or the table ended), 0 goes on.
 #[inline(always)]
-fn scan_step(rules: &Array<Rule>, index: u32, scan: *mut c_void) -> i64 {
+fn scan_step(rules: &Array<Rule>, step: u32, scan: *mut c_void) -> i64 {
     // SAFETY: `first_match` passes a live `Scan`.
     let scan = unsafe { &mut *scan.cast::<Scan>() };
-    match rules.get(scan.start + index) {
-        Some(rule) if rule_matches(rule, &scan.subject) => {
-            scan.action = rule.action as u32;
-            1
+    let first = step * RULES_PER_STEP;
+    for offset in 0..RULES_PER_STEP {
+        let i = first + offset;
+        if i >= scan.count {
+            return 1;
         }
-        Some(_) => 0,
-        None => 1,
+        match rules.get(scan.start + i) {
+            Some(rule) if rule_matches(rule, &scan.subject) => {
+                scan.action = rule.action as u32;
+                return 1;
+            }
+            Some(_) => {}
+            None => return 1,
+        }
     }
+    0
 }
 
 unsafe extern "C" fn scan_acl_0(index: u32, scan: *mut c_void) -> i64 {
