@@ -17,10 +17,11 @@ use crate::{
     collector::IntervalBuilder,
     config::RunConfig,
     datapath::{
-        Datapath, DatapathConfig, DatapathError, Hook, HookChoice, KernelLogger, TcMode,
-        TcModeChoice,
+        Datapath, DatapathConfig, DatapathError, DrainedEpoch, Hook, HookChoice, KernelLogger,
+        TcMode, TcModeChoice,
     },
     interfaces::{self, Interface},
+    metrics::{self, KindLabels, Metrics, SinkLabels},
     policy::{Exclusion, Policy},
     privileges::{self, MissingCapability},
     record::{IntervalRecords, RecordKind},
@@ -48,6 +49,11 @@ pub enum AgentError {
     Exclusions(String),
     #[error("watching interfaces (rtnetlink): {0}")]
     LinkWatch(io::Error),
+    #[error("--metrics {address}: {error}")]
+    Metrics {
+        address: std::net::SocketAddr,
+        error: io::Error,
+    },
 }
 
 /// What a run did, for the last log line and for tests.
@@ -71,6 +77,14 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
     // (before anything is attached, so nothing this agent sees is missed).
     let mut stats = StatsDelta::default();
     stats.update(&datapath);
+    let metrics = Arc::new(Metrics::default());
+    metrics.map_capacity.set(i64::from(config.max_flows));
+    if let Some(address) = config.metrics {
+        let bound = metrics::serve(address, Arc::clone(&metrics))
+            .await
+            .map_err(|error| AgentError::Metrics { address, error })?;
+        tracing::info!("metrics at http://{bound}/metrics");
+    }
     if datapath.reused_pinned_maps() {
         tracing::info!(
             pin_dir = %config.pin_dir.as_deref().unwrap_or(Path::new("")).display(),
@@ -129,11 +143,15 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
                     links.stop();
                 }
                 follow_interfaces(&mut datapath, &mut builder, &config)?;
+                metrics.interfaces_attached.set(datapath.attached().count() as i64);
                 continue;
             }
             signal = signals.next() => match signal {
                 Signal::Reload => {
-                    reload_policy(&mut datapath, &config);
+                    match reload_policy(&mut datapath, &config) {
+                        true => metrics.policy_reloads.inc(),
+                        false => metrics.policy_reload_failures.inc(),
+                    };
                     continue;
                 }
                 Signal::Stop(name) => {
@@ -147,15 +165,15 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
         if let Some(leftovers) = leftovers.take() {
             drained.absorb(leftovers);
         }
-        let entries = drained.entries;
-        let interval = Arc::new(select_traffic(builder.build(drained), config.traffic_type));
-        log_interval(
-            &interval,
-            entries,
-            started.elapsed(),
-            stats.update(&datapath),
-        );
-        dispatch(&mut sinks, &interval, &mut summary);
+        let mut output = Output {
+            builder: &mut builder,
+            stats: &mut stats,
+            metrics: &metrics,
+            sinks: &mut sinks,
+            summary: &mut summary,
+            traffic_type: config.traffic_type,
+        };
+        output.publish(&datapath, drained, started.elapsed());
     }
 
     let keep = config.on_exit == OnExit::Keep && datapath.has_pinned_links();
@@ -179,10 +197,15 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
     if let Some(leftovers) = leftovers.take() {
         drained.absorb(leftovers);
     }
-    let entries = drained.entries;
-    let interval = Arc::new(select_traffic(builder.build(drained), config.traffic_type));
-    log_interval(&interval, entries, Duration::ZERO, stats.update(&datapath));
-    dispatch(&mut sinks, &interval, &mut summary);
+    let mut output = Output {
+        builder: &mut builder,
+        stats: &mut stats,
+        metrics: &metrics,
+        sinks: &mut sinks,
+        summary: &mut summary,
+        traffic_type: config.traffic_type,
+    };
+    output.publish(&datapath, drained, Duration::ZERO);
     drop(datapath);
 
     for handle in sinks {
@@ -376,12 +399,53 @@ fn attach_one(
     }
 }
 
-fn dispatch(sinks: &mut [SinkHandle], interval: &Arc<IntervalRecords>, summary: &mut RunSummary) {
-    summary.intervals += 1;
-    summary.records += interval.records.len() as u64;
-    for sink in sinks {
-        // A full queue is logged and counted by the handle; the drain never waits for a sink.
-        let _ = sink.offer(interval);
+/// Where an interval's records go: the log line, the metrics and the sinks.
+struct Output<'a> {
+    builder: &'a mut IntervalBuilder,
+    stats: &'a mut StatsDelta,
+    metrics: &'a Metrics,
+    sinks: &'a mut [SinkHandle],
+    summary: &'a mut RunSummary,
+    traffic_type: TrafficType,
+}
+
+impl Output<'_> {
+    /// Builds the interval's records from what was drained and hands them on.
+    fn publish(&mut self, datapath: &Datapath, drained: DrainedEpoch, drain_time: Duration) {
+        let entries = drained.entries;
+        let built = self.builder.build(drained);
+        let not_flows = self.stats.update(datapath);
+        let m = self.metrics;
+        m.record_interval(&built);
+        m.map_entries.set(entries as i64);
+        m.drain_seconds.set(drain_time.as_secs_f64());
+        m.drain_seconds_total.inc_by(drain_time.as_secs_f64());
+        m.interfaces_attached
+            .set(datapath.attached().count() as i64);
+        for (stat, count) in &not_flows {
+            let kind = match stat {
+                Stat::NonIp => "non_ip",
+                Stat::Malformed => "malformed",
+                Stat::Excluded => "excluded",
+            };
+            m.not_flows
+                .get_or_create(&KindLabels { kind: kind.into() })
+                .inc_by(count.packets);
+        }
+        let interval = Arc::new(select_traffic(built, self.traffic_type));
+        log_interval(&interval, entries, drain_time, not_flows);
+        self.summary.intervals += 1;
+        self.summary.records += interval.records.len() as u64;
+        for sink in self.sinks.iter_mut() {
+            let labels = SinkLabels {
+                sink: sink.name().to_owned(),
+            };
+            // A full queue is logged and counted by the handle; the drain never waits for a sink.
+            match sink.offer(&interval) {
+                Ok(()) => m.sink_records_offered.get_or_create(&labels).inc(),
+                Err(_) => m.sink_intervals_dropped.get_or_create(&labels).inc(),
+            };
+        }
     }
 }
 
@@ -485,19 +549,20 @@ fn publish_policy(datapath: &mut Datapath, path: &Path, policy: &Policy) -> Resu
 
 /// SIGHUP: reads the policy file again and swaps it in atomically. A file that does not check
 /// leaves the running policy in place.
-fn reload_policy(datapath: &mut Datapath, config: &RunConfig) {
+fn reload_policy(datapath: &mut Datapath, config: &RunConfig) -> bool {
     let Some((path, _)) = &config.policy else {
         tracing::warn!("SIGHUP: no --policy file to reload");
-        return;
+        return false;
     };
     let result = Policy::load(path)
         .map_err(|error| error.to_string())
         .and_then(|policy| {
             publish_policy(datapath, path, &policy).map_err(|error| error.to_string())
         });
-    if let Err(error) = result {
+    if let Err(error) = &result {
         tracing::error!(%error, "SIGHUP: policy not reloaded, the previous one stays in force");
     }
+    result.is_ok()
 }
 
 enum Signal {

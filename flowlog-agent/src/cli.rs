@@ -128,8 +128,25 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = OnExit::Keep)]
     pub on_exit: OnExit,
 
+    /// Where to serve Prometheus metrics (`GET /metrics`), or `off`.
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:9753", value_parser = parse_metrics_address)]
+    pub metrics: MetricsAddress,
+
     #[command(flatten)]
     pub metadata: MetadataArgs,
+}
+
+/// `--metrics`: an address, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsAddress(pub Option<std::net::SocketAddr>);
+
+fn parse_metrics_address(text: &str) -> Result<MetricsAddress, String> {
+    if text == "off" {
+        return Ok(MetricsAddress(None));
+    }
+    text.parse()
+        .map(|address| MetricsAddress(Some(address)))
+        .map_err(|_| format!("{text:?}: expected IP:PORT (e.g. 127.0.0.1:9753) or off"))
 }
 
 /// The records a flow log writes, as `--traffic-type` and AWS name them.

@@ -35,6 +35,8 @@ pub struct RunConfig {
     /// Where maps and links are pinned; `None` with `--no-pin`.
     pub pin_dir: Option<PathBuf>,
     pub on_exit: OnExit,
+    /// Where metrics are served, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +84,7 @@ impl RunConfig {
             exclusions,
             pin_dir: (!args.no_pin).then_some(args.pin_dir),
             on_exit: args.on_exit,
+            metrics: args.metrics.0,
         })
     }
 }

@@ -1,0 +1,217 @@
+//! The agent's metrics, served in the Prometheus/OpenMetrics text format on `--metrics ADDR`
+//! (`GET /metrics`; loopback by default). Counters only grow; gauges hold the latest interval.
+//! Every metric is listed with its meaning in README.md.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+use crate::record::{IntervalRecords, RecordKind};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub action: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub sink: String,
+}
+
+/// Every metric the agent exports.
+#[derive(Default)]
+pub struct Metrics {
+    pub intervals: Counter,
+    pub records: Counter,
+    pub packets: Family<VerdictLabels, Counter>,
+    pub bytes: Family<VerdictLabels, Counter>,
+    pub skipped_packets: Counter,
+    pub skipped_bytes: Counter,
+    pub not_flows: Family<KindLabels, Counter>,
+    pub flows: Gauge,
+    pub map_entries: Gauge,
+    pub map_capacity: Gauge,
+    pub drain_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub drain_seconds_total: Counter<f64, std::sync::atomic::AtomicU64>,
+    pub interfaces_attached: Gauge,
+    pub policy_reloads: Counter,
+    pub policy_reload_failures: Counter,
+    pub sink_records_offered: Family<SinkLabels, Counter>,
+    pub sink_intervals_dropped: Family<SinkLabels, Counter>,
+}
+
+impl Metrics {
+    fn registry(&self) -> Registry {
+        let mut r = Registry::with_prefix("flowlog");
+        r.register(
+            "intervals",
+            "Aggregation intervals drained",
+            self.intervals.clone(),
+        );
+        r.register(
+            "records",
+            "Records built (all kinds, before the traffic-type filter)",
+            self.records.clone(),
+        );
+        r.register(
+            "packets",
+            "Packets counted, by verdict (action and reject reason)",
+            self.packets.clone(),
+        );
+        r.register("bytes", "IP bytes counted, by verdict", self.bytes.clone());
+        r.register(
+            "skipped_packets",
+            "Packets that found the flow map full (SKIPDATA)",
+            self.skipped_packets.clone(),
+        );
+        r.register(
+            "skipped_bytes",
+            "Bytes of those packets (SKIPDATA)",
+            self.skipped_bytes.clone(),
+        );
+        r.register(
+            "datapath_not_flow_packets",
+            "Packets seen but not counted as flows: non_ip, malformed, excluded",
+            self.not_flows.clone(),
+        );
+        r.register(
+            "flows",
+            "Flow records of the last interval",
+            self.flows.clone(),
+        );
+        r.register("flow_map_entries", "Entries read from the epoch map of the last interval (a flow has one per CPU that saw it)", self.map_entries.clone());
+        r.register(
+            "flow_map_capacity",
+            "Entries each epoch map holds (--max-flows)",
+            self.map_capacity.clone(),
+        );
+        r.register(
+            "drain_duration_seconds",
+            "Time the last drain took",
+            self.drain_seconds.clone(),
+        );
+        r.register(
+            "drain_seconds",
+            "Time spent draining, in total",
+            self.drain_seconds_total.clone(),
+        );
+        r.register(
+            "interfaces_attached",
+            "Interfaces with the programs attached",
+            self.interfaces_attached.clone(),
+        );
+        r.register(
+            "policy_reloads",
+            "Policies published by SIGHUP",
+            self.policy_reloads.clone(),
+        );
+        r.register(
+            "policy_reload_failures",
+            "SIGHUP reloads refused (the previous policy stayed)",
+            self.policy_reload_failures.clone(),
+        );
+        r.register(
+            "sink_intervals_offered",
+            "Intervals handed to each sink's queue",
+            self.sink_records_offered.clone(),
+        );
+        r.register(
+            "sink_intervals_dropped",
+            "Intervals a sink's full queue refused",
+            self.sink_intervals_dropped.clone(),
+        );
+        r
+    }
+
+    /// Adds an interval's records.
+    pub fn record_interval(&self, interval: &IntervalRecords) {
+        self.intervals.inc();
+        self.records.inc_by(interval.records.len() as u64);
+        let mut flows = 0;
+        for record in &interval.records {
+            match &record.kind {
+                RecordKind::Flow(flow) => {
+                    flows += 1;
+                    let labels = VerdictLabels {
+                        action: flow.action().to_owned(),
+                        reason: flow.reject_reason().unwrap_or("-").to_owned(),
+                    };
+                    self.packets.get_or_create(&labels).inc_by(flow.packets);
+                    self.bytes.get_or_create(&labels).inc_by(flow.bytes);
+                }
+                RecordKind::SkipData { packets, bytes } => {
+                    self.skipped_packets.inc_by(*packets);
+                    self.skipped_bytes.inc_by(*bytes);
+                }
+                RecordKind::NoData => {}
+            }
+        }
+        self.flows.set(flows);
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry())
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `address` until the runtime ends.
+pub async fn serve(address: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(address).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let metrics = Arc::clone(&metrics);
+            tokio::spawn(async move {
+                // The request head, up to its blank line (a client may send it in pieces).
+                let mut request = Vec::with_capacity(512);
+                let mut chunk = [0u8; 512];
+                let read_head = async {
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => request.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), read_head).await;
+                let line = String::from_utf8_lossy(&request);
+                let (status, content_type, body) = if line.starts_with("GET /metrics ") {
+                    (
+                        "200 OK",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        metrics.render(),
+                    )
+                } else {
+                    ("404 Not Found", "text/plain", "try /metrics\n".to_owned())
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    Ok(bound)
+}
