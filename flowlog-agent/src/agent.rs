@@ -120,6 +120,12 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
         config.tc_mode,
     )?;
 
+    // Everything that needs more than the running set is done: programs loaded, bpffs mounted,
+    // sinks and the metrics port open.
+    match privileges::drop_to_running_set() {
+        Ok(kept) => tracing::info!(kept, "dropped every other capability"),
+        Err(error) => tracing::warn!(%error, "could not drop capabilities"),
+    }
     let stale = datapath.remove_stale_links()?;
     if !stale.is_empty() {
         tracing::info!(links = ?stale, "removed pinned links of interfaces no longer logged");
@@ -301,7 +307,14 @@ fn follow_interfaces(
     builder: &mut IntervalBuilder,
     config: &RunConfig,
 ) -> Result<(), AgentError> {
-    let available = interfaces::list().map_err(AgentError::ListInterfaces)?;
+    let available = match interfaces::list() {
+        Ok(available) => available,
+        Err(error) => {
+            // Try again at the next notification rather than stop counting.
+            tracing::warn!(%error, "listing interfaces failed");
+            return Ok(());
+        }
+    };
     let wanted: Vec<&Interface> = available
         .iter()
         .filter(|i| config.interfaces.matches(i))

@@ -162,3 +162,25 @@ fn a_bad_exclusion_or_traffic_type_names_the_token() {
         stderr(&output)
     );
 }
+
+#[test]
+fn once_running_the_agent_keeps_only_cap_bpf_and_cap_net_admin() {
+    let (a, _b) = namespace();
+    let mut agent = Agent::start(&a, &["-i", "a0", "--sink", "stdout", "--no-pin"], 1);
+    agent.wait_for_log("dropped every other capability", 1, Duration::from_secs(5));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("status");
+    let set = |name: &str| {
+        let hex = status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} in {status}"));
+        u64::from_str_radix(hex.trim(), 16).unwrap()
+    };
+    let expected = (1u64 << 39) | (1 << 12);
+    assert_eq!(set("CapEff:"), expected, "effective");
+    assert_eq!(set("CapPrm:"), expected, "permitted");
+    assert_eq!(set("CapBnd:"), expected, "bounding");
+    assert_eq!(set("CapAmb:"), 0, "ambient");
+    let stopped = agent.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+}

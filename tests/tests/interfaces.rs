@@ -58,13 +58,16 @@ fn ip_batch(ns: &NetNs, commands: &str) {
     assert!(child.wait().unwrap().success(), "ip -batch failed");
 }
 
-/// Waits until `probe` returns true, or fails after `timeout` with `what`.
-fn wait_until(what: &str, timeout: Duration, mut probe: impl FnMut() -> bool) {
+/// Waits until `probe` returns true (true) or `timeout` has passed (false).
+fn wait_until(timeout: Duration, mut probe: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while !probe() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() > deadline {
+            return false;
+        }
         thread::sleep(Duration::from_millis(100));
     }
+    true
 }
 
 #[test]
@@ -137,10 +140,15 @@ fn interfaces_that_come_and_go_are_followed_without_leaks() {
         let del: String = names.iter().map(|n| format!("link del {n}a\n")).collect();
         ip_batch(&a, &del);
     }
-    wait_until(
-        "the agent to let go of the deleted interfaces",
-        Duration::from_secs(30),
-        || descriptors(pid) == (fds_before, links_before),
+    let mut last = (0, 0);
+    let settled = wait_until(Duration::from_secs(120), || {
+        last = descriptors(pid);
+        last == (fds_before, links_before)
+    });
+    assert!(
+        settled,
+        "the agent did not let go of the deleted interfaces: (fds, links) {last:?}, at the start {:?}",
+        (fds_before, links_before)
     );
     let rss_after = rss_kib(pid);
     eprintln!("interfaces test: churn settled after {:?}", churn.elapsed());
