@@ -61,6 +61,22 @@ fn check_effective(effective: u64) -> Result<(), MissingCapability> {
     Ok(())
 }
 
+/// What the agent keeps once it runs: CAP_BPF for its maps and links, CAP_NET_ADMIN to attach
+/// the interfaces that appear later. Loading programs (CAP_PERFMON) and mounting the BPF
+/// filesystem (CAP_SYS_ADMIN) happen at start-up only. A kernel without CAP_BPF (before 5.8)
+/// needs CAP_SYS_ADMIN in its place, which is kept then.
+pub fn drop_to_running_set() -> std::io::Result<&'static str> {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = effective_set(&status);
+    if effective & (1 << CAP_BPF.bit) != 0 {
+        crate::sys::keep_only_capabilities(&[CAP_BPF.bit, CAP_NET_ADMIN.bit])?;
+        Ok("CAP_BPF, CAP_NET_ADMIN")
+    } else {
+        crate::sys::keep_only_capabilities(&[CAP_SYS_ADMIN_BIT, CAP_NET_ADMIN.bit])?;
+        Ok("CAP_SYS_ADMIN, CAP_NET_ADMIN")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,21 +107,5 @@ mod tests {
             check_effective(1 << 21).unwrap_err().0.name,
             "CAP_NET_ADMIN"
         );
-    }
-}
-
-/// What the agent keeps once it runs: CAP_BPF for its maps and links, CAP_NET_ADMIN to attach
-/// the interfaces that appear later. Loading programs (CAP_PERFMON) and mounting the BPF
-/// filesystem (CAP_SYS_ADMIN) happen at start-up only. A kernel without CAP_BPF (before 5.8)
-/// needs CAP_SYS_ADMIN in its place, which is kept then.
-pub fn drop_to_running_set() -> std::io::Result<&'static str> {
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let effective = effective_set(&status);
-    if effective & (1 << CAP_BPF.bit) != 0 {
-        crate::sys::keep_only_capabilities(&[CAP_BPF.bit, CAP_NET_ADMIN.bit])?;
-        Ok("CAP_BPF, CAP_NET_ADMIN")
-    } else {
-        crate::sys::keep_only_capabilities(&[CAP_SYS_ADMIN_BIT, CAP_NET_ADMIN.bit])?;
-        Ok("CAP_SYS_ADMIN, CAP_NET_ADMIN")
     }
 }
