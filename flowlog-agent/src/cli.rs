@@ -19,8 +19,20 @@ use crate::{
 #[derive(Debug, Parser)]
 #[command(name = "flowlog-agent", version)]
 pub struct Cli {
+    /// The agent's own log on stderr: `text` for people, `json` (one object per line) for log
+    /// pipelines.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

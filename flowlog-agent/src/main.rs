@@ -5,20 +5,25 @@ use std::process::ExitCode;
 use clap::Parser;
 use flowlog_agent::{
     agent,
-    cli::{Cli, Command},
+    cli::{Cli, Command, LogFormat},
     config::RunConfig,
 };
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let command = Cli::parse().command();
+    let cli = Cli::parse();
+    let log_format = cli.log_format;
+    let command = cli.command();
     // Records may go to stdout, so the agent's own log goes to stderr.
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             EnvFilter::try_from_env("FLOWLOG_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+        );
+    match log_format {
+        LogFormat::Text => subscriber.init(),
+        LogFormat::Json => subscriber.json().init(),
+    }
     match run(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -1,7 +1,8 @@
-//! The agent binary refuses bad input at start-up with a message naming what is wrong, before
-//! it attaches anything.
+//! The agent binary as an operator meets it: bad input is refused at start-up with a message
+//! naming what is wrong, before anything is attached; once running it keeps only the
+//! capabilities it needs; its log can be JSON.
 
-use std::{process::Output, time::Duration};
+use std::{process::Output, thread, time::Duration};
 
 use tests::{
     agent::{Agent, agent_binary},
@@ -183,4 +184,48 @@ fn once_running_the_agent_keeps_only_cap_bpf_and_cap_net_admin() {
     assert_eq!(set("CapAmb:"), 0, "ambient");
     let stopped = agent.stop();
     assert!(stopped.status.success(), "{}", stopped.stderr);
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let (a, _b) = namespace();
+    let agent = Agent::start(
+        &a,
+        &[
+            "--log-format",
+            "json",
+            "-i",
+            "a0",
+            "--sink",
+            "stdout",
+            "--no-pin",
+            "--interval",
+            "1s",
+        ],
+        1,
+    );
+    thread::sleep(Duration::from_millis(1500));
+    let stopped = agent.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let mut messages = Vec::new();
+    for line in stopped.stderr.lines() {
+        let object: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}"));
+        assert!(
+            object["timestamp"].is_string() && object["level"].is_string(),
+            "{line}"
+        );
+        messages.push(
+            object["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    for wanted in ["attached", "interval written", "sink finished"] {
+        assert!(
+            messages.iter().any(|m| m == wanted),
+            "no {wanted:?} in {messages:?}"
+        );
+    }
 }
