@@ -21,7 +21,10 @@ use crate::{
     interfaces::{self, Interface},
     privileges::{self, MissingCapability},
     record::IntervalRecords,
-    sink::{self, LineRenderer, LogStreamSink, SinkHandle, SinkReport, SinkSpec, StdoutSink},
+    sink::{
+        self, Envelope, LineRenderer, LogStreamSink, ObjectStoreSink, SinkHandle, SinkReport,
+        SinkSpec, StdoutSink, object::ObjectSinkError,
+    },
     sys,
 };
 
@@ -40,6 +43,8 @@ pub enum AgentError {
     ListInterfaces(io::Error),
     #[error("sink {sink}: {error}")]
     Sink { sink: String, error: io::Error },
+    #[error(transparent)]
+    ObjectSink(#[from] ObjectSinkError),
     #[error("installing signal handlers: {0}")]
     Signals(io::Error),
 }
@@ -66,7 +71,7 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
         spawn_kernel_log_reader(logger);
     }
     let interfaces = select_interfaces(&config)?;
-    let mut sinks = start_sinks(&config)?;
+    let mut sinks = start_sinks(&config).await?;
     let mut signals = Signals::install().map_err(AgentError::Signals)?;
 
     let mut builder = IntervalBuilder::new(SystemTime::now());
@@ -142,27 +147,41 @@ fn select_interfaces(config: &RunConfig) -> Result<Vec<Interface>, AgentError> {
     Ok(selection.matched)
 }
 
-fn start_sinks(config: &RunConfig) -> Result<Vec<SinkHandle>, AgentError> {
-    let renderer = LineRenderer {
-        format: Arc::clone(&config.format),
-        metadata: Arc::clone(&config.metadata),
+async fn start_sinks(config: &RunConfig) -> Result<Vec<SinkHandle>, AgentError> {
+    let renderer = LineRenderer::new(Arc::clone(&config.format), Arc::clone(&config.metadata));
+    let json = renderer.clone().with_envelope(Envelope::JsonMessage);
+    let log_streams = |directory: &std::path::PathBuf, renderer: &LineRenderer| {
+        LogStreamSink::new(directory.clone(), TRAFFIC_TYPE, renderer.clone())
+            .map(sink::spawn)
+            .map_err(|error| AgentError::Sink {
+                sink: spec_name(directory, renderer),
+                error,
+            })
     };
     let mut handles = Vec::new();
     for spec in &config.sinks {
         let handle = match spec {
             SinkSpec::Stdout => sink::spawn(StdoutSink::new(renderer.clone())),
-            SinkSpec::LogStreams(directory) => {
-                let sink = LogStreamSink::new(directory.clone(), TRAFFIC_TYPE, renderer.clone())
-                    .map_err(|error| AgentError::Sink {
-                        sink: spec.to_string(),
-                        error,
-                    })?;
+            SinkSpec::JsonStdout => sink::spawn(StdoutSink::new(json.clone())),
+            SinkSpec::LogStreams(directory) => log_streams(directory, &renderer)?,
+            SinkSpec::JsonLogStreams(directory) => log_streams(directory, &json)?,
+            SinkSpec::ObjectStore(url) => {
+                let layout = config.key_layout(url);
+                let sink =
+                    ObjectStoreSink::start(url, layout, &config.archive, renderer.clone()).await?;
                 sink::spawn(sink)
             }
         };
         handles.push(handle);
     }
     Ok(handles)
+}
+
+fn spec_name(directory: &std::path::Path, renderer: &LineRenderer) -> String {
+    match renderer.envelope {
+        Envelope::Plain => format!("dir:{}", directory.display()),
+        Envelope::JsonMessage => format!("json:dir:{}", directory.display()),
+    }
 }
 
 fn attach_all(

@@ -10,7 +10,7 @@ use crate::{
     config::{parse_interval, parse_max_flows, parse_metadata_value},
     datapath::{HookChoice, TcModeChoice},
     format::{DEFAULT_FORMAT, RecordFormat},
-    sink::SinkSpec,
+    sink::{SinkSpec, object::ArchiveArgs},
 };
 
 /// VPC Flow Logs for any Linux host: counts every IP flow of the selected interfaces in the
@@ -50,8 +50,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "FORMAT", default_value = DEFAULT_FORMAT)]
     pub format: RecordFormat,
 
-    /// Where records go (repeatable): `stdout` or `dir:PATH` (one log stream file per
-    /// interface). Default: dir:/var/log/flowlog and stdout.
+    /// Where records go (repeatable): `stdout`, `dir:PATH` (one log stream file per
+    /// interface), `json:stdout` or `json:dir:PATH` (the same as JSON lines,
+    /// {"message":"<record>"}), or an object store in the AWS S3 layout: `s3://BUCKET/PREFIX`,
+    /// `gs://`, `az://`, `file:///PATH`. Default: dir:/var/log/flowlog and stdout.
     #[arg(long = "sink", value_name = "SINK")]
     pub sinks: Vec<SinkSpec>,
 
@@ -71,6 +73,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub metadata: MetadataArgs,
+
+    #[command(flatten)]
+    pub archive: ArchiveArgs,
 }
 
 /// Values for the fields the host cannot know; each renders as `-` when not given.

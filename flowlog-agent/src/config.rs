@@ -9,7 +9,10 @@ use crate::{
     format::RecordFormat,
     interfaces::{InterfaceSelector, SelectorError},
     record::Metadata,
-    sink::{SinkSpec, default_sinks},
+    sink::{
+        SinkSpec, default_sinks,
+        object::{ArchiveOptions, KeyLayout, ObjectUrl, derived_flow_log_id},
+    },
 };
 
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -26,12 +29,20 @@ pub struct RunConfig {
     pub tc_mode: TcModeChoice,
     pub max_flows: u32,
     pub metadata: Arc<Metadata>,
+    /// Options of the object-store sinks.
+    pub archive: ArchiveOptions,
+    /// The `--interface` values as given: part of what identifies a flow log.
+    interface_args: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(transparent)]
     Interface(#[from] SelectorError),
+    #[error(
+        "sink {sink}: object keys hold the account and region (AWSLogs/<account-id>/vpcflowlogs/<region>/...): give {flag}"
+    )]
+    ObjectKeyNeeds { sink: String, flag: &'static str },
 }
 
 impl RunConfig {
@@ -41,8 +52,25 @@ impl RunConfig {
         } else {
             args.sinks
         };
+        for sink in &sinks {
+            if let SinkSpec::ObjectStore(url) = sink {
+                for (value, flag) in [
+                    (&args.metadata.account_id, "--account-id"),
+                    (&args.metadata.region, "--region"),
+                ] {
+                    if value.is_none() {
+                        return Err(ConfigError::ObjectKeyNeeds {
+                            sink: url.location().to_owned(),
+                            flag,
+                        });
+                    }
+                }
+            }
+        }
         Ok(Self {
             interfaces: InterfaceSelector::parse(&args.interfaces)?,
+            interface_args: args.interfaces.clone(),
+            archive: args.archive,
             interval: args.interval,
             format: Arc::new(args.format),
             sinks,
@@ -51,6 +79,29 @@ impl RunConfig {
             max_flows: args.max_flows,
             metadata: Arc::new(metadata(args.metadata)),
         })
+    }
+}
+
+impl RunConfig {
+    /// Where an object-store sink's objects go. The default flow-log id is derived from what
+    /// identifies the flow log, so it survives restarts of the same configuration.
+    pub fn key_layout(&self, url: &ObjectUrl) -> KeyLayout {
+        let account_id = self.metadata.account_id.clone().unwrap_or_default();
+        let region = self.metadata.region.clone().unwrap_or_default();
+        let flow_log_id = self.archive.flow_log_id.clone().unwrap_or_else(|| {
+            let format = self.format.to_string();
+            let interfaces = self.interface_args.join(",");
+            derived_flow_log_id(&[url.location(), &format, &interfaces, &account_id, &region])
+        });
+        KeyLayout {
+            prefix: url.prefix().to_owned(),
+            account_id,
+            region,
+            flow_log_id,
+            hive_partitions: self.archive.hive_partitions,
+            per_hour_partition: self.archive.per_hour_partition,
+            file_format: self.archive.file_format,
+        }
     }
 }
 

@@ -1,8 +1,13 @@
 //! Where records go. A sink implements [`Sink`]; [`spawn`] runs it as its own task behind its
 //! own bounded queue, so a slow sink never stalls the drain or the other sinks, and retries
-//! failed writes with capped exponential backoff.
+//! failed writes with capped exponential backoff and full jitter.
+//!
+//! Object-store sinks (`object`) batch intervals into objects and add a disk spool and an
+//! uploader of their own behind the same driver, so a store outage never blocks the queue.
 
+mod backoff;
 mod log_stream;
+pub mod object;
 mod spec;
 mod stdout;
 
@@ -10,7 +15,9 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::{sync::mpsc, task::JoinHandle};
 
+pub use backoff::Backoff;
 pub use log_stream::LogStreamSink;
+pub use object::ObjectStoreSink;
 pub use spec::{DEFAULT_LOG_DIR, SinkSpec, SinkSpecError, default_sinks};
 pub use stdout::StdoutSink;
 
@@ -55,12 +62,53 @@ pub trait Sink: Send + 'static {
 pub struct LineRenderer {
     pub format: Arc<RecordFormat>,
     pub metadata: Arc<Metadata>,
+    pub envelope: Envelope,
+}
+
+/// How each record line is wrapped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Envelope {
+    /// The record line as it is.
+    #[default]
+    Plain,
+    /// One JSON object per line, `{"message":"<record line>"}`, as log shippers and
+    /// Firehose-style streams take them.
+    JsonMessage,
 }
 
 impl LineRenderer {
+    pub fn new(format: Arc<RecordFormat>, metadata: Arc<Metadata>) -> Self {
+        Self {
+            format,
+            metadata,
+            envelope: Envelope::Plain,
+        }
+    }
+
+    pub fn with_envelope(mut self, envelope: Envelope) -> Self {
+        self.envelope = envelope;
+        self
+    }
+
     pub fn render<'a>(&self, records: impl IntoIterator<Item = &'a FlowRecord>, out: &mut Vec<u8>) {
-        for record in records {
-            self.format.render(record, &self.metadata, out);
+        match self.envelope {
+            Envelope::Plain => {
+                for record in records {
+                    self.format.render(record, &self.metadata, out);
+                }
+            }
+            Envelope::JsonMessage => {
+                let mut line = Vec::with_capacity(256);
+                for record in records {
+                    line.clear();
+                    self.format.render(record, &self.metadata, &mut line);
+                    line.pop(); // the '\n'
+                    out.extend_from_slice(b"{\"message\":");
+                    // Writing into a Vec cannot fail.
+                    let _ = serde_json::to_writer(&mut *out, &*String::from_utf8_lossy(&line));
+                    out.extend_from_slice(b"}\n");
+                }
+            }
         }
     }
 }
@@ -121,7 +169,7 @@ async fn write_with_retries<S: Sink>(
     report: &mut SinkReport,
 ) {
     let records = interval.records.len() as u64;
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     for attempt in 1..=MAX_ATTEMPTS {
         match sink.write(Arc::clone(&interval)).await {
             Ok(()) => {
@@ -130,10 +178,9 @@ async fn write_with_retries<S: Sink>(
                 return;
             }
             Err(SinkError::Retriable(error)) if attempt < MAX_ATTEMPTS => {
-                tracing::warn!(sink = name, attempt, %error, retry_in = ?backoff, "write failed");
+                tracing::warn!(sink = name, attempt, %error, retry_within = ?backoff.ceiling(), "write failed");
                 report.retries += 1;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(error) => {
                 tracing::error!(sink = name, %error, records, "write failed; records lost");

@@ -2,6 +2,8 @@
 
 use std::{fmt, path::PathBuf, str::FromStr};
 
+use super::object::{ObjectUrl, ObjectUrlError};
+
 /// The embedded default log-stream directory.
 pub const DEFAULT_LOG_DIR: &str = "/var/log/flowlog";
 
@@ -12,6 +14,12 @@ pub enum SinkSpec {
     Stdout,
     /// `dir:PATH`: one log stream (file) per interface in PATH, like CloudWatch log streams.
     LogStreams(PathBuf),
+    /// `json:stdout`: one `{"message":"<record line>"}` object per line on standard output.
+    JsonStdout,
+    /// `json:dir:PATH`: the log streams of `dir:PATH`, each line a JSON object.
+    JsonLogStreams(PathBuf),
+    /// `s3://`, `gs://`, `az://`, `file:///`: objects in the layout AWS writes to S3.
+    ObjectStore(ObjectUrl),
 }
 
 /// The sinks used when none is given: the log streams in [`DEFAULT_LOG_DIR`] and stdout.
@@ -24,10 +32,15 @@ pub fn default_sinks() -> Vec<SinkSpec> {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SinkSpecError {
-    #[error("unknown sink {0:?}: expected stdout or dir:PATH")]
+    #[error(
+        "unknown sink {0:?}: expected stdout, dir:PATH, json:stdout, json:dir:PATH, or an \
+         object-store URL (s3://BUCKET/PREFIX, gs://, az://, file:///PATH)"
+    )]
     Unknown(String),
     #[error("sink {0:?}: dir: needs a directory path, as in dir:/var/log/flowlog")]
     EmptyPath(String),
+    #[error(transparent)]
+    ObjectUrl(#[from] ObjectUrlError),
 }
 
 impl FromStr for SinkSpec {
@@ -43,6 +56,18 @@ impl FromStr for SinkSpec {
             }
             return Ok(SinkSpec::LogStreams(PathBuf::from(path)));
         }
+        if text == "json:stdout" {
+            return Ok(SinkSpec::JsonStdout);
+        }
+        if let Some(path) = text.strip_prefix("json:dir:") {
+            if path.is_empty() {
+                return Err(SinkSpecError::EmptyPath(text.to_owned()));
+            }
+            return Ok(SinkSpec::JsonLogStreams(PathBuf::from(path)));
+        }
+        if ObjectUrl::claims(text) {
+            return Ok(SinkSpec::ObjectStore(ObjectUrl::parse(text)?));
+        }
         Err(SinkSpecError::Unknown(text.to_owned()))
     }
 }
@@ -52,6 +77,9 @@ impl fmt::Display for SinkSpec {
         match self {
             SinkSpec::Stdout => f.write_str("stdout"),
             SinkSpec::LogStreams(path) => write!(f, "dir:{}", path.display()),
+            SinkSpec::JsonStdout => f.write_str("json:stdout"),
+            SinkSpec::JsonLogStreams(path) => write!(f, "json:dir:{}", path.display()),
+            SinkSpec::ObjectStore(url) => write!(f, "{url}"),
         }
     }
 }
@@ -62,7 +90,18 @@ mod tests {
 
     #[test]
     fn parses_every_form_and_prints_it_back() {
-        for text in ["stdout", "dir:/var/log/flowlog", "dir:relative/logs"] {
+        for text in [
+            "stdout",
+            "dir:/var/log/flowlog",
+            "dir:relative/logs",
+            "json:stdout",
+            "json:dir:/var/log/flowlog-json",
+            "s3://bucket/prefix",
+            "s3://bucket/prefix?endpoint=http://127.0.0.1:9000&allow_http=true",
+            "gs://bucket",
+            "az://container/p",
+            "file:///var/lib/flowlog/archive",
+        ] {
             let spec: SinkSpec = text.parse().unwrap();
             assert_eq!(spec.to_string(), text);
         }
@@ -70,9 +109,23 @@ mod tests {
 
     #[test]
     fn refuses_what_it_does_not_know_naming_it() {
+        let unknown = "stdot".parse::<SinkSpec>().unwrap_err().to_string();
+        assert!(
+            unknown.starts_with("unknown sink \"stdot\": expected stdout, dir:PATH"),
+            "{unknown}"
+        );
+        let scheme = "ftp://host/x".parse::<SinkSpec>().unwrap_err().to_string();
+        assert!(
+            scheme.starts_with("unknown sink \"ftp://host/x\""),
+            "{scheme}"
+        );
+        assert!(matches!(
+            "s3://".parse::<SinkSpec>().unwrap_err(),
+            SinkSpecError::ObjectUrl(ObjectUrlError::NoBucket { .. })
+        ));
         assert_eq!(
-            "stdot".parse::<SinkSpec>().unwrap_err().to_string(),
-            "unknown sink \"stdot\": expected stdout or dir:PATH"
+            "json:dir:".parse::<SinkSpec>().unwrap_err(),
+            SinkSpecError::EmptyPath("json:dir:".into())
         );
         assert_eq!(
             "dir:".parse::<SinkSpec>().unwrap_err(),
