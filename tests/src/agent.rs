@@ -46,11 +46,22 @@ impl Agent {
     /// Starts `flowlog-agent run ARGS` inside `ns` and waits until it has attached to
     /// `attachments` interfaces (or fails, printing what it said).
     pub fn start(ns: &NetNs, args: &[&str], attachments: usize) -> Self {
+        Self::start_with_env(ns, args, &[], attachments)
+    }
+
+    /// [`Agent::start`] with extra environment variables (credentials, for instance).
+    pub fn start_with_env(
+        ns: &NetNs,
+        args: &[&str],
+        env: &[(&str, &str)],
+        attachments: usize,
+    ) -> Self {
         let binary = agent_binary();
         let mut child = ns
             .command(binary.to_str().expect("UTF-8 path"))
             .arg("run")
             .args(args)
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -106,6 +117,11 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// The log lines seen so far.
+    pub fn log(&self) -> String {
+        self.stderr_seen.join("\n")
     }
 
     pub fn pid(&self) -> u32 {

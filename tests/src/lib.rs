@@ -8,5 +8,6 @@ pub mod agent;
 pub mod frames;
 pub mod netns;
 pub mod records;
+pub mod s3;
 pub mod test_run;
 pub mod traffic;

@@ -25,7 +25,7 @@ pub use parquet::{ParquetObject, schema as parquet_schema};
 pub use spool::{Spool, SpoolLoss, SpooledObject};
 pub use store::{ObjectUrl, ObjectUrlError, Scheme};
 pub use text::TextObject;
-pub use uploader::{UploadReport, Uploader, describe};
+pub use uploader::{Diagnosis, UploadReport, Uploader, describe, diagnose};
 
 use object_store::{ObjectStore, path::Path};
 
@@ -301,15 +301,14 @@ async fn health_check(
         store.list_with_delimiter(Some(&prefix)),
     )
     .await;
-    use object_store::Error as E;
     match check {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(
-            error @ (E::NotFound { .. } | E::PermissionDenied { .. } | E::Unauthenticated { .. }),
-        )) => Err(ObjectSinkError::HealthCheck {
-            sink: name.to_owned(),
-            reason: describe(&error),
-        }),
+        Ok(Err(error)) if diagnose(&error) != Diagnosis::Unreachable => {
+            Err(ObjectSinkError::HealthCheck {
+                sink: name.to_owned(),
+                reason: describe(&error),
+            })
+        }
         Ok(Err(error)) => {
             tracing::warn!(
                 sink = %name,

@@ -162,16 +162,49 @@ async fn wait_or_give_up(
     }
 }
 
+/// What an error from the store says about the destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Diagnosis {
+    /// No such bucket or container.
+    NoBucket,
+    /// The credentials were refused, or lack a permission.
+    Credentials,
+    /// Another request the store refused: trying again will not help.
+    Refused,
+    /// No answer, or a server error: the store may come back.
+    Unreachable,
+}
+
+/// Classifies a store error. `object_store` gives list and put failures of the cloud stores
+/// as `Generic` errors whose text carries the HTTP status, so that text is read too.
+pub fn diagnose(error: &object_store::Error) -> Diagnosis {
+    use object_store::Error::*;
+    match error {
+        NotFound { .. } => return Diagnosis::NoBucket,
+        PermissionDenied { .. } | Unauthenticated { .. } => return Diagnosis::Credentials,
+        _ => {}
+    }
+    let text = error.to_string();
+    let has = |needle: &str| text.contains(needle);
+    if has("status code: 404") || has("NoSuchBucket") || has("ContainerNotFound") {
+        Diagnosis::NoBucket
+    } else if has("status code: 401") || has("status code: 403") {
+        Diagnosis::Credentials
+    } else if has("status code: 4") {
+        Diagnosis::Refused
+    } else {
+        Diagnosis::Unreachable
+    }
+}
+
 /// An error in words an operator can act on. Store errors carry the request's URL and the
 /// response, never the credentials.
 pub fn describe(error: &object_store::Error) -> String {
-    use object_store::Error::*;
-    match error {
-        NotFound { .. } => format!("the bucket or container does not exist ({error})"),
-        PermissionDenied { .. } => {
-            format!("permission denied: check the credentials' policy ({error})")
+    match diagnose(error) {
+        Diagnosis::NoBucket => format!("the bucket or container does not exist ({error})"),
+        Diagnosis::Credentials => {
+            format!("the credentials were refused or lack permission ({error})")
         }
-        Unauthenticated { .. } => format!("the credentials were refused ({error})"),
-        _ => error.to_string(),
+        Diagnosis::Refused | Diagnosis::Unreachable => error.to_string(),
     }
 }
