@@ -2,7 +2,7 @@
 //! an absolute within one run (variants alternate, medians are kept: the machine is shared).
 //!
 //! ```text
-//! cargo xtask bench [-- [--only per-packet|throughput|drain|memory]... [--quick]]
+//! cargo xtask bench [-- [--only per-packet|throughput|drain|memory|encoders]... [--quick]]
 //! ```
 //!
 //! Exits 0 when every figure asked for was measured, whether or not it met its goal; 1 when a
@@ -10,6 +10,7 @@
 
 mod agent;
 mod drain;
+mod encoders;
 mod memory;
 mod per_packet;
 mod report;
@@ -26,14 +27,16 @@ enum Figure {
     Throughput,
     Drain,
     Memory,
+    Encoders,
 }
 
 impl Figure {
-    const ALL: [Figure; 4] = [
+    const ALL: [Figure; 5] = [
         Figure::PerPacket,
         Figure::Throughput,
         Figure::Drain,
         Figure::Memory,
+        Figure::Encoders,
     ];
 
     fn name(self) -> &'static str {
@@ -42,6 +45,7 @@ impl Figure {
             Figure::Throughput => "throughput",
             Figure::Drain => "drain",
             Figure::Memory => "memory",
+            Figure::Encoders => "encoders",
         }
     }
 
@@ -51,6 +55,7 @@ impl Figure {
             Figure::Throughput => throughput::measure(quick, report),
             Figure::Drain => drain::measure(quick, report),
             Figure::Memory => memory::measure(quick, report),
+            Figure::Encoders => encoders::measure(quick, report),
         }
     }
 }
@@ -62,7 +67,8 @@ struct Options {
     quick: bool,
 }
 
-const USAGE: &str = "usage: flowlog-bench [--only per-packet|throughput|drain|memory]... [--quick]";
+const USAGE: &str =
+    "usage: flowlog-bench [--only per-packet|throughput|drain|memory|encoders]... [--quick]";
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
     let mut only = Vec::new();
