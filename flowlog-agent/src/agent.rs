@@ -4,6 +4,7 @@
 use std::{
     collections::BTreeMap,
     io,
+    path::Path,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -12,6 +13,7 @@ use flowlog_common::{flow::PacketCount, maps::flow_maps_memory_bytes, stats::Sta
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    cli::TrafficType,
     collector::IntervalBuilder,
     config::RunConfig,
     datapath::{
@@ -19,17 +21,15 @@ use crate::{
         TcModeChoice,
     },
     interfaces::{self, Interface},
+    policy::{Exclusion, Policy},
     privileges::{self, MissingCapability},
-    record::IntervalRecords,
+    record::{IntervalRecords, RecordKind},
     sink::{
-        self, Envelope, LineRenderer, LogStreamSink, ObjectStoreSink, SinkHandle, SinkReport,
-        SinkSpec, StdoutSink, object::ObjectSinkError,
+        self, Envelope, IpfixSink, LineRenderer, LogStreamSink, ObjectStoreSink, SinkHandle,
+        SinkReport, SinkSpec, StdoutSink, object::ObjectSinkError,
     },
     sys,
 };
-
-/// The traffic type of the flow log (the policy issue adds ACCEPT- and REJECT-only logs).
-const TRAFFIC_TYPE: &str = "all";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -47,6 +47,8 @@ pub enum AgentError {
     ObjectSink(#[from] ObjectSinkError),
     #[error("installing signal handlers: {0}")]
     Signals(io::Error),
+    #[error("{0}")]
+    Exclusions(String),
 }
 
 /// What a run did, for the last log line and for tests.
@@ -70,8 +72,14 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
     if let Some(logger) = datapath.take_logger() {
         spawn_kernel_log_reader(logger);
     }
+    // Both before attaching: no packet is ever decided without the configured policy.
+    let exclusions = Exclusion::compile(&config.exclusions).map_err(AgentError::Exclusions)?;
+    datapath.set_exclusions(&exclusions)?;
+    if let Some((path, policy)) = &config.policy {
+        publish_policy(&mut datapath, path, policy)?;
+    }
     let interfaces = select_interfaces(&config)?;
-    let mut sinks = start_sinks(&config).await?;
+    let mut sinks = start_sinks(&config, &interfaces).await?;
     let mut signals = Signals::install().map_err(AgentError::Signals)?;
 
     let mut builder = IntervalBuilder::new(SystemTime::now());
@@ -89,15 +97,21 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
         let wait = until_next_boundary(SystemTime::now(), config.interval);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            signal = signals.next() => {
-                tracing::info!(signal, "stopping: final drain");
-                break;
-            }
+            signal = signals.next() => match signal {
+                Signal::Reload => {
+                    reload_policy(&mut datapath, &config);
+                    continue;
+                }
+                Signal::Stop(name) => {
+                    tracing::info!(signal = name, "stopping: final drain");
+                    break;
+                }
+            },
         }
         let started = std::time::Instant::now();
         let drained = tokio::task::block_in_place(|| datapath.drain_interval())?;
         let entries = drained.entries;
-        let interval = Arc::new(builder.build(drained));
+        let interval = Arc::new(select_traffic(builder.build(drained), config.traffic_type));
         log_interval(
             &interval,
             entries,
@@ -112,7 +126,7 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
     datapath.detach_all()?;
     let drained = tokio::task::block_in_place(|| datapath.drain_all_after_detach())?;
     let entries = drained.entries;
-    let interval = Arc::new(builder.build(drained));
+    let interval = Arc::new(select_traffic(builder.build(drained), config.traffic_type));
     log_interval(&interval, entries, Duration::ZERO, stats.update(&datapath));
     dispatch(&mut sinks, &interval, &mut summary);
     drop(datapath);
@@ -147,11 +161,15 @@ fn select_interfaces(config: &RunConfig) -> Result<Vec<Interface>, AgentError> {
     Ok(selection.matched)
 }
 
-async fn start_sinks(config: &RunConfig) -> Result<Vec<SinkHandle>, AgentError> {
+async fn start_sinks(
+    config: &RunConfig,
+    interfaces: &[Interface],
+) -> Result<Vec<SinkHandle>, AgentError> {
     let renderer = LineRenderer::new(Arc::clone(&config.format), Arc::clone(&config.metadata));
     let json = renderer.clone().with_envelope(Envelope::JsonMessage);
+    let traffic_type = config.traffic_type.file_name_part();
     let log_streams = |directory: &std::path::PathBuf, renderer: &LineRenderer| {
-        LogStreamSink::new(directory.clone(), TRAFFIC_TYPE, renderer.clone())
+        LogStreamSink::new(directory.clone(), traffic_type, renderer.clone())
             .map(sink::spawn)
             .map_err(|error| AgentError::Sink {
                 sink: spec_name(directory, renderer),
@@ -170,6 +188,13 @@ async fn start_sinks(config: &RunConfig) -> Result<Vec<SinkHandle>, AgentError> 
                 let sink =
                     ObjectStoreSink::start(url, layout, &config.archive, renderer.clone()).await?;
                 sink::spawn(sink)
+            }
+            SinkSpec::Ipfix(spec) => {
+                let indexes = interfaces
+                    .iter()
+                    .map(|i| (i.name.clone(), i.ifindex))
+                    .collect();
+                sink::spawn(IpfixSink::new(spec.clone(), indexes))
             }
         };
         handles.push(handle);
@@ -275,6 +300,7 @@ fn log_interval(
         map_entries = entries,
         non_ip_packets = stat(Stat::NonIp),
         malformed_packets = stat(Stat::Malformed),
+        excluded_packets = stat(Stat::Excluded),
         drain_ms = drain_time.as_millis() as u64,
         "interval written"
     );
@@ -307,10 +333,65 @@ impl StatsDelta {
     }
 }
 
-/// SIGINT and SIGTERM, whichever comes first.
+/// Keeps the records the flow log's traffic type selects. NODATA and SKIPDATA records are
+/// always kept: they say what the log could not show.
+fn select_traffic(mut interval: IntervalRecords, traffic_type: TrafficType) -> IntervalRecords {
+    let keep_reject = match traffic_type {
+        TrafficType::All => return interval,
+        TrafficType::Accept => false,
+        TrafficType::Reject => true,
+    };
+    interval.records.retain(|record| match &record.kind {
+        RecordKind::Flow(flow) => flow.verdict.is_reject() == keep_reject,
+        RecordKind::NoData | RecordKind::SkipData { .. } => true,
+    });
+    interval
+}
+
+/// Compiles and publishes a policy; the tick length converts its idle timeouts.
+fn publish_policy(datapath: &mut Datapath, path: &Path, policy: &Policy) -> Result<(), AgentError> {
+    let compiled = policy.compile(datapath.ns_per_jiffy()?);
+    let generation = datapath.set_policy(Some(&compiled))?;
+    tracing::info!(
+        policy = %path.display(),
+        generation,
+        mode = if policy.audit { "audit" } else { "enforce" },
+        acl_rules = compiled.acl_rules.len(),
+        security_group_rules = compiled.sg_rules.len(),
+        "policy in force"
+    );
+    Ok(())
+}
+
+/// SIGHUP: reads the policy file again and swaps it in atomically. A file that does not check
+/// leaves the running policy in place.
+fn reload_policy(datapath: &mut Datapath, config: &RunConfig) {
+    let Some((path, _)) = &config.policy else {
+        tracing::warn!("SIGHUP: no --policy file to reload");
+        return;
+    };
+    let result = Policy::load(path)
+        .map_err(|error| error.to_string())
+        .and_then(|policy| {
+            publish_policy(datapath, path, &policy).map_err(|error| error.to_string())
+        });
+    if let Err(error) = result {
+        tracing::error!(%error, "SIGHUP: policy not reloaded, the previous one stays in force");
+    }
+}
+
+enum Signal {
+    /// SIGINT or SIGTERM.
+    Stop(&'static str),
+    /// SIGHUP.
+    Reload,
+}
+
+/// SIGINT and SIGTERM stop the agent; SIGHUP reloads the policy.
 struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -318,13 +399,15 @@ impl Signals {
         Ok(Self {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
         })
     }
 
-    async fn next(&mut self) -> &'static str {
+    async fn next(&mut self) -> Signal {
         tokio::select! {
-            _ = self.interrupt.recv() => "SIGINT",
-            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => Signal::Stop("SIGINT"),
+            _ = self.terminate.recv() => Signal::Stop("SIGTERM"),
+            _ = self.hangup.recv() => Signal::Reload,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The command line as typed: clap parses it, `config` validates it. Every value parser names
 //! the flag and the token it refuses.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use flowlog_common::maps::DEFAULT_MAX_FLOWS;
@@ -10,6 +10,7 @@ use crate::{
     config::{parse_interval, parse_max_flows, parse_metadata_value},
     datapath::{HookChoice, TcModeChoice},
     format::{DEFAULT_FORMAT, RecordFormat},
+    policy::Exclusion,
     sink::{SinkSpec, object::ArchiveArgs},
 };
 
@@ -52,8 +53,11 @@ pub struct RunArgs {
 
     /// Where records go (repeatable): `stdout`, `dir:PATH` (one log stream file per
     /// interface), `json:stdout` or `json:dir:PATH` (the same as JSON lines,
-    /// {"message":"<record>"}), or an object store in the AWS S3 layout: `s3://BUCKET/PREFIX`,
-    /// `gs://`, `az://`, `file:///PATH`. Default: dir:/var/log/flowlog and stdout.
+    /// {"message":"<record>"}), an object store in the AWS S3 layout (`s3://BUCKET/PREFIX`,
+    /// `gs://`, `az://`, `file:///PATH`), or IPFIX to a collector: `ipfix+udp://HOST:PORT` or
+    /// `ipfix+tcp://HOST:PORT` (port 4739 by default; options `?domain=N&mtu=BYTES&
+    /// template-refresh=60s&template-refresh-messages=100`). Default: dir:/var/log/flowlog and
+    /// stdout.
     #[arg(long = "sink", value_name = "SINK")]
     pub sinks: Vec<SinkSpec>,
 
@@ -71,11 +75,61 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_FLOWS, value_parser = parse_max_flows)]
     pub max_flows: u32,
 
+    /// Policy file (TOML): network ACL and security group enforced in the datapath (see
+    /// README). Reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+
+    /// Records the flow log writes: ACCEPT, REJECT or ALL.
+    #[arg(long, value_name = "TYPE", default_value = "ALL", value_parser = parse_traffic_type)]
+    pub traffic_type: TrafficType,
+
+    /// Traffic not to log, added to the defaults (repeatable): CIDR[/PROTO[:PORT]], matching
+    /// either address and either port. The policy still applies to it.
+    #[arg(long = "exclude", value_name = "CIDR[/PROTO[:PORT]]", value_parser = parse_exclusion)]
+    pub exclusions: Vec<Exclusion>,
+
+    /// Do not exclude DHCP, DHCPv6 and the instance metadata and time services by default.
+    #[arg(long)]
+    pub no_default_exclusions: bool,
+
     #[command(flatten)]
     pub metadata: MetadataArgs,
 
     #[command(flatten)]
     pub archive: ArchiveArgs,
+}
+
+/// The records a flow log writes, as `--traffic-type` and AWS name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrafficType {
+    Accept,
+    Reject,
+    All,
+}
+
+impl TrafficType {
+    /// As it appears in log-stream file names (`eth0-reject.log`).
+    pub fn file_name_part(self) -> &'static str {
+        match self {
+            TrafficType::Accept => "accept",
+            TrafficType::Reject => "reject",
+            TrafficType::All => "all",
+        }
+    }
+}
+
+fn parse_traffic_type(text: &str) -> Result<TrafficType, String> {
+    match text.to_ascii_uppercase().as_str() {
+        "ACCEPT" => Ok(TrafficType::Accept),
+        "REJECT" => Ok(TrafficType::Reject),
+        "ALL" => Ok(TrafficType::All),
+        _ => Err(format!("{text:?}: expected ACCEPT, REJECT or ALL")),
+    }
+}
+
+fn parse_exclusion(text: &str) -> Result<Exclusion, String> {
+    Exclusion::parse(text)
 }
 
 /// Values for the fields the host cannot know; each renders as `-` when not given.

@@ -1,13 +1,14 @@
 //! The validated configuration the rest of the agent trusts, and the value parsers that refuse
 //! bad input at start-up, naming the offending token.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use crate::{
-    cli::{MetadataArgs, RunArgs},
+    cli::{MetadataArgs, RunArgs, TrafficType},
     datapath::{HookChoice, TcModeChoice},
     format::RecordFormat,
     interfaces::{InterfaceSelector, SelectorError},
+    policy::{Exclusion, Policy, PolicyError},
     record::Metadata,
     sink::{
         SinkSpec, default_sinks,
@@ -33,6 +34,11 @@ pub struct RunConfig {
     pub archive: ArchiveOptions,
     /// The `--interface` values as given: part of what identifies a flow log.
     interface_args: Vec<String>,
+    /// The policy file and what it held at start-up (SIGHUP reads the file again).
+    pub policy: Option<(PathBuf, Policy)>,
+    pub traffic_type: TrafficType,
+    /// Defaults first, unless turned off, then `--exclude`s.
+    pub exclusions: Vec<Exclusion>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +49,10 @@ pub enum ConfigError {
         "sink {sink}: object keys hold the account and region (AWSLogs/<account-id>/vpcflowlogs/<region>/...): give {flag}"
     )]
     ObjectKeyNeeds { sink: String, flag: &'static str },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("{0}")]
+    Exclusions(String),
 }
 
 impl RunConfig {
@@ -67,6 +77,20 @@ impl RunConfig {
                 }
             }
         }
+        let policy = match args.policy {
+            Some(path) => {
+                let policy = Policy::load(&path)?;
+                Some((path, policy))
+            }
+            None => None,
+        };
+        let mut exclusions = if args.no_default_exclusions {
+            Vec::new()
+        } else {
+            Exclusion::defaults()
+        };
+        exclusions.extend(args.exclusions);
+        Exclusion::compile(&exclusions).map_err(ConfigError::Exclusions)?;
         Ok(Self {
             interfaces: InterfaceSelector::parse(&args.interfaces)?,
             interface_args: args.interfaces.clone(),
@@ -78,6 +102,9 @@ impl RunConfig {
             tc_mode: args.tc_mode,
             max_flows: args.max_flows,
             metadata: Arc::new(metadata(args.metadata)),
+            policy,
+            traffic_type: args.traffic_type,
+            exclusions,
         })
     }
 }

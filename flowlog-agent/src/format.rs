@@ -524,7 +524,7 @@ mod tests {
             verdict: if f[7] == "ACCEPT" {
                 Verdict::Accept
             } else {
-                Verdict::Reject
+                Verdict::RejectAcl
             },
             tcp_flags: 19,
         }
@@ -761,7 +761,7 @@ mod tests {
         assert_eq!(value(Field::Region), FieldValue::Str("eu-west-1"));
         assert_eq!(value(Field::SublocationType), FieldValue::Absent);
         assert_eq!(value(Field::SublocationId), FieldValue::Absent);
-        assert_eq!(value(Field::RejectReason), FieldValue::Absent);
+        assert_eq!(value(Field::RejectReason), FieldValue::Str("acl"));
         assert_eq!(value(Field::TrafficPath).to_string(), "-");
     }
 

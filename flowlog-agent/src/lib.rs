@@ -8,6 +8,7 @@ pub mod config;
 pub mod datapath;
 pub mod format;
 pub mod interfaces;
+pub mod policy;
 pub mod privileges;
 pub mod record;
 pub mod sink;

@@ -58,16 +58,26 @@ impl RecordKind {
 impl Flow {
     /// The `action` field.
     pub fn action(&self) -> &'static str {
-        match self.verdict {
-            Verdict::Accept => "ACCEPT",
-            Verdict::Reject => "REJECT",
+        if self.verdict.is_reject() {
+            "REJECT"
+        } else {
+            "ACCEPT"
         }
     }
 
-    /// The `reject-reason` field, if the verdict has one.
+    /// The `reject-reason` field: the policy layer that dropped the packets (`acl`,
+    /// `security-group`, `closed-connection`), or in audit mode the layer that would have,
+    /// prefixed `audit-` (the action stays ACCEPT, since nothing was dropped). None (`-`) for
+    /// packets the policy accepted.
     pub fn reject_reason(&self) -> Option<&'static str> {
         match self.verdict {
-            Verdict::Accept | Verdict::Reject => None,
+            Verdict::Accept => None,
+            Verdict::RejectAcl => Some("acl"),
+            Verdict::RejectSecurityGroup => Some("security-group"),
+            Verdict::RejectClosedConnection => Some("closed-connection"),
+            Verdict::AuditAcl => Some("audit-acl"),
+            Verdict::AuditSecurityGroup => Some("audit-security-group"),
+            Verdict::AuditClosedConnection => Some("audit-closed-connection"),
         }
     }
 

@@ -40,14 +40,47 @@ impl TryFrom<u8> for AddressFamily {
     }
 }
 
-/// What the datapath did with a packet. In the core every packet passes (`Accept`); the policy
-/// engine adds the reject reasons. The verdict is part of the flow key, so accepted and rejected
-/// packets of one tuple are counted apart, as VPC Flow Logs require.
+/// What the datapath did with a packet, and which policy layer decided it.
+///
+/// The verdict is part of the flow key, so accepted and rejected packets of one tuple are counted
+/// apart, as VPC Flow Logs require. The low nibble is the rejecting layer ([`RejectLayer`], 0 for
+/// none); [`Verdict::AUDIT`] marks a packet that was let through only because the policy is in
+/// audit mode.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Verdict {
     Accept = 0,
-    Reject = 1,
+    /// Dropped: the network ACL denied it.
+    RejectAcl = 1,
+    /// Dropped: no security-group rule allows the connection.
+    RejectSecurityGroup = 2,
+    /// Dropped: it belongs to a TCP connection that was already closed.
+    RejectClosedConnection = 3,
+    /// Passed in audit mode; the ACL would have dropped it.
+    AuditAcl = 0x11,
+    /// Passed in audit mode; the security group would have dropped it.
+    AuditSecurityGroup = 0x12,
+    /// Passed in audit mode; it belongs to a closed connection.
+    AuditClosedConnection = 0x13,
+}
+
+/// The policy layer that rejects a packet (the low nibble of a [`Verdict`]).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectLayer {
+    Acl = 1,
+    SecurityGroup = 2,
+    ClosedConnection = 3,
+}
+
+impl Verdict {
+    /// Set on the verdict of a packet that passed only because the policy is in audit mode.
+    pub const AUDIT: u8 = 0x10;
+
+    /// Whether the packet was dropped (the record's action is REJECT).
+    pub const fn is_reject(self) -> bool {
+        (self as u8) & Self::AUDIT == 0 && self as u8 != 0
+    }
 }
 
 impl TryFrom<u8> for Verdict {
@@ -55,7 +88,12 @@ impl TryFrom<u8> for Verdict {
     fn try_from(value: u8) -> Result<Self, u8> {
         match value {
             0 => Ok(Self::Accept),
-            1 => Ok(Self::Reject),
+            1 => Ok(Self::RejectAcl),
+            2 => Ok(Self::RejectSecurityGroup),
+            3 => Ok(Self::RejectClosedConnection),
+            0x11 => Ok(Self::AuditAcl),
+            0x12 => Ok(Self::AuditSecurityGroup),
+            0x13 => Ok(Self::AuditClosedConnection),
             other => Err(other),
         }
     }
@@ -201,9 +239,22 @@ mod tests {
         for f in [AddressFamily::Ipv4, AddressFamily::Ipv6] {
             assert_eq!(AddressFamily::try_from(f as u8), Ok(f));
         }
-        for v in [Verdict::Accept, Verdict::Reject] {
+        for v in [
+            Verdict::Accept,
+            Verdict::RejectAcl,
+            Verdict::RejectSecurityGroup,
+            Verdict::RejectClosedConnection,
+            Verdict::AuditAcl,
+            Verdict::AuditSecurityGroup,
+            Verdict::AuditClosedConnection,
+        ] {
             assert_eq!(Verdict::try_from(v as u8), Ok(v));
+            assert_eq!(v.is_reject(), (1..=3).contains(&(v as u8)));
         }
+        assert_eq!(
+            Verdict::AuditAcl as u8,
+            Verdict::AUDIT | RejectLayer::Acl as u8
+        );
         assert_eq!(Direction::try_from(7), Err(7));
         assert_eq!(AddressFamily::try_from(5), Err(5));
     }

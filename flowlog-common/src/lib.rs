@@ -8,6 +8,7 @@
 
 pub mod flow;
 pub mod maps;
+pub mod policy;
 pub mod stats;
 pub mod tcp;
 

@@ -21,6 +21,28 @@ pub const SKIP_OVERFLOW: &str = "SKIP_OVERFLOW";
 /// `PerCpuArray<PacketCount>` indexed by [`crate::stats::Stat`].
 pub const STATS: &str = "STATS";
 
+/// `Array<u32>` with one entry: which policy slot is live, and its generation
+/// ([`crate::policy::active_word`]); 0 when no policy is loaded.
+pub const POLICY_ACTIVE: &str = "POLICY_ACTIVE";
+
+/// `Array<PolicyConfig>` with one entry, per policy slot.
+pub const POLICY_CONFIG: [&str; 2] = ["POLICY_CONFIG_0", "POLICY_CONFIG_1"];
+
+/// `Array<Rule>` of ACL rules, per policy slot.
+pub const ACL_RULES: [&str; 2] = ["ACL_RULES_0", "ACL_RULES_1"];
+
+/// `Array<Rule>` of security-group rules, per policy slot.
+pub const SG_RULES: [&str; 2] = ["SG_RULES_0", "SG_RULES_1"];
+
+/// `Array<Rule>`: traffic that is not logged (it is still subject to the policy).
+pub const EXCLUSIONS: &str = "EXCLUSIONS";
+
+/// `Array<u32>` with one entry: how many entries of `EXCLUSIONS` are in use.
+pub const EXCLUSION_COUNT: &str = "EXCLUSION_COUNT";
+
+/// `LruHashMap<ConnKey, ConnState>`: security-group connection state and cached rule verdicts.
+pub const CONNECTIONS: &str = "CONNECTIONS";
+
 /// Reference map of the benchmark program: `PerCpuHashMap<FlowKey, FlowCounters>`.
 pub const BENCH_REFERENCE: &str = "BENCH_REFERENCE";
 

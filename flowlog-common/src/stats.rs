@@ -12,12 +12,15 @@ pub enum Stat {
     /// IP frames too short for their headers or with inconsistent header fields. They are passed
     /// on untouched (the kernel's own checks drop them) and never create a flow.
     Malformed = 1,
+    /// Packets of excluded traffic (`--exclude` and the defaults: DHCP, instance metadata):
+    /// subject to the policy but not logged, and holding no flow entry.
+    Excluded = 2,
 }
 
 impl Stat {
     /// Number of slots in the statistics map.
-    pub const COUNT: u32 = 2;
-    pub const ALL: [Stat; Self::COUNT as usize] = [Stat::NonIp, Stat::Malformed];
+    pub const COUNT: u32 = 3;
+    pub const ALL: [Stat; Self::COUNT as usize] = [Stat::NonIp, Stat::Malformed, Stat::Excluded];
 }
 
 impl TryFrom<u32> for Stat {
@@ -26,6 +29,7 @@ impl TryFrom<u32> for Stat {
         match value {
             0 => Ok(Self::NonIp),
             1 => Ok(Self::Malformed),
+            2 => Ok(Self::Excluded),
             other => Err(other),
         }
     }

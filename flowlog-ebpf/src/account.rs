@@ -47,6 +47,7 @@ mod tests {
             ip_len,
             header_len,
             tcp_flags: 0,
+            tcp_header_flags: 0,
         }
     }
 

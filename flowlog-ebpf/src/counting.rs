@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use flowlog_common::{
-    flow::{FlowCounters, FlowKey, PacketCount, SkipKey, Verdict},
+    flow::{FlowCounters, FlowKey, PacketCount, SkipKey},
     stats::Stat,
 };
 use flowlog_ebpf::{
@@ -27,26 +27,38 @@ use flowlog_ebpf::{
     parse::{ParseError, zeroed_key},
 };
 
-use crate::maps::{
-    BENCH_REFERENCE, EPOCH, FLOWS_0, FLOWS_1, SKIP_OVERFLOW, SKIPPED_0, SKIPPED_1, STATS,
+use crate::{
+    decide::excluded,
+    maps::{BENCH_REFERENCE, EPOCH, FLOWS_0, FLOWS_1, SKIP_OVERFLOW, SKIPPED_0, SKIPPED_1, STATS},
 };
 
-/// Counts one parsed packet (`key` holds its addresses, ports, protocol, interface and
-/// direction) into the current epoch.
+/// Counts one parsed packet (`key` holds its addresses, ports, protocol, interface, direction
+/// and verdict) into the current epoch. `now` is `bpf_jiffies64()`.
 #[inline(always)]
-pub fn count_flow<C: EbpfContext>(ctx: &C, key: &mut FlowKey, count: WireCount, tcp_flags: u8) {
-    // SAFETY: both helpers take no arguments and only read kernel state.
-    // Jiffies, not bpf_ktime_get_coarse_ns: the verifier inlines bpf_jiffies64 into one load,
-    // while the ktime helper cost ~14 ns per packet here; records need seconds only.
-    let (cpu, now) = unsafe { (bpf_get_smp_processor_id(), bpf_jiffies64()) };
-    key.cpu = cpu;
-    key.verdict = Verdict::Accept as u8;
+pub fn count_flow<C: EbpfContext>(
+    ctx: &C,
+    key: &mut FlowKey,
+    count: WireCount,
+    tcp_flags: u8,
+    now: u64,
+) {
+    // SAFETY: the helper takes no arguments and only reads kernel state.
+    key.cpu = unsafe { bpf_get_smp_processor_id() };
     // Each epoch has its own call site, so each map lookup sees one constant map.
     if current_epoch() == 0 {
         add_to_flow(ctx, &FLOWS_0, &SKIPPED_0, 0, key, count, tcp_flags, now);
     } else {
         add_to_flow(ctx, &FLOWS_1, &SKIPPED_1, 1, key, count, tcp_flags, now);
     }
+}
+
+/// The clock of the flow counters and connection state: jiffies, not bpf_ktime_get_coarse_ns:
+/// the verifier inlines bpf_jiffies64 into one load, while the ktime helper cost ~14 ns per
+/// packet here; records need seconds only.
+#[inline(always)]
+pub fn jiffies() -> u64 {
+    // SAFETY: the helper takes no arguments and only reads kernel state.
+    unsafe { bpf_jiffies64() }
 }
 
 #[inline(always)]
@@ -75,6 +87,13 @@ fn add_to_flow<C: EbpfContext>(
             (*counters).last_seen_jiffies = now;
             (*counters).tcp_flags |= tcp_flags as u32;
         }
+        return;
+    }
+    // A new entry: unless the traffic is excluded from logging (checked here, on the first
+    // packet of a flow per CPU and interval, not on every packet; excluded traffic never gets an
+    // entry, so each of its packets comes here).
+    if excluded(key) {
+        count_stat(Stat::Excluded, count);
         return;
     }
     let counters = FlowCounters {
@@ -133,17 +152,20 @@ pub fn count_parse_error(error: ParseError, frame_len: usize) {
         ParseError::NotIp => Stat::NonIp,
         ParseError::Malformed | ParseError::Truncated => Stat::Malformed,
     };
+    count_stat(
+        stat,
+        WireCount {
+            packets: 1,
+            bytes: frame_len as u64,
+        },
+    );
+}
+
+#[inline(always)]
+fn count_stat(stat: Stat, count: WireCount) {
     if let Some(slot) = STATS.get_ptr_mut(stat as u32) {
         // SAFETY: a per-CPU array slot, written only by programs on this CPU.
-        unsafe {
-            add(
-                slot,
-                WireCount {
-                    packets: 1,
-                    bytes: frame_len as u64,
-                },
-            )
-        };
+        unsafe { add(slot, count) };
     }
 }
 

@@ -7,3 +7,4 @@
 pub mod account;
 pub mod headers;
 pub mod parse;
+pub mod policy;

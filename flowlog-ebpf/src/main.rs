@@ -2,12 +2,14 @@
 //! count every IP packet into a per-interval flow map, plus two reference programs the benchmark
 //! compares them with.
 //!
-//! Every program passes every packet: a parse error is counted in the statistics map, never
-//! turned into a drop (see `verdict_for` below).
+//! A packet is dropped only when a loaded policy in enforce mode rejects it (`decide.rs`); a
+//! parse error is counted in the statistics map, never turned into a drop.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 #[cfg(target_arch = "bpf")]
 mod counting;
+#[cfg(target_arch = "bpf")]
+mod decide;
 #[cfg(target_arch = "bpf")]
 mod frames;
 #[cfg(target_arch = "bpf")]
@@ -18,7 +20,7 @@ mod programs {
     use core::mem::MaybeUninit;
 
     use aya_ebpf::{
-        bindings::{TC_ACT_UNSPEC, xdp_action},
+        bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
         macros::{classifier, xdp},
         programs::{TcContext, XdpContext},
     };
@@ -29,7 +31,8 @@ mod programs {
     };
 
     use crate::{
-        counting::{clock_sample, count_flow, count_parse_error, count_reference},
+        counting::{clock_sample, count_flow, count_parse_error, count_reference, jiffies},
+        decide::decide,
         frames::{SkbFrame, XdpFrame},
     };
 
@@ -41,14 +44,17 @@ mod programs {
 
     #[classifier]
     pub fn flowlog_tc_in(ctx: TcContext) -> i32 {
-        count_skb(&ctx, Direction::Ingress);
-        TC_PASS
+        tc_action(count_skb(&ctx, Direction::Ingress))
     }
 
     #[classifier]
     pub fn flowlog_tc_eg(ctx: TcContext) -> i32 {
-        count_skb(&ctx, Direction::Egress);
-        TC_PASS
+        tc_action(count_skb(&ctx, Direction::Egress))
+    }
+
+    #[inline(always)]
+    fn tc_action(drop: bool) -> i32 {
+        if drop { TC_ACT_SHOT } else { TC_PASS }
     }
 
     #[xdp]
@@ -60,17 +66,24 @@ mod programs {
             Ok(parsed) => {
                 key.ifindex = frame.ingress_ifindex();
                 key.direction = Direction::Ingress as u8;
-                count_flow(&ctx, key, wire_count(&parsed, 0, 0), parsed.tcp_flags);
+                let now = jiffies();
+                let decision = decide(key, &parsed, now);
+                key.verdict = decision.verdict;
+                count_flow(&ctx, key, wire_count(&parsed, 0, 0), parsed.tcp_flags, now);
+                if decision.drop {
+                    return xdp_action::XDP_DROP;
+                }
             }
             Err(error) => count_parse_error(error, frame.len()),
         }
         xdp_action::XDP_PASS
     }
 
-    /// Counts a socket buffer seen by a TC program. If its headers reach into paged data the
-    /// parser cannot see, they are pulled into the linear area once and parsed again.
+    /// Counts a socket buffer seen by a TC program and returns whether the policy drops it. If
+    /// its headers reach into paged data the parser cannot see, they are pulled into the linear
+    /// area once and parsed again.
     #[inline(always)]
-    fn count_skb(ctx: &TcContext, direction: Direction) {
+    fn count_skb(ctx: &TcContext, direction: Direction) -> bool {
         let mut pulled = false;
         loop {
             let frame = SkbFrame::new(ctx);
@@ -82,19 +95,22 @@ mod programs {
                     key.ifindex = frame.ifindex();
                     key.direction = direction as u8;
                     let count: WireCount = wire_count(&parsed, gso.size, gso.segs);
-                    count_flow(ctx, key, count, parsed.tcp_flags);
-                    return;
+                    let now = jiffies();
+                    let decision = decide(key, &parsed, now);
+                    key.verdict = decision.verdict;
+                    count_flow(ctx, key, count, parsed.tcp_flags, now);
+                    return decision.drop;
                 }
                 Err(ParseError::Truncated) if !pulled && frame.has_paged_data() => {
                     pulled = true;
                     if ctx.pull_data(PULL_LEN.min(frame.len() as u32)).is_err() {
                         count_parse_error(ParseError::Truncated, frame.len());
-                        return;
+                        return false;
                     }
                 }
                 Err(error) => {
                     count_parse_error(error, frame.len());
-                    return;
+                    return false;
                 }
             }
         }

@@ -4,11 +4,15 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use flowlog_common::{
     flow::{FlowCounters, FlowKey, PacketCount, SkipKey},
     maps::{DEFAULT_MAX_FLOWS, MAX_SKIP_ENTRIES},
+    policy::{
+        ConnKey, ConnState, MAX_ACL_RULES, MAX_CONNECTIONS, MAX_EXCLUSIONS, MAX_SG_RULES,
+        PolicyConfig, Rule,
+    },
     stats::Stat,
 };
 
@@ -41,3 +45,33 @@ pub static STATS: PerCpuArray<PacketCount> = PerCpuArray::with_max_entries(Stat:
 #[map]
 pub static BENCH_REFERENCE: PerCpuHashMap<FlowKey, FlowCounters> =
     PerCpuHashMap::with_max_entries(16, 0);
+
+/// Which policy slot is live and its generation; 0 = no policy (see `flowlog_common::policy`).
+#[map]
+pub static POLICY_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static POLICY_CONFIG_0: Array<PolicyConfig> = Array::with_max_entries(1, 0);
+#[map]
+pub static POLICY_CONFIG_1: Array<PolicyConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static ACL_RULES_0: Array<Rule> = Array::with_max_entries(MAX_ACL_RULES, 0);
+#[map]
+pub static ACL_RULES_1: Array<Rule> = Array::with_max_entries(MAX_ACL_RULES, 0);
+
+#[map]
+pub static SG_RULES_0: Array<Rule> = Array::with_max_entries(MAX_SG_RULES, 0);
+#[map]
+pub static SG_RULES_1: Array<Rule> = Array::with_max_entries(MAX_SG_RULES, 0);
+
+#[map]
+pub static EXCLUSIONS: Array<Rule> = Array::with_max_entries(MAX_EXCLUSIONS, 0);
+#[map]
+pub static EXCLUSION_COUNT: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Connection state and cached rule verdicts. LRU: an evicted entry only costs a re-evaluation
+/// (and, for a connection no rule allows in its current direction, its tracking).
+#[map]
+pub static CONNECTIONS: LruHashMap<ConnKey, ConnState> =
+    LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);

@@ -57,6 +57,9 @@ pub struct Parsed {
     pub header_len: u32,
     /// The TCP flags in the VPC Flow Logs encoding, 0 for other protocols.
     pub tcp_flags: u8,
+    /// The TCP header's flags byte as sent (the policy's connection tracking needs ACK), 0 for
+    /// other protocols.
+    pub tcp_header_flags: u8,
 }
 
 /// Clears `storage` and returns it as a zeroed flow key. The six 8-byte stores are volatile and
@@ -144,6 +147,7 @@ fn parse_ipv4<F: Frame>(
             ip_len: ip_len as u32,
             header_len: header_len as u32,
             tcp_flags: 0,
+            tcp_header_flags: 0,
         });
     }
     parse_transport(frame, ip.protocol, l3, l3 + header_len, l3 + ip_len, key)
@@ -198,6 +202,7 @@ fn parse_ipv6<F: Frame>(
                     ip_len: ip_len as u32,
                     header_len: (offset - l3) as u32,
                     tcp_flags: 0,
+                    tcp_header_flags: 0,
                 });
             }
         } else if is_length_prefixed_extension(next) {
@@ -268,7 +273,7 @@ fn parse_transport<F: Frame>(
     end: usize,
     key: &mut FlowKey,
 ) -> Result<Parsed, ParseError> {
-    let (headers_end, tcp_flags) = match protocol {
+    let (headers_end, tcp_header_flags) = match protocol {
         IPPROTO_TCP => {
             if l4 + TcpHdr::LEN > end {
                 return Err(ParseError::Malformed);
@@ -280,7 +285,7 @@ fn parse_transport<F: Frame>(
             }
             key.src_port = tcp.src_port;
             key.dst_port = tcp.dst_port;
-            (l4 + data_offset, tcp::aws_flags(tcp.flags))
+            (l4 + data_offset, tcp.flags)
         }
         IPPROTO_UDP => {
             if l4 + UdpHdr::LEN > end {
@@ -298,7 +303,8 @@ fn parse_transport<F: Frame>(
         l3_offset: l3,
         ip_len: (end - l3) as u32,
         header_len: (headers_end - l3) as u32,
-        tcp_flags,
+        tcp_flags: tcp::aws_flags(tcp_header_flags),
+        tcp_header_flags,
     })
 }
 

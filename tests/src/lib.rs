@@ -5,6 +5,7 @@
 //! CAP_SYS_ADMIN) and only ever touch namespaces and links they create.
 
 pub mod agent;
+pub mod collector;
 pub mod frames;
 pub mod netns;
 pub mod records;

@@ -17,7 +17,10 @@
 use std::collections::BTreeMap;
 
 use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp};
-use flowlog_agent::datapath::{Datapath, DatapathConfig, DrainedEpoch, programs};
+use flowlog_agent::{
+    datapath::{Datapath, DatapathConfig, DrainedEpoch, programs},
+    policy::Policy,
+};
 use flowlog_common::{
     flow::{AddressFamily, Direction, FlowCounters, FlowKey, PacketCount, Verdict},
     stats::Stat,
@@ -29,6 +32,10 @@ use crate::frames::FrameBuilder;
 pub const TC_ACT_UNSPEC: u32 = -1i32 as u32;
 /// `XDP_PASS`.
 pub const XDP_PASS: u32 = 2;
+/// `TC_ACT_SHOT`: the classifier drops the packet.
+pub const TC_ACT_SHOT: u32 = 2;
+/// `XDP_DROP`.
+pub const XDP_DROP: u32 = 1;
 /// The loopback device is interface 1 in every network namespace.
 pub const LOOPBACK_IFINDEX: u32 = 1;
 
@@ -106,7 +113,15 @@ impl Hook {
         }
     }
 
-    /// What the program must return for every frame: flowlog never drops.
+    /// What the program returns for a packet it drops (a policy rejected it).
+    pub fn drop_verdict(self) -> u32 {
+        match self {
+            Self::TcIngress | Self::TcEgress => TC_ACT_SHOT,
+            Self::Xdp => XDP_DROP,
+        }
+    }
+
+    /// What the program returns for a packet it passes (every packet without a policy).
     pub fn pass_verdict(self) -> u32 {
         match self {
             Self::TcIngress | Self::TcEgress => TC_ACT_UNSPEC,
@@ -230,6 +245,19 @@ impl TestDatapath {
             datapath,
             interval_start_jiffies,
         }
+    }
+
+    /// Publishes the policy written in `toml` (the `--policy` file format).
+    pub fn set_policy(&mut self, toml: &str) {
+        let path = std::env::temp_dir().join(format!("flowlog-policy-{}.toml", std::process::id()));
+        std::fs::write(&path, toml).expect("writing the policy file");
+        let policy = Policy::load(&path);
+        let _ = std::fs::remove_file(&path);
+        let policy = policy.unwrap_or_else(|error| panic!("{error}"));
+        let compiled = policy.compile(4_000_000);
+        self.datapath
+            .set_policy(Some(&compiled))
+            .expect("publishing the policy");
     }
 
     /// Runs `frame` through `hook`'s program `repeat` times (one packet each) and returns the

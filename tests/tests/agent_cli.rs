@@ -121,3 +121,44 @@ fn a_missing_capability_is_named() {
     let text = stderr(&output);
     assert!(text.contains("missing capability CAP_NET_ADMIN"), "{text}");
 }
+
+#[test]
+fn a_bad_policy_file_names_file_line_and_reason_before_attaching() {
+    let (a, _b) = namespace();
+    let path = format!("/tmp/flowlog-bad-policy-{}.toml", std::process::id());
+    std::fs::write(
+        &path,
+        "[acl]\ndefault = \"deny\"\n[[acl.rule]]\nnumber = 1\ndirection = \"ingress\"\nprotocol = \"udp\"\ncidr = \"198.18.0.1/15\"\naction = \"allow\"\n",
+    )
+    .expect("write");
+    let output = run_agent(
+        &a,
+        &[],
+        &["-i", "a0", "--sink", "stdout", "--policy", &path],
+    );
+    let _ = std::fs::remove_file(&path);
+    let message = stderr(&output);
+    assert!(
+        message.contains(&format!(
+            "policy {path}:7: cidr \"198.18.0.1/15\": host bits are set; the network is 198.18.0.0/15"
+        )),
+        "{message}"
+    );
+    assert!(
+        !message.contains("attached"),
+        "nothing may be attached first"
+    );
+}
+
+#[test]
+fn a_bad_exclusion_or_traffic_type_names_the_token() {
+    let (a, _b) = namespace();
+    let output = run_agent(&a, &[], &["-i", "a0", "--exclude", "10.0.0.0/8/udpp:53"]);
+    assert!(stderr(&output).contains("\"udpp\""), "{}", stderr(&output));
+    let output = run_agent(&a, &[], &["-i", "a0", "--traffic-type", "DROPPED"]);
+    assert!(
+        stderr(&output).contains("\"DROPPED\""),
+        "{}",
+        stderr(&output)
+    );
+}

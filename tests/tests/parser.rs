@@ -51,12 +51,14 @@ fn v6_key(protocol: u8, src_port: u16, dst_port: u16) -> FlowKey {
     }
 }
 
-fn parsed(l3_offset: usize, ip_len: u32, header_len: u32, tcp_flags: u8) -> Parsed {
+/// `tcp_header_flags` as in the TCP header; the VPC Flow Logs encoding follows from it.
+fn parsed(l3_offset: usize, ip_len: u32, header_len: u32, tcp_header_flags: u8) -> Parsed {
     Parsed {
         l3_offset,
         ip_len,
         header_len,
-        tcp_flags,
+        tcp_flags: flowlog_common::tcp::aws_flags(tcp_header_flags),
+        tcp_header_flags,
     }
 }
 
@@ -174,7 +176,7 @@ fn ipv4_options_move_the_transport_header() {
             .tcp(1234, 80)
             .tcp_options(12)
             .payload(3),
-        parsed(14, 63, 60, 0),
+        parsed(14, 63, 60, tcp_flags::ACK),
         v4_key(TCP, 1234, 80),
     );
     assert_parses(
@@ -200,7 +202,11 @@ fn ipv6_extension_headers_are_followed() {
         .extension(ExtensionHeader::Authentication(12))
         .tcp(1, 2)
         .tcp_flags(tcp_flags::FIN | tcp_flags::ACK);
-    assert_parses(ah, parsed(14, 72, 72, 1), v6_key(TCP, 1, 2));
+    assert_parses(
+        ah,
+        parsed(14, 72, 72, tcp_flags::FIN | tcp_flags::ACK),
+        v6_key(TCP, 1, 2),
+    );
 }
 
 #[test]
@@ -297,7 +303,7 @@ fn ethernet_padding_is_not_counted() {
     );
     assert_parses(
         v6().tcp(1, 2).pad_to(128),
-        parsed(14, 60, 60, 0),
+        parsed(14, 60, 60, tcp_flags::ACK),
         v6_key(TCP, 1, 2),
     );
     // A trailer that is not zero is not counted either.
@@ -399,7 +405,7 @@ fn tcp_data_offset_is_checked() {
     );
     assert_parses(
         v6().tcp(1, 2).payload(40).tcp_data_offset_field(15),
-        parsed(14, 100, 100, 0),
+        parsed(14, 100, 100, tcp_flags::ACK),
         v6_key(TCP, 1, 2),
     );
 }
@@ -568,7 +574,7 @@ fn gso_super_packets_count_their_segments() {
         .build();
     assert_eq!(parse_bytes(&frame.bytes), Err(ParseError::Malformed));
     let (parsed, key) = parse_frame(&frame.bytes.as_slice(), true).expect("a GSO frame");
-    assert_eq!(parsed, self::parsed(14, 4496, 52, 0));
+    assert_eq!(parsed, self::parsed(14, 4496, 52, tcp_flags::ACK));
     assert_eq!(key, v4_key(TCP, 40000, 5201));
     let four_segments = WireCount {
         packets: 4,

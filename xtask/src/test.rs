@@ -59,6 +59,10 @@ fn test_runs(extra: &[String]) -> Vec<TestRun> {
 pub fn test(extra: &[String]) -> Result<()> {
     setup::setup()?;
     let venv = test_deps::ensure()?;
+    // The IPFIX tests export to a real collector and read its files back, and decode the raw
+    // stream with a second, independent IPFIX reader.
+    setup::ensure_debian_package("nfcapd", "nfdump")?;
+    setup::ensure_debian_package("ipfixDump", "libfixbuf-tools")?;
     agent::build()?;
     let agent_bin = agent::binary();
 

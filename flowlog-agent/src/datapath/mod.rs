@@ -4,6 +4,7 @@
 mod attach;
 mod clock;
 mod epoch;
+mod policy;
 
 use std::{collections::BTreeMap, io};
 
@@ -15,12 +16,15 @@ use aya::{
 use flowlog_common::{
     flow::PacketCount,
     maps::{EPOCH, FLOWS, MAX_SKIP_ENTRIES, SKIP_OVERFLOW, SKIPPED, STATS},
+    policy::Rule,
     stats::Stat,
 };
 
 pub use attach::{AttachedInterface, Hook, HookChoice, TcMode, TcModeChoice};
 pub use clock::{ClockSample, JiffiesClock};
 pub use epoch::DrainedEpoch;
+
+use crate::policy::CompiledPolicy;
 
 /// The eBPF object built by `build.rs` from `flowlog-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowlog"));
@@ -89,6 +93,7 @@ pub struct Datapath {
     epochs: epoch::Epochs,
     stats: PerCpuArray<MapData, PacketCount>,
     attached: BTreeMap<u32, AttachedInterface>,
+    policy: policy::PolicyTables,
     /// The clock sample taken at load, against which the tick length is measured.
     first_clock: ClockSample,
 }
@@ -123,6 +128,7 @@ impl Datapath {
         let overflow: PerCpuArray<MapData, PacketCount> = take_map(&mut ebpf, SKIP_OVERFLOW)?;
         let stats: PerCpuArray<MapData, PacketCount> = take_map(&mut ebpf, STATS)?;
         let epochs = epoch::Epochs::new(epoch_map, flows, skipped, overflow)?;
+        let policy = policy::PolicyTables::take(&mut ebpf)?;
         let first_clock = clock::sample(&ebpf)?;
         Ok(Self {
             ebpf,
@@ -130,6 +136,7 @@ impl Datapath {
             epochs,
             stats,
             attached: BTreeMap::new(),
+            policy,
             first_clock,
         })
     }
@@ -203,6 +210,31 @@ impl Datapath {
             self.clock_sample()?,
             crate::sys::monotonic_to_unix_offset_ns(),
         ))
+    }
+
+    /// Publishes a policy (`None` removes it): every packet sees either the old or the new one.
+    /// Returns the policy's generation.
+    pub fn set_policy(&mut self, policy: Option<&CompiledPolicy>) -> Result<u32, DatapathError> {
+        self.policy.publish(policy)
+    }
+
+    /// Sets the traffic excluded from logging (before attaching).
+    pub fn set_exclusions(&mut self, rules: &[Rule]) -> Result<(), DatapathError> {
+        self.policy.set_exclusions(rules)
+    }
+
+    /// The length of a kernel tick, measured over at least 210 ms since load (enough to tell
+    /// 100 Hz from 250 Hz), sleeping for the rest if needed.
+    pub fn ns_per_jiffy(&self) -> Result<u64, DatapathError> {
+        let elapsed = self
+            .clock_sample()?
+            .monotonic_ns
+            .saturating_sub(self.first_clock.monotonic_ns);
+        let wanted = 210_000_000;
+        if elapsed < wanted {
+            std::thread::sleep(std::time::Duration::from_nanos(wanted - elapsed));
+        }
+        Ok(self.clock()?.ns_per_jiffy)
     }
 
     /// Running totals of the packets the programs did not count as flows.

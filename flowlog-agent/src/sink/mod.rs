@@ -6,6 +6,7 @@
 //! uploader of their own behind the same driver, so a store outage never blocks the queue.
 
 mod backoff;
+pub mod ipfix;
 mod log_stream;
 pub mod object;
 mod spec;
@@ -16,6 +17,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use tokio::{sync::mpsc, task::JoinHandle};
 
 pub use backoff::Backoff;
+pub use ipfix::IpfixSink;
 pub use log_stream::LogStreamSink;
 pub use object::ObjectStoreSink;
 pub use spec::{DEFAULT_LOG_DIR, SinkSpec, SinkSpecError, default_sinks};

@@ -2,6 +2,7 @@
 
 use std::{fmt, path::PathBuf, str::FromStr};
 
+use super::ipfix::{IpfixSpec, IpfixSpecError};
 use super::object::{ObjectUrl, ObjectUrlError};
 
 /// The embedded default log-stream directory.
@@ -20,6 +21,8 @@ pub enum SinkSpec {
     JsonLogStreams(PathBuf),
     /// `s3://`, `gs://`, `az://`, `file:///`: objects in the layout AWS writes to S3.
     ObjectStore(ObjectUrl),
+    /// `ipfix+udp://HOST:PORT` or `ipfix+tcp://HOST:PORT`: IPFIX to a flow collector.
+    Ipfix(IpfixSpec),
 }
 
 /// The sinks used when none is given: the log streams in [`DEFAULT_LOG_DIR`] and stdout.
@@ -33,14 +36,17 @@ pub fn default_sinks() -> Vec<SinkSpec> {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SinkSpecError {
     #[error(
-        "unknown sink {0:?}: expected stdout, dir:PATH, json:stdout, json:dir:PATH, or an \
-         object-store URL (s3://BUCKET/PREFIX, gs://, az://, file:///PATH)"
+        "unknown sink {0:?}: expected stdout, dir:PATH, json:stdout, json:dir:PATH, \
+         ipfix+udp://HOST:PORT, ipfix+tcp://HOST:PORT, or an object-store URL \
+         (s3://BUCKET/PREFIX, gs://, az://, file:///PATH)"
     )]
     Unknown(String),
     #[error("sink {0:?}: dir: needs a directory path, as in dir:/var/log/flowlog")]
     EmptyPath(String),
     #[error(transparent)]
     ObjectUrl(#[from] ObjectUrlError),
+    #[error(transparent)]
+    Ipfix(#[from] IpfixSpecError),
 }
 
 impl FromStr for SinkSpec {
@@ -68,6 +74,9 @@ impl FromStr for SinkSpec {
         if ObjectUrl::claims(text) {
             return Ok(SinkSpec::ObjectStore(ObjectUrl::parse(text)?));
         }
+        if let Some(ipfix) = IpfixSpec::parse(text) {
+            return Ok(SinkSpec::Ipfix(ipfix?));
+        }
         Err(SinkSpecError::Unknown(text.to_owned()))
     }
 }
@@ -80,6 +89,7 @@ impl fmt::Display for SinkSpec {
             SinkSpec::JsonStdout => f.write_str("json:stdout"),
             SinkSpec::JsonLogStreams(path) => write!(f, "json:dir:{}", path.display()),
             SinkSpec::ObjectStore(url) => write!(f, "{url}"),
+            SinkSpec::Ipfix(spec) => spec.fmt(f),
         }
     }
 }
@@ -101,6 +111,8 @@ mod tests {
             "gs://bucket",
             "az://container/p",
             "file:///var/lib/flowlog/archive",
+            "ipfix+udp://127.0.0.1:4739",
+            "ipfix+tcp://[::1]:9995?domain=3",
         ] {
             let spec: SinkSpec = text.parse().unwrap();
             assert_eq!(spec.to_string(), text);
@@ -128,8 +140,21 @@ mod tests {
             SinkSpecError::EmptyPath("json:dir:".into())
         );
         assert_eq!(
+            "stdot".parse::<SinkSpec>().unwrap_err().to_string(),
+            "unknown sink \"stdot\": expected stdout, dir:PATH, json:stdout, json:dir:PATH, \
+             ipfix+udp://HOST:PORT, ipfix+tcp://HOST:PORT, or an object-store URL \
+             (s3://BUCKET/PREFIX, gs://, az://, file:///PATH)"
+        );
+        assert_eq!(
             "dir:".parse::<SinkSpec>().unwrap_err(),
             SinkSpecError::EmptyPath("dir:".into())
+        );
+        assert!(
+            "ipfix+udp://h:99999"
+                .parse::<SinkSpec>()
+                .unwrap_err()
+                .to_string()
+                .contains("port \"99999\"")
         );
     }
 }

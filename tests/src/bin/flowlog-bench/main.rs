@@ -2,7 +2,7 @@
 //! an absolute within one run (variants alternate, medians are kept: the machine is shared).
 //!
 //! ```text
-//! cargo xtask bench [-- [--only per-packet|throughput|drain|memory|encoders]... [--quick]]
+//! cargo xtask bench [-- [--only per-packet|throughput|drain|memory|ipfix|encoders]... [--quick]]
 //! ```
 //!
 //! Exits 0 when every figure asked for was measured, whether or not it met its goal; 1 when a
@@ -11,6 +11,7 @@
 mod agent;
 mod drain;
 mod encoders;
+mod ipfix;
 mod memory;
 mod per_packet;
 mod report;
@@ -27,15 +28,17 @@ enum Figure {
     Throughput,
     Drain,
     Memory,
+    Ipfix,
     Encoders,
 }
 
 impl Figure {
-    const ALL: [Figure; 5] = [
+    const ALL: [Figure; 6] = [
         Figure::PerPacket,
         Figure::Throughput,
         Figure::Drain,
         Figure::Memory,
+        Figure::Ipfix,
         Figure::Encoders,
     ];
 
@@ -45,6 +48,7 @@ impl Figure {
             Figure::Throughput => "throughput",
             Figure::Drain => "drain",
             Figure::Memory => "memory",
+            Figure::Ipfix => "ipfix",
             Figure::Encoders => "encoders",
         }
     }
@@ -55,6 +59,7 @@ impl Figure {
             Figure::Throughput => throughput::measure(quick, report),
             Figure::Drain => drain::measure(quick, report),
             Figure::Memory => memory::measure(quick, report),
+            Figure::Ipfix => ipfix::measure(quick, report),
             Figure::Encoders => encoders::measure(quick, report),
         }
     }
@@ -68,7 +73,7 @@ struct Options {
 }
 
 const USAGE: &str =
-    "usage: flowlog-bench [--only per-packet|throughput|drain|memory|encoders]... [--quick]";
+    "usage: flowlog-bench [--only per-packet|throughput|drain|memory|ipfix|encoders]... [--quick]";
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
     let mut only = Vec::new();

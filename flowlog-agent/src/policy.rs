@@ -1,0 +1,750 @@
+//! The policy file (`--policy FILE`, TOML): network ACL and security group, read, checked as a
+//! whole (an error names the file, the line and the reason) and compiled into the rule tables
+//! the kernel programs evaluate (`flowlog_common::policy`).
+//!
+//! ```toml
+//! mode = "enforce"             # or "audit"
+//! [acl]
+//! default = "deny"
+//! [[acl.rule]]
+//! number = 100
+//! direction = "ingress"
+//! protocol = "udp"
+//! cidr = "198.18.0.0/15"
+//! ports = "8000-8100"
+//! action = "allow"
+//! [security_group]
+//! [[security_group.ingress]]
+//! protocol = "tcp"
+//! ports = "22"
+//! cidr = "0.0.0.0/0"
+//! ```
+
+use std::{
+    net::IpAddr,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use flowlog_common::{
+    flow::AddressFamily,
+    policy::{
+        ANY_PROTOCOL, MAX_ACL_RULES, MAX_EXCLUSIONS, MAX_SG_RULES, MODE_AUDIT, MODE_ENFORCE,
+        PolicyConfig, RULE_ALLOW, RULE_DENY, Rule,
+    },
+};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Idle timeouts of connection state: TCP, UDP, other protocols (AWS security-group defaults:
+/// 5 days for established TCP, 180 s for UDP streams, 60 s for the rest).
+pub const IDLE_TIMEOUTS_SECS: [u64; 3] = [432_000, 180, 60];
+
+#[derive(Debug, thiserror::Error)]
+#[error("policy {}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct PolicyError {
+    pub path: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// A checked policy, ready to be compiled for the kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub audit: bool,
+    pub acl: Option<Acl>,
+    pub security_group: Option<SecurityGroup>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Acl {
+    pub default_allow: bool,
+    /// In ascending rule number.
+    pub rules: Vec<AclRule>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AclRule {
+    pub number: u32,
+    pub ingress: bool,
+    pub matcher: Matcher,
+    pub allow: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SecurityGroup {
+    pub ingress: Vec<Matcher>,
+    /// `None`: no egress section, every outbound connection is allowed.
+    pub egress: Option<Vec<Matcher>>,
+}
+
+/// What a rule matches: protocol (`None` = all), remote network, port range.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Matcher {
+    pub protocol: Option<u8>,
+    pub network: Network,
+    pub ports: (u16, u16),
+}
+
+/// An address prefix (`198.18.0.0/15`, `fd00::/8`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Network {
+    pub address: IpAddr,
+    pub prefix_len: u8,
+}
+
+// The file as written. Values that need checking keep their span, for the line number.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    mode: Option<Spanned<String>>,
+    acl: Option<AclFile>,
+    security_group: Option<SecurityGroupFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AclFile {
+    default: Option<Spanned<String>>,
+    #[serde(default)]
+    rule: Vec<Spanned<AclRuleFile>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AclRuleFile {
+    number: Spanned<i64>,
+    direction: Spanned<String>,
+    protocol: Spanned<toml::Value>,
+    cidr: Spanned<String>,
+    ports: Option<Spanned<toml::Value>>,
+    action: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecurityGroupFile {
+    #[serde(default)]
+    ingress: Vec<Spanned<SgRuleFile>>,
+    egress: Option<Vec<Spanned<SgRuleFile>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SgRuleFile {
+    protocol: Spanned<toml::Value>,
+    cidr: Spanned<String>,
+    ports: Option<Spanned<toml::Value>>,
+}
+
+/// A reason and where it applies.
+#[derive(Debug)]
+struct Problem {
+    span: Option<Range<usize>>,
+    message: String,
+}
+
+fn problem<T>(span: Range<usize>, message: impl Into<String>) -> Result<T, Problem> {
+    Err(Problem {
+        span: Some(span),
+        message: message.into(),
+    })
+}
+
+impl Policy {
+    /// Reads and checks a policy file.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|error| PolicyError {
+            path: path.to_owned(),
+            line: None,
+            message: error.to_string(),
+        })?;
+        Self::parse(&text).map_err(|problem| PolicyError {
+            path: path.to_owned(),
+            line: problem.span.map(|span| line_of(&text, span.start)),
+            message: problem.message,
+        })
+    }
+
+    fn parse(text: &str) -> Result<Self, Problem> {
+        let file: PolicyFile = toml::from_str(text).map_err(|error| Problem {
+            span: error.span(),
+            message: error.message().trim().to_owned(),
+        })?;
+        let audit = match &file.mode {
+            None => false,
+            Some(mode) => match mode.get_ref().as_str() {
+                "enforce" => false,
+                "audit" => true,
+                other => {
+                    return problem(
+                        mode.span(),
+                        format!("mode {other:?}: expected \"enforce\" or \"audit\""),
+                    );
+                }
+            },
+        };
+        let acl = file.acl.map(parse_acl).transpose()?;
+        let security_group = file.security_group.map(parse_sg).transpose()?;
+        Ok(Self {
+            audit,
+            acl,
+            security_group,
+        })
+    }
+
+    /// The kernel form: settings and the two rule tables.
+    pub fn compile(&self, ns_per_jiffy: u64) -> CompiledPolicy {
+        let mut config = PolicyConfig {
+            mode: if self.audit { MODE_AUDIT } else { MODE_ENFORCE },
+            ..PolicyConfig::default()
+        };
+        for (slot, secs) in config
+            .idle_timeout_jiffies
+            .iter_mut()
+            .zip(IDLE_TIMEOUTS_SECS)
+        {
+            *slot = secs * 1_000_000_000 / ns_per_jiffy.max(1);
+        }
+        let mut acl_rules = Vec::new();
+        if let Some(acl) = &self.acl {
+            config.acl_present = 1;
+            config.acl_default = if acl.default_allow {
+                RULE_ALLOW
+            } else {
+                RULE_DENY
+            };
+            for ingress in [true, false] {
+                let rules = acl.rules.iter().filter(|r| r.ingress == ingress);
+                let before = acl_rules.len();
+                acl_rules.extend(rules.map(|r| {
+                    r.matcher
+                        .compile(if r.allow { RULE_ALLOW } else { RULE_DENY })
+                }));
+                let count = (acl_rules.len() - before) as u32;
+                if ingress {
+                    config.acl_in_count = count;
+                } else {
+                    config.acl_eg_count = count;
+                }
+            }
+        }
+        let mut sg_rules = Vec::new();
+        if let Some(sg) = &self.security_group {
+            config.sg_present = 1;
+            sg_rules.extend(sg.ingress.iter().map(|m| m.compile(RULE_ALLOW)));
+            config.sg_in_count = sg.ingress.len() as u32;
+            match &sg.egress {
+                None => config.sg_egress_open = 1,
+                Some(egress) => {
+                    sg_rules.extend(egress.iter().map(|m| m.compile(RULE_ALLOW)));
+                    config.sg_eg_count = egress.len() as u32;
+                }
+            }
+        }
+        CompiledPolicy {
+            config,
+            acl_rules,
+            sg_rules,
+        }
+    }
+}
+
+/// A policy in the layout of one kernel slot.
+#[derive(Clone, Debug)]
+pub struct CompiledPolicy {
+    pub config: PolicyConfig,
+    pub acl_rules: Vec<Rule>,
+    pub sg_rules: Vec<Rule>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn parse_acl(acl: AclFile) -> Result<Acl, Problem> {
+    let default_allow = match &acl.default {
+        None => false,
+        Some(default) => parse_action(default)?,
+    };
+    let mut rules = Vec::with_capacity(acl.rule.len());
+    for rule in acl.rule {
+        let span = rule.span();
+        let rule = rule.into_inner();
+        let number = *rule.number.get_ref();
+        if !(1..=32_766).contains(&number) {
+            return problem(
+                rule.number.span(),
+                format!("rule number {number}: must be 1 to 32766"),
+            );
+        }
+        if let Some(other) = rules.iter().find(|r: &&AclRule| r.number == number as u32) {
+            return problem(span, format!("rule number {} is used twice", other.number));
+        }
+        let ingress = match rule.direction.get_ref().as_str() {
+            "ingress" => true,
+            "egress" => false,
+            other => {
+                return problem(
+                    rule.direction.span(),
+                    format!("direction {other:?}: expected \"ingress\" or \"egress\""),
+                );
+            }
+        };
+        rules.push(AclRule {
+            number: number as u32,
+            ingress,
+            matcher: parse_matcher(&rule.protocol, &rule.cidr, rule.ports.as_ref())?,
+            allow: parse_action(&rule.action)?,
+        });
+    }
+    if rules.len() > MAX_ACL_RULES as usize {
+        return Err(Problem {
+            span: None,
+            message: format!(
+                "{} ACL rules: at most {MAX_ACL_RULES} are supported",
+                rules.len()
+            ),
+        });
+    }
+    rules.sort_by_key(|r| r.number);
+    Ok(Acl {
+        default_allow,
+        rules,
+    })
+}
+
+fn parse_sg(sg: SecurityGroupFile) -> Result<SecurityGroup, Problem> {
+    let matchers = |rules: Vec<Spanned<SgRuleFile>>| -> Result<Vec<Matcher>, Problem> {
+        rules
+            .into_iter()
+            .map(|rule| {
+                let rule = rule.into_inner();
+                parse_matcher(&rule.protocol, &rule.cidr, rule.ports.as_ref())
+            })
+            .collect()
+    };
+    let ingress = matchers(sg.ingress)?;
+    let egress = sg.egress.map(matchers).transpose()?;
+    let total = ingress.len() + egress.as_ref().map_or(0, Vec::len);
+    if total > MAX_SG_RULES as usize {
+        return Err(Problem {
+            span: None,
+            message: format!("{total} security-group rules: at most {MAX_SG_RULES} are supported"),
+        });
+    }
+    Ok(SecurityGroup { ingress, egress })
+}
+
+fn parse_action(action: &Spanned<String>) -> Result<bool, Problem> {
+    match action.get_ref().as_str() {
+        "allow" => Ok(true),
+        "deny" => Ok(false),
+        other => problem(
+            action.span(),
+            format!("action {other:?}: expected \"allow\" or \"deny\""),
+        ),
+    }
+}
+
+fn parse_matcher(
+    protocol: &Spanned<toml::Value>,
+    cidr: &Spanned<String>,
+    ports: Option<&Spanned<toml::Value>>,
+) -> Result<Matcher, Problem> {
+    let protocol_number = match protocol.get_ref() {
+        toml::Value::String(name) => match name.as_str() {
+            "all" => None,
+            "tcp" => Some(6),
+            "udp" => Some(17),
+            "icmp" => Some(1),
+            "icmpv6" => Some(58),
+            other => match other.parse::<u8>() {
+                Ok(number) => Some(number),
+                Err(_) => {
+                    return problem(
+                        protocol.span(),
+                        format!(
+                            "protocol {other:?}: expected tcp, udp, icmp, icmpv6, all or an IANA number 0-255"
+                        ),
+                    );
+                }
+            },
+        },
+        toml::Value::Integer(number) => match u8::try_from(*number) {
+            Ok(number) => Some(number),
+            Err(_) => {
+                return problem(
+                    protocol.span(),
+                    format!("protocol {number}: an IANA protocol number is 0-255"),
+                );
+            }
+        },
+        other => {
+            return problem(
+                protocol.span(),
+                format!("protocol {}: expected a name or a number", other.type_str()),
+            );
+        }
+    };
+    let network = parse_network(cidr.get_ref())
+        .or_else(|message| problem(cidr.span(), format!("cidr {:?}: {message}", cidr.get_ref())))?;
+    let ports = match ports {
+        None => (0, u16::MAX),
+        Some(ports) => {
+            if !matches!(protocol_number, Some(6 | 17)) {
+                return problem(
+                    ports.span(),
+                    "ports only apply to tcp and udp rules (ICMP and other protocols have none)",
+                );
+            }
+            let text = match ports.get_ref() {
+                toml::Value::String(text) => text.clone(),
+                toml::Value::Integer(number) => number.to_string(),
+                other => {
+                    return problem(
+                        ports.span(),
+                        format!(
+                            "ports: a {} where \"N\" or \"N-M\" was expected",
+                            other.type_str()
+                        ),
+                    );
+                }
+            };
+            parse_ports(&text)
+                .or_else(|message| problem(ports.span(), format!("ports {text:?}: {message}")))?
+        }
+    };
+    Ok(Matcher {
+        protocol: protocol_number,
+        network,
+        ports,
+    })
+}
+
+/// `198.18.0.0/15`, `fd00::/8`, or a bare address (a /32 or /128).
+pub fn parse_network(text: &str) -> Result<Network, String> {
+    let (address, prefix_len) = match text.split_once('/') {
+        Some((address, len)) => (address, Some(len)),
+        None => (text, None),
+    };
+    let address: IpAddr = address
+        .parse()
+        .map_err(|_| "not an IPv4 or IPv6 address with a prefix length".to_owned())?;
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    let prefix_len = match prefix_len {
+        None => max,
+        Some(len) => len
+            .parse::<u8>()
+            .ok()
+            .filter(|len| *len <= max)
+            .ok_or_else(|| format!("prefix length {len:?}: expected 0 to {max}"))?,
+    };
+    let network = Network {
+        address,
+        prefix_len,
+    };
+    let (prefix, _) = network.prefix_and_mask();
+    if prefix != key_bytes(address) {
+        return Err(format!(
+            "host bits are set; the network is {}/{prefix_len}",
+            network.masked_address()
+        ));
+    }
+    Ok(network)
+}
+
+fn parse_ports(text: &str) -> Result<(u16, u16), String> {
+    let port = |part: &str| {
+        part.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("{part:?} is not a port (0-65535)"))
+    };
+    let (min, max) = match text.split_once('-') {
+        Some((min, max)) => (port(min)?, port(max)?),
+        None => {
+            let p = port(text)?;
+            (p, p)
+        }
+    };
+    if min > max {
+        return Err("the range is empty (first port above the last)".into());
+    }
+    Ok((min, max))
+}
+
+/// An address in the flow key's layout: IPv4 in the first four bytes.
+fn key_bytes(address: IpAddr) -> [u8; 16] {
+    let mut out = [0; 16];
+    match address {
+        IpAddr::V4(v4) => out[..4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => out = v6.octets(),
+    }
+    out
+}
+
+impl Network {
+    fn family(&self) -> AddressFamily {
+        if self.address.is_ipv4() {
+            AddressFamily::Ipv4
+        } else {
+            AddressFamily::Ipv6
+        }
+    }
+
+    /// Prefix (masked address) and mask, in the flow key's layout.
+    fn prefix_and_mask(&self) -> ([u8; 16], [u8; 16]) {
+        let mut mask = [0u8; 16];
+        for bit in 0..self.prefix_len as usize {
+            mask[bit / 8] |= 0x80 >> (bit % 8);
+        }
+        let mut prefix = key_bytes(self.address);
+        for (byte, m) in prefix.iter_mut().zip(mask) {
+            *byte &= m;
+        }
+        (prefix, mask)
+    }
+
+    fn masked_address(&self) -> IpAddr {
+        let (prefix, _) = self.prefix_and_mask();
+        match self.address {
+            IpAddr::V4(_) => IpAddr::from([prefix[0], prefix[1], prefix[2], prefix[3]]),
+            IpAddr::V6(_) => IpAddr::from(prefix),
+        }
+    }
+}
+
+impl Matcher {
+    fn compile(&self, action: u8) -> Rule {
+        let (prefix, mask) = self.network.prefix_and_mask();
+        Rule {
+            prefix,
+            mask,
+            port_min: self.ports.0,
+            port_max: self.ports.1,
+            protocol: self.protocol.map_or(ANY_PROTOCOL, u16::from),
+            family: self.network.family() as u8,
+            action,
+        }
+    }
+}
+
+/// Traffic not logged (`--exclude CIDR[/PROTO[:PORT]]`): it matches when either address is in
+/// the network, the protocol matches and either port is the port.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Exclusion(pub Matcher);
+
+impl Exclusion {
+    /// The defaults, as AWS excludes them: DHCP and DHCPv6, the instance metadata service and
+    /// the time sync service (IPv4 and IPv6).
+    pub fn defaults() -> Vec<Exclusion> {
+        [
+            "0.0.0.0/0/udp:67",
+            "0.0.0.0/0/udp:68",
+            "::/0/udp:546",
+            "::/0/udp:547",
+            "169.254.169.254/32",
+            "169.254.169.123/32",
+            "fd00:ec2::254/128",
+            "fd00:ec2::123/128",
+        ]
+        .into_iter()
+        .map(|text| Exclusion::parse(text).expect("the defaults parse"))
+        .collect()
+    }
+
+    /// `CIDR`, `CIDR/PROTO` or `CIDR/PROTO:PORT` (`169.254.169.254/32`, `0.0.0.0/0/udp:67`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = |why: String| format!("--exclude {text:?}: {why}");
+        // The CIDR has at most one '/'; a second one starts the protocol.
+        let (cidr, rest) = match text.match_indices('/').nth(1) {
+            Some((at, _)) => (&text[..at], Some(&text[at + 1..])),
+            None => (text, None),
+        };
+        let network = parse_network(cidr).map_err(|why| bad(format!("{cidr:?}: {why}")))?;
+        let (protocol, ports) = match rest {
+            None => (None, (0, u16::MAX)),
+            Some(rest) => {
+                let (name, port) = match rest.split_once(':') {
+                    Some((name, port)) => (name, Some(port)),
+                    None => (rest, None),
+                };
+                let protocol = match name {
+                    "tcp" => Some(6),
+                    "udp" => Some(17),
+                    "icmp" => Some(1),
+                    "icmpv6" => Some(58),
+                    "all" => None,
+                    other => Some(other.parse::<u8>().map_err(|_| {
+                        bad(format!(
+                            "protocol {other:?}: expected tcp, udp, icmp, icmpv6, all or 0-255"
+                        ))
+                    })?),
+                };
+                let ports = match port {
+                    None => (0, u16::MAX),
+                    Some(port) => {
+                        let port: u16 = port
+                            .parse()
+                            .map_err(|_| bad(format!("port {port:?}: expected 0-65535")))?;
+                        (port, port)
+                    }
+                };
+                (protocol, ports)
+            }
+        };
+        Ok(Exclusion(Matcher {
+            protocol,
+            network,
+            ports,
+        }))
+    }
+
+    pub fn compile(list: &[Exclusion]) -> Result<Vec<Rule>, String> {
+        if list.len() > MAX_EXCLUSIONS as usize {
+            return Err(format!(
+                "{} exclusions: at most {MAX_EXCLUSIONS} are supported",
+                list.len()
+            ));
+        }
+        Ok(list.iter().map(|e| e.0.compile(RULE_ALLOW)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+mode = "enforce"
+
+[acl]
+default = "deny"
+[[acl.rule]]
+number = 200
+direction = "ingress"
+protocol = "all"
+cidr = "0.0.0.0/0"
+action = "allow"
+[[acl.rule]]
+number = 100
+direction = "ingress"
+protocol = "tcp"
+cidr = "198.18.0.0/15"
+ports = "8000-8100"
+action = "deny"
+
+[security_group]
+[[security_group.ingress]]
+protocol = "tcp"
+ports = "22"
+cidr = "0.0.0.0/0"
+[[security_group.egress]]
+protocol = "all"
+cidr = "::/0"
+"#;
+
+    fn error(text: &str) -> (Option<usize>, String) {
+        let problem = Policy::parse(text).expect_err("must be refused");
+        (
+            problem.span.map(|s| line_of(text, s.start)),
+            problem.message,
+        )
+    }
+
+    #[test]
+    fn the_example_compiles_in_rule_number_order() {
+        let policy = Policy::parse(EXAMPLE).unwrap();
+        assert!(!policy.audit);
+        let acl = policy.acl.as_ref().unwrap();
+        assert_eq!(
+            acl.rules.iter().map(|r| r.number).collect::<Vec<_>>(),
+            [100, 200]
+        );
+        let compiled = policy.compile(4_000_000);
+        assert_eq!(compiled.config.acl_in_count, 2);
+        assert_eq!(compiled.config.acl_eg_count, 0);
+        assert_eq!(compiled.config.acl_default, RULE_DENY);
+        assert_eq!(compiled.acl_rules[0].action, RULE_DENY);
+        assert_eq!(
+            (
+                compiled.acl_rules[0].port_min,
+                compiled.acl_rules[0].port_max
+            ),
+            (8000, 8100)
+        );
+        assert_eq!(compiled.acl_rules[0].mask[..4], [255, 254, 0, 0]);
+        assert_eq!(compiled.acl_rules[1].protocol, ANY_PROTOCOL);
+        assert_eq!(compiled.config.sg_in_count, 1);
+        assert_eq!(compiled.config.sg_eg_count, 1);
+        assert_eq!(compiled.config.sg_egress_open, 0);
+        assert_eq!(compiled.sg_rules[1].family, AddressFamily::Ipv6 as u8);
+        // 180 s of UDP idle time at 250 Hz.
+        assert_eq!(compiled.config.idle_timeout_jiffies[1], 180 * 250);
+    }
+
+    #[test]
+    fn a_missing_egress_section_allows_all_outbound() {
+        let policy = Policy::parse("[security_group]\n").unwrap();
+        let compiled = policy.compile(4_000_000);
+        assert_eq!(compiled.config.sg_present, 1);
+        assert_eq!(compiled.config.sg_egress_open, 1);
+        assert_eq!(compiled.config.sg_in_count, 0);
+        assert_eq!(compiled.config.acl_present, 0);
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_reason() {
+        let bad_cidr = EXAMPLE.replace("198.18.0.0/15", "198.18.0.1/15");
+        assert_eq!(
+            error(&bad_cidr),
+            (
+                Some(16),
+                "cidr \"198.18.0.1/15\": host bits are set; the network is 198.18.0.0/15".into()
+            )
+        );
+        let bad_ports = EXAMPLE.replace("8000-8100", "8100-8000");
+        assert_eq!(error(&bad_ports).0, Some(17));
+        assert!(error(&bad_ports).1.contains("range is empty"));
+        let bad_direction = EXAMPLE.replace(
+            "\"ingress\"\nprotocol = \"tcp\"",
+            "\"inbound\"\nprotocol = \"tcp\"",
+        );
+        assert_eq!(
+            error(&bad_direction),
+            (
+                Some(14),
+                "direction \"inbound\": expected \"ingress\" or \"egress\"".into()
+            )
+        );
+        let (line, message) = error("mode = \"enforce\"\nbogus = 1\n");
+        assert_eq!(line, Some(2));
+        assert!(message.contains("bogus"), "{message}");
+        let (line, message) = error("[acl]\ndefault = \"maybe\"\n");
+        assert_eq!(line, Some(2));
+        assert!(message.contains("\"maybe\""), "{message}");
+        let icmp_ports = "[security_group]\n[[security_group.ingress]]\nprotocol = \"icmp\"\nports = \"1\"\ncidr = \"0.0.0.0/0\"\n";
+        assert_eq!(error(icmp_ports).0, Some(4));
+        let duplicate = EXAMPLE.replace("number = 200", "number = 100");
+        assert!(error(&duplicate).1.contains("used twice"));
+    }
+
+    #[test]
+    fn exclusions_parse_cidr_protocol_and_port() {
+        let e = Exclusion::parse("0.0.0.0/0/udp:67").unwrap();
+        assert_eq!(e.0.protocol, Some(17));
+        assert_eq!(e.0.ports, (67, 67));
+        assert_eq!(e.0.network.prefix_len, 0);
+        let e = Exclusion::parse("fd00:ec2::254/128").unwrap();
+        assert_eq!(e.0.protocol, None);
+        assert_eq!(e.0.ports, (0, u16::MAX));
+        assert_eq!(Exclusion::defaults().len(), 8);
+        let message = Exclusion::parse("10.0.0.0/8/udpp").unwrap_err();
+        assert!(message.contains("\"udpp\""), "{message}");
+        assert!(
+            Exclusion::parse("10.0.0.1/8")
+                .unwrap_err()
+                .contains("host bits")
+        );
+    }
+}

@@ -1,0 +1,316 @@
+//! `ipfix+udp://HOST:PORT` and `ipfix+tcp://HOST:PORT`: records as IPFIX (RFC 7011) to a flow
+//! collector (nfdump, pmacct, goflow2, ...).
+//!
+//! - UDP: data sets packed into datagrams that fit the configured MTU; the templates go first
+//!   and again every `template-refresh` or `template-refresh-messages`, whichever comes first.
+//!   A datagram the kernel refuses to send (no route, or the collector's port unreachable, which
+//!   the kernel reports on the next send) is dropped, its records counted and logged; the
+//!   collector sees the gap in the sequence numbers. Nothing is retried over UDP, so nothing is
+//!   duplicated.
+//! - TCP: one connection, templates once at its start, sequence numbers from 0 per connection.
+//!   Before each interval the connection is checked for a collector that has gone away; a
+//!   failed connect or write drops the connection and fails the write, so the delivery driver
+//!   retries the whole interval with backoff on a new connection (templates first).
+//!
+//! NODATA records have no IPFIX form (an idle interface exports nothing); SKIPDATA counts go out
+//! as options records carrying running totals (see `encoder`).
+
+pub mod encoder;
+mod spec;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::{
+    io::AsyncWriteExt,
+    net::{TcpStream, UdpSocket},
+};
+
+pub use encoder::{
+    DataRecord, FlowData, MessageEncoder, SkippedData, forwarding_status, ie as information_element,
+};
+pub use spec::{DEFAULT_MTU, DEFAULT_PORT, IpfixSpec, IpfixSpecError, Transport};
+
+use super::{Sink, SinkError};
+use crate::record::{IntervalRecords, RecordKind};
+
+/// TCP has no path MTU to respect; messages are cut at this size to bound collectors' buffers.
+pub const TCP_MESSAGE_LEN: usize = 16 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const UDP_HEADER_LEN: usize = 8;
+
+/// Interface names and their indexes, for `ingressInterface`/`egressInterface`.
+pub type InterfaceIndexes = HashMap<String, u32>;
+
+pub struct IpfixSink {
+    spec: IpfixSpec,
+    interfaces: InterfaceIndexes,
+    encoder: MessageEncoder,
+    udp: Option<UdpSocket>,
+    tcp: Option<TcpStream>,
+    /// UDP template refresh: when the templates last went out and data messages since then.
+    templates_sent_at: Option<Instant>,
+    messages_since_templates: u32,
+    /// SKIPDATA running totals per (ifindex, interface).
+    skipped_totals: BTreeMap<(u32, Arc<str>), (u64, u64)>,
+    /// The interval whose SKIPDATA is already in the totals (a retried write must not add it
+    /// twice).
+    last_counted: Option<Arc<IntervalRecords>>,
+    /// Records in UDP datagrams that could not be sent.
+    records_dropped: u64,
+    scratch: Vec<Vec<u8>>,
+}
+
+impl IpfixSink {
+    pub fn new(spec: IpfixSpec, interfaces: InterfaceIndexes) -> Self {
+        let encoder = MessageEncoder::new(spec.observation_domain, TCP_MESSAGE_LEN);
+        Self {
+            spec,
+            interfaces,
+            encoder,
+            udp: None,
+            tcp: None,
+            templates_sent_at: None,
+            messages_since_templates: 0,
+            skipped_totals: BTreeMap::new(),
+            last_counted: None,
+            records_dropped: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Records dropped so far (UDP datagrams that could not be sent).
+    pub fn records_dropped(&self) -> u64 {
+        self.records_dropped
+    }
+
+    /// Encodes the interval's records into `self.scratch`; returns records per message.
+    fn encode(&mut self, interval: &Arc<IntervalRecords>, max_message_len: usize) -> Vec<usize> {
+        let interfaces = &self.interfaces;
+        let already_counted = self
+            .last_counted
+            .as_ref()
+            .is_some_and(|last| Arc::ptr_eq(last, interval));
+        if !already_counted {
+            for record in &interval.records {
+                if let RecordKind::SkipData { packets, bytes } = record.kind {
+                    let key = (
+                        ifindex_of(interfaces, &record.interface),
+                        record.interface.clone(),
+                    );
+                    let totals = self.skipped_totals.entry(key).or_default();
+                    totals.0 = totals.0.wrapping_add(packets);
+                    totals.1 = totals.1.wrapping_add(bytes);
+                }
+            }
+            self.last_counted = Some(Arc::clone(interval));
+        }
+        let totals = &self.skipped_totals;
+        let observed_ms = interval.end.saturating_mul(1000);
+        let records = interval.records.iter().filter_map(|record| {
+            let ifindex = ifindex_of(interfaces, &record.interface);
+            match &record.kind {
+                RecordKind::Flow(flow) => Some(DataRecord::Flow(FlowData {
+                    flow,
+                    ifindex,
+                    interface: &record.interface,
+                    start_ms: record.start.saturating_mul(1000),
+                    end_ms: record.end.saturating_mul(1000),
+                })),
+                RecordKind::SkipData { .. } => {
+                    let (packets_total, octets_total) =
+                        totals[&(ifindex, record.interface.clone())];
+                    Some(DataRecord::Skipped(SkippedData {
+                        ifindex,
+                        interface: &record.interface,
+                        observed_ms,
+                        packets_total,
+                        octets_total,
+                    }))
+                }
+                RecordKind::NoData => None,
+            }
+        });
+        self.scratch.clear();
+        self.encoder.set_max_message_len(max_message_len);
+        self.encoder.data(records, export_time(), &mut self.scratch)
+    }
+
+    async fn write_udp(&mut self, interval: Arc<IntervalRecords>) -> Result<(), SinkError> {
+        if self.udp.is_none() {
+            self.udp = Some(connect_udp(&self.spec).await?);
+            self.templates_sent_at = None;
+        }
+        let socket = self.udp.as_ref().expect("connected above");
+        let collector = socket.peer_addr()?;
+        let ip_header = if collector.is_ipv4() { 20 } else { 40 };
+        let max_len = usize::from(self.spec.mtu) - ip_header - UDP_HEADER_LEN;
+        let counts = self.encode(&interval, max_len);
+
+        let socket = self.udp.as_ref().expect("connected above");
+        let mut dropped = 0u64;
+        let mut last_error = None;
+        for (message, records) in self.scratch.iter().zip(&counts) {
+            let due = self.templates_sent_at.is_none_or(|at| {
+                at.elapsed() >= self.spec.template_refresh
+                    || self.messages_since_templates >= self.spec.template_refresh_messages
+            });
+            if due {
+                let templates = self.encoder.templates(export_time());
+                // A template datagram that is lost is sent again at the next refresh.
+                match socket.send(&templates).await {
+                    Ok(_) => {
+                        self.templates_sent_at = Some(Instant::now());
+                        self.messages_since_templates = 0;
+                    }
+                    Err(error) => last_error = Some(error),
+                }
+            }
+            match socket.send(message).await {
+                Ok(_) => self.messages_since_templates += 1,
+                Err(error) => {
+                    dropped += *records as u64;
+                    last_error = Some(error);
+                }
+            }
+        }
+        if dropped > 0 {
+            self.records_dropped += dropped;
+            tracing::warn!(
+                sink = %self.spec,
+                records = dropped,
+                dropped_total = self.records_dropped,
+                error = %last_error.as_ref().map(ToString::to_string).unwrap_or_default(),
+                "IPFIX datagrams not sent; records dropped"
+            );
+        }
+        Ok(())
+    }
+
+    async fn write_tcp(&mut self, interval: Arc<IntervalRecords>) -> Result<(), SinkError> {
+        if self.tcp.as_ref().is_some_and(|s| !still_connected(s)) {
+            tracing::warn!(sink = %self.spec, "collector closed the connection; reconnecting");
+            self.tcp = None;
+        }
+        let mut fresh = None;
+        if self.tcp.is_none() {
+            let stream = connect_tcp(&self.spec).await?;
+            tracing::info!(sink = %self.spec, peer = ?stream.peer_addr().ok(), "connected to the collector");
+            self.encoder.reset_sequence();
+            fresh = Some(self.encoder.templates(export_time()));
+            self.tcp = Some(stream);
+        }
+        self.encode(&interval, TCP_MESSAGE_LEN);
+        let stream = self.tcp.as_mut().expect("connected above");
+        let result = async {
+            if let Some(templates) = &fresh {
+                stream.write_all(templates).await?;
+            }
+            for message in &self.scratch {
+                stream.write_all(message).await?;
+            }
+            io::Result::Ok(())
+        }
+        .await;
+        if let Err(error) = result {
+            // The next attempt starts a new connection, with templates and sequence 0.
+            self.tcp = None;
+            self.encoder.reset_sequence();
+            return Err(SinkError::Retriable(format!(
+                "writing to {}: {error}",
+                self.spec.address()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Sink for IpfixSink {
+    fn name(&self) -> String {
+        self.spec.to_string()
+    }
+
+    async fn write(&mut self, interval: Arc<IntervalRecords>) -> Result<(), SinkError> {
+        match self.spec.transport {
+            Transport::Udp => self.write_udp(interval).await,
+            Transport::Tcp => self.write_tcp(interval).await,
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        if self.records_dropped > 0 {
+            tracing::warn!(sink = %self.spec, records = self.records_dropped, "IPFIX records dropped over the sink's life");
+        }
+        // Closing the write side lets the collector read everything up to a clean end.
+        if let Some(mut stream) = self.tcp.take() {
+            stream.shutdown().await?;
+        }
+        Ok(())
+    }
+}
+
+/// The interface's index. The collector names interfaces it no longer knows `ifindex-N`; `-`
+/// (packets not attributable to an interface) is 0, "no interface" in IPFIX.
+fn ifindex_of(interfaces: &InterfaceIndexes, interface: &str) -> u32 {
+    if let Some(&index) = interfaces.get(interface) {
+        return index;
+    }
+    interface
+        .strip_prefix("ifindex-")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn export_time() -> u32 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    now.as_secs() as u32
+}
+
+async fn resolve(spec: &IpfixSpec) -> Result<SocketAddr, SinkError> {
+    let address = spec.address();
+    tokio::net::lookup_host(&address)
+        .await
+        .map_err(|e| SinkError::Retriable(format!("resolving {address}: {e}")))?
+        .next()
+        .ok_or_else(|| SinkError::Retriable(format!("{address} resolves to no address")))
+}
+
+async fn connect_udp(spec: &IpfixSpec) -> Result<UdpSocket, SinkError> {
+    let collector = resolve(spec).await?;
+    let local: SocketAddr = if collector.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(collector).await?;
+    Ok(socket)
+}
+
+async fn connect_tcp(spec: &IpfixSpec) -> Result<TcpStream, SinkError> {
+    let collector = resolve(spec).await?;
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(collector))
+        .await
+        .map_err(|_| SinkError::Retriable(format!("connecting to {collector}: timed out")))?
+        .map_err(|e| SinkError::Retriable(format!("connecting to {collector}: {e}")))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Whether the collector is still there: IPFIX collectors never send, so a readable socket
+/// means it closed the connection (end of file) or reset it.
+fn still_connected(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    match stream.try_read(&mut byte) {
+        Ok(0) => false,
+        Ok(_) => true,
+        Err(error) => error.kind() == io::ErrorKind::WouldBlock,
+    }
+}

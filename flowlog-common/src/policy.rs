@@ -1,0 +1,172 @@
+//! The policy as the kernel programs see it: compiled rule tables, the connection table that
+//! holds security-group state and caches each flow's rule verdicts, and the word that says which
+//! policy is live.
+//!
+//! A policy lives in one of two slots (`POLICY_CONFIG_n`, `ACL_RULES_n`, `SG_RULES_n`). The
+//! agent writes a new policy into the slot the programs do not use, then switches the
+//! [`POLICY_ACTIVE`](crate::maps::POLICY_ACTIVE) word in one 4-byte store: every packet reads
+//! that word once, so it sees either the whole old policy or the whole new one. The word also
+//! carries a generation number; connection entries remember the generation their cached rule
+//! verdicts came from, so a swap invalidates every cached verdict at once.
+
+/// Rules per slot in the ACL table (ingress and egress rules together).
+pub const MAX_ACL_RULES: u32 = 1024;
+/// Rules per slot in the security-group table (ingress and egress rules together).
+pub const MAX_SG_RULES: u32 = 1024;
+/// Entries of the exclusion table.
+pub const MAX_EXCLUSIONS: u32 = 64;
+/// Entries of the connection table (an LRU map: state may be evicted, counters never are).
+pub const MAX_CONNECTIONS: u32 = 262_144;
+
+/// The `POLICY_ACTIVE` word: 0 when no policy is loaded, else `slot + 1` in the low two bits and
+/// the generation above them.
+pub const fn active_word(slot: u32, generation: u32) -> u32 {
+    (generation << 2) | (slot + 1)
+}
+
+/// Policy mode: drop what the policy rejects, or only record it.
+pub const MODE_ENFORCE: u8 = 0;
+pub const MODE_AUDIT: u8 = 1;
+
+/// What a rule does when it matches.
+pub const RULE_ALLOW: u8 = 0;
+pub const RULE_DENY: u8 = 1;
+
+/// Protocol value of a rule that matches every protocol.
+pub const ANY_PROTOCOL: u16 = 0x100;
+
+/// Idle timeouts, indexed by [`timeout_class`].
+pub const TIMEOUT_CLASSES: usize = 3;
+
+/// Which idle timeout applies to a protocol: TCP, UDP, everything else.
+pub const fn timeout_class(protocol: u8) -> usize {
+    match protocol {
+        6 => 0,
+        17 => 1,
+        _ => 2,
+    }
+}
+
+/// One slot's settings: counts and offsets into its rule tables.
+///
+/// Rules of one table are sorted: ingress rules first (`*_in_count` of them), then egress rules
+/// (`*_eg_count`). ACL rules are in ascending rule number (first match wins); security-group rules
+/// are all allow rules, so their order does not matter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// [`MODE_ENFORCE`] or [`MODE_AUDIT`].
+    pub mode: u8,
+    /// 1 when the policy has an `[acl]` section; without one every packet passes the ACL.
+    pub acl_present: u8,
+    /// [`RULE_ALLOW`] or [`RULE_DENY`]: the ACL action when no rule matches.
+    pub acl_default: u8,
+    /// 1 when the policy has a `[security_group]` section; without one it allows everything.
+    pub sg_present: u8,
+    /// 1 when the security group has no egress section: every outbound connection is allowed.
+    pub sg_egress_open: u8,
+    pub _pad: [u8; 3],
+    pub acl_in_count: u32,
+    pub acl_eg_count: u32,
+    pub sg_in_count: u32,
+    pub sg_eg_count: u32,
+    /// Idle timeouts of connection state in jiffies, per [`timeout_class`].
+    pub idle_timeout_jiffies: [u64; TIMEOUT_CLASSES],
+}
+
+/// One rule (ACL, security group or exclusion). The remote address matches when
+/// `address & mask == prefix`.
+///
+/// 40 bytes, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    /// The network prefix, already masked, in the flow key's address layout.
+    pub prefix: [u8; 16],
+    pub mask: [u8; 16],
+    /// Port range, inclusive, host byte order. `0..=65535` matches packets without ports too.
+    pub port_min: u16,
+    pub port_max: u16,
+    /// An IANA protocol number, or [`ANY_PROTOCOL`].
+    pub protocol: u16,
+    /// [`crate::flow::AddressFamily`] as its integer.
+    pub family: u8,
+    /// [`RULE_ALLOW`] or [`RULE_DENY`] (ACL rules only).
+    pub action: u8,
+}
+
+/// Key of the connection table: one entry per connection and interface, the same for both
+/// directions (addresses and ports are "local" and "remote" rather than source and destination).
+///
+/// 48 bytes, no implicit padding.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub ifindex: u32,
+    pub protocol: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: [u8; 2],
+    pub remote_port: [u8; 2],
+    pub _pad2: [u8; 4],
+}
+
+/// A cached rule verdict: not evaluated yet under this generation, allowed or denied.
+pub const CACHED_UNKNOWN: u8 = 0;
+pub const CACHED_ALLOW: u8 = 1;
+pub const CACHED_DENY: u8 = 2;
+
+/// Who opened a tracked connection.
+pub const ORIGIN_NONE: u8 = 0;
+pub const ORIGIN_INBOUND: u8 = 1;
+pub const ORIGIN_OUTBOUND: u8 = 2;
+
+/// State of one connection: cached rule verdicts (valid for `generation` only) and
+/// security-group tracking.
+///
+/// 24 bytes, no implicit padding. Entries are shared by CPUs; they hold state, never counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnState {
+    /// Generation of the policy the cached verdicts below come from.
+    pub generation: u32,
+    /// ACL verdicts per direction ([`CACHED_UNKNOWN`], [`CACHED_ALLOW`], [`CACHED_DENY`]).
+    pub acl_in: u8,
+    pub acl_eg: u8,
+    /// Whether a security-group rule allows opening the connection in each direction.
+    pub sg_in: u8,
+    pub sg_eg: u8,
+    /// [`ORIGIN_NONE`] until the security group admitted the connection.
+    pub origin: u8,
+    /// TCP: FIN seen inbound / outbound; closed (both FINs, or an RST).
+    pub fin_in: u8,
+    pub fin_eg: u8,
+    pub closed: u8,
+    pub _pad: [u8; 4],
+    /// Jiffies of the last packet, for idle timeouts.
+    pub last_seen_jiffies: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::size_of;
+
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(size_of::<Rule>(), 40);
+        assert_eq!(size_of::<ConnKey>(), 48);
+        assert_eq!(size_of::<ConnState>(), 24);
+        assert_eq!(size_of::<PolicyConfig>(), 48);
+    }
+
+    #[test]
+    fn the_active_word_keeps_slot_and_generation_apart() {
+        assert_eq!(active_word(0, 7) & 3, 1);
+        assert_eq!(active_word(1, 7) & 3, 2);
+        assert_eq!(active_word(1, 7) >> 2, 7);
+    }
+}

@@ -1,0 +1,345 @@
+//! The policy verdict of a packet, from the live policy slot and the connection table. The
+//! semantics (layer order, connection tracking) are in `flowlog_ebpf::policy`; this module
+//! looks things up and caches.
+//!
+//! Rules are evaluated once per connection, direction and policy generation: the result is
+//! cached in the connection's entry, so a packet of a known connection costs one hash lookup.
+
+use core::{ffi::c_void, mem::MaybeUninit};
+
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_loop, maps::Array};
+use flowlog_common::{
+    flow::{Direction, FlowKey, RejectLayer, Verdict},
+    policy::{
+        CACHED_ALLOW, CACHED_DENY, CACHED_UNKNOWN, ConnKey, ConnState, MAX_ACL_RULES,
+        MAX_EXCLUSIONS, MAX_SG_RULES, MODE_AUDIT, PolicyConfig, RULE_ALLOW, Rule, timeout_class,
+    },
+};
+use flowlog_ebpf::{
+    parse::Parsed,
+    policy::{
+        Packet, RuleSubject, cached, closed_connection, exclusion_matches, fill_conn_key,
+        reset_cache, reset_tracking, rule_matches, security_group, sg_rule_direction, track_close,
+    },
+};
+
+use crate::maps::{
+    ACL_RULES_0, ACL_RULES_1, CONNECTIONS, EXCLUSION_COUNT, EXCLUSIONS, POLICY_ACTIVE,
+    POLICY_CONFIG_0, POLICY_CONFIG_1, SG_RULES_0, SG_RULES_1,
+};
+
+/// A packet's verdict ([`Verdict`] as its integer) and whether to drop it.
+pub struct Decision {
+    pub verdict: u8,
+    pub drop: bool,
+}
+
+const ACCEPT: Decision = Decision {
+    verdict: Verdict::Accept as u8,
+    drop: false,
+};
+
+/// Decides a parsed packet (`key` complete but for `cpu` and `verdict`).
+#[inline(always)]
+pub fn decide(key: &FlowKey, parsed: &Parsed, now: u64) -> Decision {
+    let word = POLICY_ACTIVE.get(0).copied().unwrap_or(0);
+    if word == 0 {
+        return ACCEPT;
+    }
+    let generation = word >> 2;
+    // One call site per slot, so each rule lookup sees one constant map.
+    if word & 3 == 1 {
+        decide_with(
+            &POLICY_CONFIG_0,
+            scan_acl_0,
+            scan_sg_0,
+            generation,
+            key,
+            parsed,
+            now,
+        )
+    } else {
+        decide_with(
+            &POLICY_CONFIG_1,
+            scan_acl_1,
+            scan_sg_1,
+            generation,
+            key,
+            parsed,
+            now,
+        )
+    }
+}
+
+#[inline(always)]
+fn decide_with(
+    config: &Array<PolicyConfig>,
+    acl: ScanCallback,
+    sg: ScanCallback,
+    generation: u32,
+    key: &FlowKey,
+    parsed: &Parsed,
+    now: u64,
+) -> Decision {
+    let Some(config) = config.get(0) else {
+        return ACCEPT;
+    };
+    let inbound = key.direction == Direction::Ingress as u8;
+    let packet = Packet {
+        inbound,
+        tcp: key.protocol == 6,
+        tcp_flags: parsed.tcp_header_flags,
+        payload: parsed.ip_len > parsed.header_len,
+    };
+    let mut storage = MaybeUninit::uninit();
+    let conn: &ConnKey = {
+        let conn = zeroed_conn_key(&mut storage);
+        fill_conn_key(conn, key);
+        conn
+    };
+
+    let entry = CONNECTIONS.get_ptr_mut(conn);
+    let (mut state, known) = match entry {
+        // SAFETY: a live map value; a torn read by a concurrent writer only affects cached state,
+        // never a count.
+        Some(state) => (unsafe { *state }, true),
+        None => (ConnState::default(), false),
+    };
+    let before = state;
+    if !known || state.generation != generation {
+        reset_cache(&mut state, generation);
+    }
+    let timeout = config.idle_timeout_jiffies[timeout_class(key.protocol)];
+    if known && now.wrapping_sub(state.last_seen_jiffies) > timeout {
+        reset_tracking(&mut state);
+    }
+    state.last_seen_jiffies = now;
+
+    let acl_rejects = config.acl_present != 0 && {
+        let cached_acl = if inbound { state.acl_in } else { state.acl_eg };
+        let verdict = if cached_acl == CACHED_UNKNOWN {
+            let (start, count) = if inbound {
+                (0, config.acl_in_count)
+            } else {
+                (config.acl_in_count, config.acl_eg_count)
+            };
+            let action = first_match(acl, MAX_ACL_RULES, start, count, conn, inbound)
+                .unwrap_or(config.acl_default);
+            cached(action == RULE_ALLOW)
+        } else {
+            cached_acl
+        };
+        if inbound {
+            state.acl_in = verdict;
+        } else {
+            state.acl_eg = verdict;
+        }
+        verdict == CACHED_DENY
+    };
+
+    let sg_rejects = if config.sg_present == 0 {
+        None
+    } else {
+        match closed_connection(&mut state, packet) {
+            Some(layer) => Some(layer),
+            None => {
+                let rule_inbound = sg_rule_direction(&state, packet);
+                let allowed = !rule_inbound && config.sg_egress_open != 0 || {
+                    let cached_sg = if rule_inbound {
+                        state.sg_in
+                    } else {
+                        state.sg_eg
+                    };
+                    let verdict = if cached_sg == CACHED_UNKNOWN {
+                        let (start, count) = if rule_inbound {
+                            (0, config.sg_in_count)
+                        } else {
+                            (config.sg_in_count, config.sg_eg_count)
+                        };
+                        cached(
+                            first_match(sg, MAX_SG_RULES, start, count, conn, rule_inbound)
+                                .is_some(),
+                        )
+                    } else {
+                        cached_sg
+                    };
+                    if rule_inbound {
+                        state.sg_in = verdict;
+                    } else {
+                        state.sg_eg = verdict;
+                    }
+                    verdict == CACHED_ALLOW
+                };
+                security_group(&mut state, packet, allowed)
+            }
+        }
+    };
+
+    // Inbound: ACL first, then the security group; outbound the other way round.
+    let rejected = if inbound {
+        if acl_rejects {
+            Some(RejectLayer::Acl)
+        } else {
+            sg_rejects
+        }
+    } else if sg_rejects.is_some() {
+        sg_rejects
+    } else if acl_rejects {
+        Some(RejectLayer::Acl)
+    } else {
+        None
+    };
+    let audit = config.mode == MODE_AUDIT;
+    if rejected.is_none() || audit {
+        track_close(&mut state, packet);
+    }
+    if state != before {
+        match entry {
+            // SAFETY: as above; entries hold state, and a lost update is a re-evaluation.
+            Some(slot) => unsafe { *slot = state },
+            None => {
+                let _ = CONNECTIONS.insert(conn, state, BPF_ANY as u64);
+            }
+        }
+    }
+    match rejected {
+        None => ACCEPT,
+        Some(layer) if audit => Decision {
+            verdict: Verdict::AUDIT | layer as u8,
+            drop: false,
+        },
+        Some(layer) => Decision {
+            verdict: layer as u8,
+            drop: true,
+        },
+    }
+}
+
+/// A rule scan's state, passed to its `bpf_loop` callback.
+#[repr(C)]
+struct Scan {
+    subject: RuleSubject,
+    start: u32,
+    /// The action of the first matching rule, or [`NO_MATCH`].
+    action: u32,
+}
+
+const NO_MATCH: u32 = u32::MAX;
+
+/// The action of the first of `count` rules from `start` that matches the packet opening `conn`
+/// in the given direction.
+///
+/// The scan runs in `bpf_loop`, whose callback the verifier checks once: a plain loop over 1,024
+/// rules is verified iteration by iteration and exceeds the verifier's branch limit.
+#[inline(always)]
+fn first_match(
+    callback: ScanCallback,
+    bound: u32,
+    start: u32,
+    count: u32,
+    conn: &ConnKey,
+    inbound: bool,
+) -> Option<u8> {
+    let mut scan = Scan {
+        subject: RuleSubject::opening(conn, inbound),
+        start,
+        action: NO_MATCH,
+    };
+    // SAFETY: the callback only reads and writes the `Scan` it is given, which outlives the
+    // call; the helper calls it at most `count` times.
+    unsafe {
+        bpf_loop(
+            count.min(bound),
+            callback as *mut c_void,
+            (&mut scan as *mut Scan).cast(),
+            0,
+        );
+    }
+    (scan.action != NO_MATCH).then_some(scan.action as u8)
+}
+
+type ScanCallback = unsafe extern "C" fn(u32, *mut c_void) -> i64;
+
+/// One step of a scan over `rules`: 1 stops the loop (a rule matched), 0 goes on.
+#[inline(always)]
+fn scan_step(rules: &Array<Rule>, index: u32, scan: *mut c_void) -> i64 {
+    // SAFETY: `first_match` passes a live `Scan`.
+    let scan = unsafe { &mut *scan.cast::<Scan>() };
+    match rules.get(scan.start + index) {
+        Some(rule) if rule_matches(rule, &scan.subject) => {
+            scan.action = rule.action as u32;
+            1
+        }
+        Some(_) => 0,
+        None => 1,
+    }
+}
+
+unsafe extern "C" fn scan_acl_0(index: u32, scan: *mut c_void) -> i64 {
+    scan_step(&ACL_RULES_0, index, scan)
+}
+unsafe extern "C" fn scan_acl_1(index: u32, scan: *mut c_void) -> i64 {
+    scan_step(&ACL_RULES_1, index, scan)
+}
+unsafe extern "C" fn scan_sg_0(index: u32, scan: *mut c_void) -> i64 {
+    scan_step(&SG_RULES_0, index, scan)
+}
+unsafe extern "C" fn scan_sg_1(index: u32, scan: *mut c_void) -> i64 {
+    scan_step(&SG_RULES_1, index, scan)
+}
+
+/// Whether the packet is excluded from logging (it still got its verdict).
+#[inline(always)]
+pub fn excluded(key: &FlowKey) -> bool {
+    let count = EXCLUSION_COUNT.get(0).copied().unwrap_or(0);
+    if count == 0 {
+        return false;
+    }
+    let mut scan = ExclusionScan {
+        key: key as *const FlowKey,
+        matched: 0,
+    };
+    // SAFETY: the callback only reads the key and writes the `ExclusionScan`, both of which
+    // outlive the call.
+    unsafe {
+        bpf_loop(
+            count.min(MAX_EXCLUSIONS),
+            scan_exclusions as *mut c_void,
+            (&mut scan as *mut ExclusionScan).cast(),
+            0,
+        );
+    }
+    scan.matched != 0
+}
+
+#[repr(C)]
+struct ExclusionScan {
+    key: *const FlowKey,
+    matched: u32,
+}
+
+unsafe extern "C" fn scan_exclusions(index: u32, scan: *mut c_void) -> i64 {
+    // SAFETY: `excluded` passes a live `ExclusionScan` whose key outlives the loop.
+    let scan = unsafe { &mut *scan.cast::<ExclusionScan>() };
+    let key = unsafe { &*scan.key };
+    match EXCLUSIONS.get(index) {
+        Some(rule) if exclusion_matches(rule, key) => {
+            scan.matched = 1;
+            1
+        }
+        Some(_) => 0,
+        None => 1,
+    }
+}
+
+/// A zeroed connection key, cleared with word stores (see `parse::zeroed_key`).
+#[inline(always)]
+fn zeroed_conn_key(storage: &mut MaybeUninit<ConnKey>) -> &mut ConnKey {
+    let words = storage.as_mut_ptr().cast::<u64>();
+    for i in 0..core::mem::size_of::<ConnKey>() / 8 {
+        // SAFETY: ConnKey is 48 bytes and 8-byte aligned.
+        unsafe { words.add(i).write_volatile(0) };
+    }
+    // SAFETY: every byte was written; all-zero is a valid ConnKey.
+    unsafe { storage.assume_init_mut() }
+}
