@@ -326,3 +326,6 @@ async fn health_check(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

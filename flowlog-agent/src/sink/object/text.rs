@@ -38,10 +38,12 @@ impl TextObject {
             self.gzip.write_all(&self.scratch)?;
             self.scratch.clear();
         }
-        Ok(())
+        // A sync flush per interval (a few bytes; the dictionary is kept) makes `size` exact,
+        // which the size cap needs: deflate otherwise holds up to tens of KiB of output.
+        self.gzip.flush()
     }
 
-    /// Compressed bytes so far (deflate may hold a few more KiB internally).
+    /// Compressed bytes so far.
     pub fn size(&self) -> usize {
         self.gzip.get_ref().len() + self.scratch.len()
     }
