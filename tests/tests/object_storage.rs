@@ -643,7 +643,7 @@ fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) {
 /// Runs the agent until it exits (it must refuse to start) and returns what it said.
 fn refused(ns: &NetNs, args: &[&str], env: &[(&str, &str)]) -> String {
     let binary = agent_binary();
-    let output = ns
+    let mut child = ns
         .command(binary.to_str().unwrap())
         .arg("run")
         .args([
@@ -657,8 +657,24 @@ fn refused(ns: &NetNs, args: &[&str], env: &[(&str, &str)]) -> String {
         .args(args)
         .envs(env.iter().copied())
         .env("NO_COLOR", "1")
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("spawn the agent");
+    // An agent that wrongly starts would run until stopped: give it 60 s, then fail.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("waitpid").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("wait");
+            panic!(
+                "the agent did not refuse to start {args:?}:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("wait");
     assert!(
         !output.status.success(),
         "the agent should have refused to start"
