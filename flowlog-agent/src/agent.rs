@@ -166,7 +166,6 @@ async fn start_sinks(
     interfaces: &[Interface],
 ) -> Result<Vec<SinkHandle>, AgentError> {
     let renderer = LineRenderer::new(Arc::clone(&config.format), Arc::clone(&config.metadata));
-    let json = renderer.clone().with_envelope(Envelope::JsonMessage);
     let traffic_type = config.traffic_type.file_name_part();
     let log_streams = |directory: &std::path::PathBuf, renderer: &LineRenderer| {
         LogStreamSink::new(directory.clone(), traffic_type, renderer.clone())
@@ -180,9 +179,13 @@ async fn start_sinks(
     for spec in &config.sinks {
         let handle = match spec {
             SinkSpec::Stdout => sink::spawn(StdoutSink::new(renderer.clone())),
-            SinkSpec::JsonStdout => sink::spawn(StdoutSink::new(json.clone())),
+            SinkSpec::JsonStdout(envelope) => {
+                sink::spawn(StdoutSink::new(renderer.clone().with_envelope(*envelope)))
+            }
             SinkSpec::LogStreams(directory) => log_streams(directory, &renderer)?,
-            SinkSpec::JsonLogStreams(directory) => log_streams(directory, &json)?,
+            SinkSpec::JsonLogStreams(envelope, directory) => {
+                log_streams(directory, &renderer.clone().with_envelope(*envelope))?
+            }
             SinkSpec::ObjectStore(url) => {
                 let layout = config.key_layout(url);
                 let sink =
@@ -205,7 +208,7 @@ async fn start_sinks(
 fn spec_name(directory: &std::path::Path, renderer: &LineRenderer) -> String {
     match renderer.envelope {
         Envelope::Plain => format!("dir:{}", directory.display()),
-        Envelope::JsonMessage => format!("json:dir:{}", directory.display()),
+        json => format!("{}dir:{}", json.sink_prefix(), directory.display()),
     }
 }
 

@@ -53,7 +53,7 @@ pub struct RunArgs {
 
     /// Where records go (repeatable): `stdout`, `dir:PATH` (one log stream file per
     /// interface), `json:stdout` or `json:dir:PATH` (the same as JSON lines,
-    /// {"message":"<record>"}), an object store in the AWS S3 layout (`s3://BUCKET/PREFIX`,
+    /// {"message":"<record>"}; `json+fields:` for a member per field), an object store in the AWS S3 layout (`s3://BUCKET/PREFIX`,
     /// `gs://`, `az://`, `file:///PATH`), or IPFIX to a collector: `ipfix+udp://HOST:PORT` or
     /// `ipfix+tcp://HOST:PORT` (port 4739 by default; options `?domain=N&mtu=BYTES&
     /// template-refresh=60s&template-refresh-messages=100`). Default: dir:/var/log/flowlog and

@@ -3,7 +3,10 @@
 use std::{fmt, path::PathBuf, str::FromStr};
 
 use super::ipfix::{IpfixSpec, IpfixSpecError};
-use super::object::{ObjectUrl, ObjectUrlError};
+use super::{
+    Envelope,
+    object::{ObjectUrl, ObjectUrlError},
+};
 
 /// The embedded default log-stream directory.
 pub const DEFAULT_LOG_DIR: &str = "/var/log/flowlog";
@@ -15,10 +18,12 @@ pub enum SinkSpec {
     Stdout,
     /// `dir:PATH`: one log stream (file) per interface in PATH, like CloudWatch log streams.
     LogStreams(PathBuf),
-    /// `json:stdout`: one `{"message":"<record line>"}` object per line on standard output.
-    JsonStdout,
-    /// `json:dir:PATH`: the log streams of `dir:PATH`, each line a JSON object.
-    JsonLogStreams(PathBuf),
+    /// `json:stdout`: one `{"message":"<record line>"}` object per line on standard output;
+    /// `json+fields:stdout`: one object with a member per field.
+    JsonStdout(Envelope),
+    /// `json:dir:PATH`, `json+fields:dir:PATH`: the log streams of `dir:PATH`, each line a
+    /// JSON object.
+    JsonLogStreams(Envelope, PathBuf),
     /// `s3://`, `gs://`, `az://`, `file:///`: objects in the layout AWS writes to S3.
     ObjectStore(ObjectUrl),
     /// `ipfix+udp://HOST:PORT` or `ipfix+tcp://HOST:PORT`: IPFIX to a flow collector.
@@ -36,8 +41,8 @@ pub fn default_sinks() -> Vec<SinkSpec> {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SinkSpecError {
     #[error(
-        "unknown sink {0:?}: expected stdout, dir:PATH, json:stdout, json:dir:PATH, \
-         ipfix+udp://HOST:PORT, ipfix+tcp://HOST:PORT, or an object-store URL \
+        "unknown sink {0:?}: expected stdout, dir:PATH, json[+fields]:stdout, \
+         json[+fields]:dir:PATH, ipfix+udp://HOST:PORT, ipfix+tcp://HOST:PORT, or an object-store URL \
          (s3://BUCKET/PREFIX, gs://, az://, file:///PATH)"
     )]
     Unknown(String),
@@ -62,14 +67,19 @@ impl FromStr for SinkSpec {
             }
             return Ok(SinkSpec::LogStreams(PathBuf::from(path)));
         }
-        if text == "json:stdout" {
-            return Ok(SinkSpec::JsonStdout);
-        }
-        if let Some(path) = text.strip_prefix("json:dir:") {
-            if path.is_empty() {
-                return Err(SinkSpecError::EmptyPath(text.to_owned()));
+        for envelope in [Envelope::JsonMessage, Envelope::JsonFields] {
+            let Some(rest) = text.strip_prefix(envelope.sink_prefix()) else {
+                continue;
+            };
+            if rest == "stdout" {
+                return Ok(SinkSpec::JsonStdout(envelope));
             }
-            return Ok(SinkSpec::JsonLogStreams(PathBuf::from(path)));
+            if let Some(path) = rest.strip_prefix("dir:") {
+                if path.is_empty() {
+                    return Err(SinkSpecError::EmptyPath(text.to_owned()));
+                }
+                return Ok(SinkSpec::JsonLogStreams(envelope, PathBuf::from(path)));
+            }
         }
         if ObjectUrl::claims(text) {
             return Ok(SinkSpec::ObjectStore(ObjectUrl::parse(text)?));
@@ -86,8 +96,10 @@ impl fmt::Display for SinkSpec {
         match self {
             SinkSpec::Stdout => f.write_str("stdout"),
             SinkSpec::LogStreams(path) => write!(f, "dir:{}", path.display()),
-            SinkSpec::JsonStdout => f.write_str("json:stdout"),
-            SinkSpec::JsonLogStreams(path) => write!(f, "json:dir:{}", path.display()),
+            SinkSpec::JsonStdout(envelope) => write!(f, "{}stdout", envelope.sink_prefix()),
+            SinkSpec::JsonLogStreams(envelope, path) => {
+                write!(f, "{}dir:{}", envelope.sink_prefix(), path.display())
+            }
             SinkSpec::ObjectStore(url) => write!(f, "{url}"),
             SinkSpec::Ipfix(spec) => spec.fmt(f),
         }
@@ -106,6 +118,8 @@ mod tests {
             "dir:relative/logs",
             "json:stdout",
             "json:dir:/var/log/flowlog-json",
+            "json+fields:stdout",
+            "json+fields:dir:/var/log/flowlog-json",
             "s3://bucket/prefix",
             "s3://bucket/prefix?endpoint=http://127.0.0.1:9000&allow_http=true",
             "gs://bucket",
@@ -141,8 +155,8 @@ mod tests {
         );
         assert_eq!(
             "stdot".parse::<SinkSpec>().unwrap_err().to_string(),
-            "unknown sink \"stdot\": expected stdout, dir:PATH, json:stdout, json:dir:PATH, \
-             ipfix+udp://HOST:PORT, ipfix+tcp://HOST:PORT, or an object-store URL \
+            "unknown sink \"stdot\": expected stdout, dir:PATH, json[+fields]:stdout, \
+             json[+fields]:dir:PATH, ipfix+udp://HOST:PORT, ipfix+tcp://HOST:PORT, or an object-store URL \
              (s3://BUCKET/PREFIX, gs://, az://, file:///PATH)"
         );
         assert_eq!(

@@ -244,6 +244,10 @@ impl Sink for ObjectStoreSink {
         }
         Ok(())
     }
+
+    fn records_lost_after_write(&self) -> u64 {
+        self.spool.lost().records
+    }
 }
 
 fn append(
