@@ -26,7 +26,8 @@ use crate::{
     privileges::{self, MissingCapability},
     record::{IntervalRecords, RecordKind},
     sink::{
-        self, IpfixSink, LineRenderer, LogStreamSink, SinkHandle, SinkReport, SinkSpec, StdoutSink,
+        self, Envelope, IpfixSink, LineRenderer, LogStreamSink, ObjectStoreSink, SinkHandle,
+        SinkReport, SinkSpec, StdoutSink, object::ObjectSinkError,
     },
     sys,
 };
@@ -43,6 +44,8 @@ pub enum AgentError {
     ListInterfaces(io::Error),
     #[error("sink {sink}: {error}")]
     Sink { sink: String, error: io::Error },
+    #[error(transparent)]
+    ObjectSink(#[from] ObjectSinkError),
     #[error("installing signal handlers: {0}")]
     Signals(io::Error),
     #[error("{0}")]
@@ -106,7 +109,7 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
         publish_policy(&mut datapath, path, policy)?;
     }
     let interfaces = select_interfaces(&config)?;
-    let mut sinks = start_sinks(&config, &interfaces)?;
+    let mut sinks = start_sinks(&config, &interfaces).await?;
     let mut signals = Signals::install().map_err(AgentError::Signals)?;
 
     // Subscribed before the first listing, so no interface can appear unseen in between.
@@ -244,25 +247,35 @@ fn select_interfaces(config: &RunConfig) -> Result<Vec<Interface>, AgentError> {
     Ok(selection.matched)
 }
 
-fn start_sinks(
+async fn start_sinks(
     config: &RunConfig,
     interfaces: &[Interface],
 ) -> Result<Vec<SinkHandle>, AgentError> {
-    let renderer = LineRenderer {
-        format: Arc::clone(&config.format),
-        metadata: Arc::clone(&config.metadata),
+    let renderer = LineRenderer::new(Arc::clone(&config.format), Arc::clone(&config.metadata));
+    let traffic_type = config.traffic_type.file_name_part();
+    let log_streams = |directory: &std::path::PathBuf, renderer: &LineRenderer| {
+        LogStreamSink::new(directory.clone(), traffic_type, renderer.clone())
+            .map(sink::spawn)
+            .map_err(|error| AgentError::Sink {
+                sink: spec_name(directory, renderer),
+                error,
+            })
     };
     let mut handles = Vec::new();
     for spec in &config.sinks {
         let handle = match spec {
             SinkSpec::Stdout => sink::spawn(StdoutSink::new(renderer.clone())),
-            SinkSpec::LogStreams(directory) => {
-                let traffic_type = config.traffic_type.file_name_part();
-                let sink = LogStreamSink::new(directory.clone(), traffic_type, renderer.clone())
-                    .map_err(|error| AgentError::Sink {
-                        sink: spec.to_string(),
-                        error,
-                    })?;
+            SinkSpec::JsonStdout(envelope) => {
+                sink::spawn(StdoutSink::new(renderer.clone().with_envelope(*envelope)))
+            }
+            SinkSpec::LogStreams(directory) => log_streams(directory, &renderer)?,
+            SinkSpec::JsonLogStreams(envelope, directory) => {
+                log_streams(directory, &renderer.clone().with_envelope(*envelope))?
+            }
+            SinkSpec::ObjectStore(url) => {
+                let layout = config.key_layout(url);
+                let sink =
+                    ObjectStoreSink::start(url, layout, &config.archive, renderer.clone()).await?;
                 sink::spawn(sink)
             }
             SinkSpec::Ipfix(spec) => {
@@ -276,6 +289,13 @@ fn start_sinks(
         handles.push(handle);
     }
     Ok(handles)
+}
+
+fn spec_name(directory: &std::path::Path, renderer: &LineRenderer) -> String {
+    match renderer.envelope {
+        Envelope::Plain => format!("dir:{}", directory.display()),
+        json => format!("{}dir:{}", json.sink_prefix(), directory.display()),
+    }
 }
 
 fn attach_all(

@@ -11,7 +11,7 @@ use crate::{
     datapath::{HookChoice, TcModeChoice},
     format::{DEFAULT_FORMAT, RecordFormat},
     policy::Exclusion,
-    sink::SinkSpec,
+    sink::{SinkSpec, object::ArchiveArgs},
 };
 
 /// VPC Flow Logs for any Linux host: counts every IP flow of the selected interfaces in the
@@ -88,9 +88,12 @@ pub struct RunArgs {
     pub format: RecordFormat,
 
     /// Where records go (repeatable): `stdout`, `dir:PATH` (one log stream file per
-    /// interface), or IPFIX to a collector: `ipfix+udp://HOST:PORT` or `ipfix+tcp://HOST:PORT`
-    /// (port 4739 by default; options `?domain=N&mtu=BYTES&template-refresh=60s&
-    /// template-refresh-messages=100`). Default: dir:/var/log/flowlog and stdout.
+    /// interface), `json:stdout` or `json:dir:PATH` (the same as JSON lines,
+    /// {"message":"<record>"}; `json+fields:` for a member per field), an object store in the AWS S3 layout (`s3://BUCKET/PREFIX`,
+    /// `gs://`, `az://`, `file:///PATH`), or IPFIX to a collector: `ipfix+udp://HOST:PORT` or
+    /// `ipfix+tcp://HOST:PORT` (port 4739 by default; options `?domain=N&mtu=BYTES&
+    /// template-refresh=60s&template-refresh-messages=100`). Default: dir:/var/log/flowlog and
+    /// stdout.
     #[arg(long = "sink", value_name = "SINK")]
     pub sinks: Vec<SinkSpec>,
 
@@ -146,6 +149,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub metadata: MetadataArgs,
+
+    #[command(flatten)]
+    pub archive: ArchiveArgs,
 }
 
 /// `--metrics`: an address, or none.

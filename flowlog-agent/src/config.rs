@@ -10,7 +10,10 @@ use crate::{
     interfaces::{InterfaceSelector, SelectorError},
     policy::{Exclusion, Policy, PolicyError},
     record::Metadata,
-    sink::{SinkSpec, default_sinks},
+    sink::{
+        SinkSpec, default_sinks,
+        object::{ArchiveOptions, KeyLayout, ObjectUrl, derived_flow_log_id},
+    },
 };
 
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -27,6 +30,10 @@ pub struct RunConfig {
     pub tc_mode: TcModeChoice,
     pub max_flows: u32,
     pub metadata: Arc<Metadata>,
+    /// Options of the object-store sinks.
+    pub archive: ArchiveOptions,
+    /// The `--interface` values as given: part of what identifies a flow log.
+    interface_args: Vec<String>,
     /// The policy file and what it held at start-up (SIGHUP reads the file again).
     pub policy: Option<(PathBuf, Policy)>,
     pub traffic_type: TrafficType,
@@ -43,6 +50,10 @@ pub struct RunConfig {
 pub enum ConfigError {
     #[error(transparent)]
     Interface(#[from] SelectorError),
+    #[error(
+        "sink {sink}: object keys hold the account and region (AWSLogs/<account-id>/vpcflowlogs/<region>/...): give {flag}"
+    )]
+    ObjectKeyNeeds { sink: String, flag: &'static str },
     #[error(transparent)]
     Policy(#[from] PolicyError),
     #[error("{0}")]
@@ -56,6 +67,21 @@ impl RunConfig {
         } else {
             args.sinks
         };
+        for sink in &sinks {
+            if let SinkSpec::ObjectStore(url) = sink {
+                for (value, flag) in [
+                    (&args.metadata.account_id, "--account-id"),
+                    (&args.metadata.region, "--region"),
+                ] {
+                    if value.is_none() {
+                        return Err(ConfigError::ObjectKeyNeeds {
+                            sink: url.location().to_owned(),
+                            flag,
+                        });
+                    }
+                }
+            }
+        }
         let policy = match args.policy {
             Some(path) => {
                 let policy = Policy::load(&path)?;
@@ -72,6 +98,8 @@ impl RunConfig {
         Exclusion::compile(&exclusions).map_err(ConfigError::Exclusions)?;
         Ok(Self {
             interfaces: InterfaceSelector::parse(&args.interfaces)?,
+            interface_args: args.interfaces.clone(),
+            archive: args.archive,
             interval: args.interval,
             format: Arc::new(args.format),
             sinks,
@@ -86,6 +114,29 @@ impl RunConfig {
             on_exit: args.on_exit,
             metrics: args.metrics.0,
         })
+    }
+}
+
+impl RunConfig {
+    /// Where an object-store sink's objects go. The default flow-log id is derived from what
+    /// identifies the flow log, so it survives restarts of the same configuration.
+    pub fn key_layout(&self, url: &ObjectUrl) -> KeyLayout {
+        let account_id = self.metadata.account_id.clone().unwrap_or_default();
+        let region = self.metadata.region.clone().unwrap_or_default();
+        let flow_log_id = self.archive.flow_log_id.clone().unwrap_or_else(|| {
+            let format = self.format.to_string();
+            let interfaces = self.interface_args.join(",");
+            derived_flow_log_id(&[url.location(), &format, &interfaces, &account_id, &region])
+        });
+        KeyLayout {
+            prefix: url.prefix().to_owned(),
+            account_id,
+            region,
+            flow_log_id,
+            hive_partitions: self.archive.hive_partitions,
+            per_hour_partition: self.archive.per_hour_partition,
+            file_format: self.archive.file_format,
+        }
     }
 }
 

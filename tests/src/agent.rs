@@ -46,12 +46,32 @@ impl Agent {
     /// Starts `flowlog-agent run ARGS` inside `ns` and waits until it has attached to
     /// `attachments` interfaces (or fails, printing what it said).
     pub fn start(ns: &NetNs, args: &[&str], attachments: usize) -> Self {
-        Self::start_wrapped(ns, &[], args, attachments)
+        Self::start_full(ns, &[], args, &[], attachments)
+    }
+
+    /// [`Agent::start`] with extra environment variables (credentials, for instance).
+    pub fn start_with_env(
+        ns: &NetNs,
+        args: &[&str],
+        env: &[(&str, &str)],
+        attachments: usize,
+    ) -> Self {
+        Self::start_full(ns, &[], args, env, attachments)
     }
 
     /// As [`Agent::start`], with the agent started through `wrapper` (a program and its
     /// arguments, e.g. `setpriv` with a capability set).
     pub fn start_wrapped(ns: &NetNs, wrapper: &[&str], args: &[&str], attachments: usize) -> Self {
+        Self::start_full(ns, wrapper, args, &[], attachments)
+    }
+
+    fn start_full(
+        ns: &NetNs,
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+        attachments: usize,
+    ) -> Self {
         let binary = agent_binary();
         let binary = binary.to_str().expect("UTF-8 path");
         let mut command = match wrapper.split_first() {
@@ -65,6 +85,7 @@ impl Agent {
         let mut child = command
             .arg("run")
             .args(args)
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -120,6 +141,11 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// The log lines seen so far.
+    pub fn log(&self) -> String {
+        self.stderr_seen.join("\n")
     }
 
     pub fn pid(&self) -> u32 {

@@ -9,5 +9,6 @@ pub mod collector;
 pub mod frames;
 pub mod netns;
 pub mod records;
+pub mod s3;
 pub mod test_run;
 pub mod traffic;

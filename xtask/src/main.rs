@@ -7,6 +7,7 @@ mod lint;
 mod run;
 mod setup;
 mod test;
+mod test_deps;
 
 use std::process::ExitCode;
 

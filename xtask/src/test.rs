@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use crate::{agent, cmd, setup};
+use crate::{agent, cmd, setup, test_deps};
 
 /// One `cargo test` invocation: what it covers and its arguments.
 struct TestRun {
@@ -58,6 +58,7 @@ fn test_runs(extra: &[String]) -> Vec<TestRun> {
 
 pub fn test(extra: &[String]) -> Result<()> {
     setup::setup()?;
+    let venv = test_deps::ensure()?;
     // The IPFIX tests export to a real collector and read its files back, and decode the raw
     // stream with a second, independent IPFIX reader.
     setup::ensure_debian_package("nfcapd", "nfdump")?;
@@ -69,7 +70,10 @@ pub fn test(extra: &[String]) -> Result<()> {
     for run in test_runs(extra) {
         let started = Instant::now();
         let mut cargo = cmd::cargo();
-        cargo.args(&run.args).env(agent::BIN_ENV, &agent_bin);
+        cargo
+            .args(&run.args)
+            .env(agent::BIN_ENV, &agent_bin)
+            .env(test_deps::VENV_ENV, &venv);
         let passed = cmd::status(&mut cargo)?.success();
         outcomes.push((run.name, passed, started.elapsed()));
     }

@@ -1,9 +1,14 @@
 //! Where records go. A sink implements [`Sink`]; [`spawn`] runs it as its own task behind its
 //! own bounded queue, so a slow sink never stalls the drain or the other sinks, and retries
-//! failed writes with capped exponential backoff.
+//! failed writes with capped exponential backoff and full jitter.
+//!
+//! Object-store sinks (`object`) batch intervals into objects and add a disk spool and an
+//! uploader of their own behind the same driver, so a store outage never blocks the queue.
 
+mod backoff;
 pub mod ipfix;
 mod log_stream;
+pub mod object;
 mod spec;
 mod stdout;
 
@@ -11,13 +16,15 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::{sync::mpsc, task::JoinHandle};
 
+pub use backoff::Backoff;
 pub use ipfix::IpfixSink;
 pub use log_stream::LogStreamSink;
+pub use object::ObjectStoreSink;
 pub use spec::{DEFAULT_LOG_DIR, SinkSpec, SinkSpecError, default_sinks};
 pub use stdout::StdoutSink;
 
 use crate::{
-    format::RecordFormat,
+    format::{ColumnType, FieldValue, RecordFormat},
     record::{FlowRecord, IntervalRecords, Metadata},
 };
 
@@ -50,6 +57,12 @@ pub trait Sink: Send + 'static {
 
     /// Makes everything written so far durable where it goes; called at shutdown.
     fn flush(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Records the sink accepted and later had to give up (an object-store sink dropping the
+    /// oldest objects of a full spool), for the sink's final report.
+    fn records_lost_after_write(&self) -> u64 {
+        0
+    }
 }
 
 /// Renders records as text lines in the flow log's format.
@@ -57,12 +70,99 @@ pub trait Sink: Send + 'static {
 pub struct LineRenderer {
     pub format: Arc<RecordFormat>,
     pub metadata: Arc<Metadata>,
+    pub envelope: Envelope,
+}
+
+/// How each record line is wrapped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Envelope {
+    /// The record line as it is.
+    #[default]
+    Plain,
+    /// One JSON object per line, `{"message":"<record line>"}`, as log shippers and
+    /// Firehose-style streams take them.
+    JsonMessage,
+    /// One JSON object per line with a member per field, named as the Parquet columns
+    /// (`account_id`), numbers as numbers; `-` is null in numeric fields and `"-"` in string
+    /// fields, as in Parquet objects.
+    JsonFields,
+}
+
+impl Envelope {
+    /// How a `--sink` value asks for this envelope.
+    pub fn sink_prefix(self) -> &'static str {
+        match self {
+            Envelope::Plain => "",
+            Envelope::JsonMessage => "json:",
+            Envelope::JsonFields => "json+fields:",
+        }
+    }
 }
 
 impl LineRenderer {
+    pub fn new(format: Arc<RecordFormat>, metadata: Arc<Metadata>) -> Self {
+        Self {
+            format,
+            metadata,
+            envelope: Envelope::Plain,
+        }
+    }
+
+    pub fn with_envelope(mut self, envelope: Envelope) -> Self {
+        self.envelope = envelope;
+        self
+    }
+
     pub fn render<'a>(&self, records: impl IntoIterator<Item = &'a FlowRecord>, out: &mut Vec<u8>) {
-        for record in records {
-            self.format.render(record, &self.metadata, out);
+        match self.envelope {
+            Envelope::Plain => {
+                for record in records {
+                    self.format.render(record, &self.metadata, out);
+                }
+            }
+            Envelope::JsonMessage => {
+                let mut line = Vec::with_capacity(256);
+                for record in records {
+                    line.clear();
+                    self.format.render(record, &self.metadata, &mut line);
+                    line.pop(); // the '\n'
+                    out.extend_from_slice(b"{\"message\":");
+                    // Writing into a Vec cannot fail.
+                    let _ = serde_json::to_writer(&mut *out, &*String::from_utf8_lossy(&line));
+                    out.extend_from_slice(b"}\n");
+                }
+            }
+            Envelope::JsonFields => {
+                let mut text = Vec::with_capacity(64);
+                for record in records {
+                    out.push(b'{');
+                    for (i, &field) in self.format.fields().iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        out.push(b'"');
+                        out.extend_from_slice(field.column_name().as_bytes());
+                        out.extend_from_slice(b"\":");
+                        let value = self.format.value(field, record, &self.metadata);
+                        match (value, field.column_type()) {
+                            (FieldValue::Int(n), ColumnType::Int32 | ColumnType::Int64) => {
+                                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes())
+                            }
+                            (FieldValue::Absent, ColumnType::Int32 | ColumnType::Int64) => {
+                                out.extend_from_slice(b"null")
+                            }
+                            (value, _) => {
+                                text.clear();
+                                value.write_to(&mut text);
+                                let text = String::from_utf8_lossy(&text);
+                                // Writing into a Vec cannot fail.
+                                let _ = serde_json::to_writer(&mut *out, &*text);
+                            }
+                        }
+                    }
+                    out.extend_from_slice(b"}\n");
+                }
+            }
         }
     }
 }
@@ -106,6 +206,7 @@ pub fn spawn<S: Sink>(mut sink: S) -> SinkHandle {
         if let Err(error) = sink.flush().await {
             tracing::error!(sink = %task_name, %error, "final flush failed");
         }
+        report.records_lost += sink.records_lost_after_write();
         report
     });
     SinkHandle {
@@ -123,7 +224,7 @@ async fn write_with_retries<S: Sink>(
     report: &mut SinkReport,
 ) {
     let records = interval.records.len() as u64;
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     for attempt in 1..=MAX_ATTEMPTS {
         match sink.write(Arc::clone(&interval)).await {
             Ok(()) => {
@@ -132,10 +233,9 @@ async fn write_with_retries<S: Sink>(
                 return;
             }
             Err(SinkError::Retriable(error)) if attempt < MAX_ATTEMPTS => {
-                tracing::warn!(sink = name, attempt, %error, retry_in = ?backoff, "write failed");
+                tracing::warn!(sink = name, attempt, %error, retry_within = ?backoff.ceiling(), "write failed");
                 report.retries += 1;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(error) => {
                 tracing::error!(sink = name, %error, records, "write failed; records lost");
@@ -182,5 +282,81 @@ impl SinkHandle {
                 SinkReport::default()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::record::{Direction, Flow, RecordKind, Verdict};
+
+    fn records() -> Vec<FlowRecord> {
+        let flow = Flow {
+            direction: Direction::Egress,
+            src_addr: IpAddr::V4(Ipv4Addr::new(172, 31, 16, 139)),
+            dst_addr: IpAddr::V4(Ipv4Addr::new(172, 31, 16, 21)),
+            src_port: 20641,
+            dst_port: 22,
+            protocol: 6,
+            packets: 20,
+            bytes: 4249,
+            verdict: Verdict::Accept,
+            tcp_flags: 19,
+        };
+        vec![
+            FlowRecord {
+                interface: Arc::from("eth\"0"),
+                start: 1418530010,
+                end: 1418530070,
+                kind: RecordKind::Flow(flow),
+            },
+            FlowRecord {
+                interface: Arc::from("eth1"),
+                start: 1431280876,
+                end: 1431280934,
+                kind: RecordKind::NoData,
+            },
+        ]
+    }
+
+    fn render(envelope: Envelope) -> String {
+        let renderer = LineRenderer::new(
+            Arc::new(RecordFormat::default()),
+            Arc::new(Metadata {
+                account_id: Some("123456789010".into()),
+                ..Metadata::default()
+            }),
+        )
+        .with_envelope(envelope);
+        let mut out = Vec::new();
+        renderer.render(&records(), &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn json_message_wraps_the_record_line_escaped() {
+        assert_eq!(
+            render(Envelope::JsonMessage),
+            "{\"message\":\"2 123456789010 eth\\\"0 172.31.16.139 172.31.16.21 20641 22 6 20 \
+             4249 1418530010 1418530070 ACCEPT OK\"}\n\
+             {\"message\":\"2 123456789010 eth1 - - - - - - - 1431280876 1431280934 - NODATA\"}\n"
+        );
+    }
+
+    #[test]
+    fn json_fields_has_a_member_per_field_with_nulls_for_numeric_dashes() {
+        assert_eq!(
+            render(Envelope::JsonFields),
+            "{\"version\":2,\"account_id\":\"123456789010\",\"interface_id\":\"eth\\\"0\",\
+             \"srcaddr\":\"172.31.16.139\",\"dstaddr\":\"172.31.16.21\",\"srcport\":20641,\
+             \"dstport\":22,\"protocol\":6,\"packets\":20,\"bytes\":4249,\"start\":1418530010,\
+             \"end\":1418530070,\"action\":\"ACCEPT\",\"log_status\":\"OK\"}\n\
+             {\"version\":2,\"account_id\":\"123456789010\",\"interface_id\":\"eth1\",\
+             \"srcaddr\":\"-\",\"dstaddr\":\"-\",\"srcport\":null,\"dstport\":null,\
+             \"protocol\":null,\"packets\":null,\"bytes\":null,\"start\":1431280876,\
+             \"end\":1431280934,\"action\":\"-\",\"log_status\":\"NODATA\"}\n"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! an absolute within one run (variants alternate, medians are kept: the machine is shared).
 //!
 //! ```text
-//! cargo xtask bench [-- [--only per-packet|throughput|drain|memory|ipfix|policy]... [--quick]]
+//! cargo xtask bench [-- [--only per-packet|throughput|drain|memory|ipfix|policy|encoders]... [--quick]]
 //! ```
 //!
 //! Exits 0 when every figure asked for was measured, whether or not it met its goal; 1 when a
@@ -10,6 +10,7 @@
 
 mod agent;
 mod drain;
+mod encoders;
 mod ipfix;
 mod memory;
 mod per_packet;
@@ -30,16 +31,18 @@ enum Figure {
     Memory,
     Ipfix,
     Policy,
+    Encoders,
 }
 
 impl Figure {
-    const ALL: [Figure; 6] = [
+    const ALL: [Figure; 7] = [
         Figure::PerPacket,
         Figure::Throughput,
         Figure::Drain,
         Figure::Memory,
         Figure::Ipfix,
         Figure::Policy,
+        Figure::Encoders,
     ];
 
     fn name(self) -> &'static str {
@@ -50,6 +53,7 @@ impl Figure {
             Figure::Memory => "memory",
             Figure::Ipfix => "ipfix",
             Figure::Policy => "policy",
+            Figure::Encoders => "encoders",
         }
     }
 
@@ -61,6 +65,7 @@ impl Figure {
             Figure::Memory => memory::measure(quick, report),
             Figure::Ipfix => ipfix::measure(quick, report),
             Figure::Policy => policy::measure(quick, report),
+            Figure::Encoders => encoders::measure(quick, report),
         }
     }
 }
@@ -72,8 +77,7 @@ struct Options {
     quick: bool,
 }
 
-const USAGE: &str =
-    "usage: flowlog-bench [--only per-packet|throughput|drain|memory|ipfix|policy]... [--quick]";
+const USAGE: &str = "usage: flowlog-bench [--only per-packet|throughput|drain|memory|ipfix|policy|encoders]... [--quick]";
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
     let mut only = Vec::new();

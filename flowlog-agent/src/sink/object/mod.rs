@@ -1,0 +1,335 @@
+//! Object-storage sinks: the flow log's records archived as objects in the layout AWS writes
+//! (`key`), as gzip text (`text`) or Parquet (`parquet`), spooled to disk before upload
+//! (`spool`) and uploaded by a task of their own (`uploader`).
+//!
+//! One object holds the records of every interface of the flow log for one window of
+//! `--rotate` (aligned to the wall clock, as AWS's 5-minute files are); it is sealed when the
+//! next window begins, when it reaches `--max-object-size`, or at shutdown.
+
+mod key;
+mod options;
+mod parquet;
+mod spool;
+mod store;
+mod text;
+mod uploader;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+pub use key::{FileFormat, KeyLayout, UtcTime, derived_flow_log_id, parse_flow_log_id};
+pub use options::{ArchiveArgs, ArchiveOptions, parse_byte_size};
+pub use parquet::{ParquetObject, schema as parquet_schema};
+pub use spool::{Spool, SpoolLoss, SpooledObject};
+pub use store::{ObjectUrl, ObjectUrlError, Scheme};
+pub use text::TextObject;
+pub use uploader::{Diagnosis, UploadReport, Uploader, describe, diagnose};
+
+use object_store::{ObjectStore, path::Path};
+
+use super::{LineRenderer, Sink, SinkError};
+use crate::record::{FlowRecord, IntervalRecords};
+
+/// How long a stopping agent keeps trying to upload before leaving the rest in the spool.
+pub const SHUTDOWN_UPLOAD_TIME: Duration = Duration::from_secs(10);
+
+/// Why an object-store sink could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectSinkError {
+    #[error("sink {sink}: {error}")]
+    Configuration {
+        sink: String,
+        error: object_store::Error,
+    },
+    #[error("sink {sink}: refusing to start: {reason}")]
+    HealthCheck { sink: String, reason: String },
+    #[error("sink {sink}: spool {path}: {error}")]
+    Spool {
+        sink: String,
+        path: String,
+        error: std::io::Error,
+    },
+}
+
+/// The object being filled.
+enum Encoder {
+    Text(TextObject),
+    Parquet(ParquetObject),
+}
+
+struct OpenObject {
+    window_start: u64,
+    records: u64,
+    encoder: Encoder,
+}
+
+pub struct ObjectStoreSink {
+    name: String,
+    layout: KeyLayout,
+    renderer: LineRenderer,
+    rotate: u64,
+    max_object_size: usize,
+    open: Option<OpenObject>,
+    spool: Arc<Spool>,
+    uploader: Option<Uploader>,
+}
+
+impl ObjectStoreSink {
+    /// Builds the client, checks the destination and opens the spool. A destination that is
+    /// misconfigured (no such bucket, credentials refused, bad options) stops the agent with a
+    /// message naming the sink; one that does not answer is only warned about, and objects
+    /// wait in the spool until it does.
+    pub async fn start(
+        url: &ObjectUrl,
+        layout: KeyLayout,
+        options: &ArchiveOptions,
+        renderer: LineRenderer,
+    ) -> Result<Self, ObjectSinkError> {
+        let name = url.location().to_owned();
+        let store = url
+            .build()
+            .map_err(|error| ObjectSinkError::Configuration {
+                sink: name.clone(),
+                error,
+            })?;
+        health_check(&name, store.as_ref(), &layout).await?;
+
+        let spool_dir = options.spool_dir.join(spool_name(&name, &layout));
+        let spool = Spool::open(spool_dir.clone(), options.spool_max_bytes).map_err(|error| {
+            ObjectSinkError::Spool {
+                sink: name.clone(),
+                path: spool_dir.display().to_string(),
+                error,
+            }
+        })?;
+        let waiting = spool.pending();
+        if !waiting.is_empty() {
+            tracing::info!(
+                sink = %name,
+                objects = waiting.len(),
+                records = spool.pending_records(),
+                "objects left in the spool by an earlier run will be uploaded first"
+            );
+        }
+        let spool = Arc::new(spool);
+        let uploader = Uploader::spawn(name.clone(), store, Arc::clone(&spool));
+        tracing::info!(
+            sink = %name,
+            flow_log_id = %layout.flow_log_id,
+            file_format = ?layout.file_format,
+            spool = %spool_dir.display(),
+            "object-store sink ready"
+        );
+        Ok(ObjectStoreSink {
+            name,
+            layout,
+            renderer,
+            rotate: options.rotate.as_secs().max(1),
+            max_object_size: options.max_object_size as usize,
+            open: None,
+            spool,
+            uploader: Some(uploader),
+        })
+    }
+
+    /// Seals the open object, if any, and hands it to the spool and the uploader.
+    async fn seal(&mut self) -> Result<(), SinkError> {
+        let Some(open) = self.open.take() else {
+            return Ok(());
+        };
+        let layout = self.layout.clone();
+        let spool = Arc::clone(&self.spool);
+        let spooled = tokio::task::spawn_blocking(move || {
+            let bytes = match open.encoder {
+                Encoder::Text(text) => text.finish()?,
+                Encoder::Parquet(parquet) => parquet
+                    .finish()
+                    .map_err(|e| std::io::Error::other(e.to_string()))?,
+            };
+            let key = layout.key(open.window_start, content_suffix(&bytes));
+            spool.push(&key, open.records, &bytes)
+        })
+        .await
+        .map_err(|e| SinkError::Fatal(e.to_string()))??;
+        tracing::debug!(sink = %self.name, key = %spooled.key, records = spooled.records, "object sealed");
+        if let Some(uploader) = &self.uploader {
+            uploader.wake();
+        }
+        Ok(())
+    }
+
+    fn new_object(&self, window_start: u64) -> Result<OpenObject, SinkError> {
+        let encoder = match self.layout.file_format {
+            FileFormat::Text => Encoder::Text(TextObject::new(&self.renderer)),
+            FileFormat::Parquet => Encoder::Parquet(
+                ParquetObject::new(&self.renderer.format)
+                    .map_err(|e| SinkError::Fatal(e.to_string()))?,
+            ),
+        };
+        Ok(OpenObject {
+            window_start,
+            records: 0,
+            encoder,
+        })
+    }
+}
+
+impl Sink for ObjectStoreSink {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    async fn write(&mut self, interval: Arc<IntervalRecords>) -> Result<(), SinkError> {
+        if interval.records.is_empty() {
+            return Ok(());
+        }
+        let window_start = interval.start / self.rotate * self.rotate;
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|open| open.window_start != window_start)
+        {
+            self.seal().await?;
+        }
+        let mut open = match self.open.take() {
+            Some(open) => open,
+            None => self.new_object(window_start)?,
+        };
+        let renderer = self.renderer.clone();
+        let max_size = self.max_object_size;
+        // Encoding a big interval takes a while: off the async workers.
+        let (open, full) = tokio::task::spawn_blocking(move || {
+            let result = append(&mut open, &renderer, &interval.records);
+            let full = encoded_size(&open) >= max_size;
+            result.map(|()| (open, full))
+        })
+        .await
+        .map_err(|e| SinkError::Fatal(e.to_string()))??;
+        self.open = Some(open);
+        if full {
+            self.seal().await?;
+        }
+        Ok(())
+    }
+
+    /// Seals the open object and uploads everything waiting, for at most
+    /// [`SHUTDOWN_UPLOAD_TIME`]; what is left stays in the spool for the next run.
+    async fn flush(&mut self) -> Result<(), SinkError> {
+        self.seal().await?;
+        let Some(uploader) = self.uploader.take() else {
+            return Ok(());
+        };
+        let report = uploader.finish(Instant::now() + SHUTDOWN_UPLOAD_TIME).await;
+        let left = self.spool.pending();
+        let lost = self.spool.lost();
+        tracing::info!(
+            sink = %self.name,
+            uploaded_objects = report.objects,
+            uploaded_records = report.records,
+            failed_attempts = report.failed_attempts,
+            spooled_objects = left.len(),
+            spooled_records = self.spool.pending_records(),
+            dropped_records = lost.records,
+            "object uploads finished"
+        );
+        if !left.is_empty() {
+            tracing::warn!(
+                sink = %self.name,
+                spool = %self.spool.directory().display(),
+                objects = left.len(),
+                "objects not uploaded stay in the spool and go first at the next start"
+            );
+        }
+        Ok(())
+    }
+
+    fn records_lost_after_write(&self) -> u64 {
+        self.spool.lost().records
+    }
+}
+
+fn append(
+    open: &mut OpenObject,
+    renderer: &LineRenderer,
+    records: &[FlowRecord],
+) -> Result<(), SinkError> {
+    match &mut open.encoder {
+        Encoder::Text(text) => text.append(renderer, records)?,
+        Encoder::Parquet(parquet) => parquet
+            .append(renderer, records)
+            .map_err(|e| SinkError::Fatal(format!("parquet encoding: {e}")))?,
+    }
+    open.records += records.len() as u64;
+    Ok(())
+}
+
+fn encoded_size(open: &OpenObject) -> usize {
+    match &open.encoder {
+        Encoder::Text(text) => text.size(),
+        Encoder::Parquet(parquet) => parquet.size(),
+    }
+}
+
+/// The 8-hex tail of an object's file name, from its content: objects of one window differ,
+/// and the same object always gets the same key.
+fn content_suffix(bytes: &[u8]) -> u32 {
+    let mut hash = key::Fnv1a::new(0xcbf2_9ce4_8422_2325);
+    hash.write(bytes);
+    (hash.0 ^ (hash.0 >> 32)) as u32
+}
+
+/// The spool directory of one sink: its flow-log id and a hash of its destination, so two
+/// sinks never share one.
+fn spool_name(name: &str, layout: &KeyLayout) -> String {
+    let mut hash = key::Fnv1a::new(0xcbf2_9ce4_8422_2325);
+    hash.write(name.as_bytes());
+    format!("{}-{:08x}", layout.flow_log_id, hash.0 as u32)
+}
+
+/// Lists the flow log's prefix once. Refuses to start when the answer says the destination
+/// is wrong; only warns when there is no answer (the spool holds objects until there is).
+async fn health_check(
+    name: &str,
+    store: &dyn ObjectStore,
+    layout: &KeyLayout,
+) -> Result<(), ObjectSinkError> {
+    let prefix = if layout.prefix.is_empty() {
+        Path::from("AWSLogs")
+    } else {
+        Path::from(format!("{}/AWSLogs", layout.prefix))
+    };
+    let check = tokio::time::timeout(
+        Duration::from_secs(30),
+        store.list_with_delimiter(Some(&prefix)),
+    )
+    .await;
+    match check {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) if diagnose(&error) != Diagnosis::Unreachable => {
+            Err(ObjectSinkError::HealthCheck {
+                sink: name.to_owned(),
+                reason: describe(&error),
+            })
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(
+                sink = %name,
+                error = %describe(&error),
+                "destination unreachable at start-up; starting anyway, objects wait in the spool"
+            );
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!(
+                sink = %name,
+                "destination did not answer within 30 s; starting anyway, objects wait in the spool"
+            );
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

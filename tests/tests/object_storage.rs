@@ -1,0 +1,736 @@
+//! Object-storage delivery against real parts: the agent archives to a real S3-compatible
+//! server (moto, on the loopback of the test namespace) and to `file://`; the objects are read
+//! back with independent readers (boto3, `gzip -dc`, pyarrow). Keys must follow the AWS layout
+//! exactly, records must add up to the traffic sent exactly, and an outage of the store (with
+//! an agent restart in the middle) must lose and duplicate nothing.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use tests::{
+    agent::{Agent, agent_binary},
+    netns::{NetNs, veth_pair},
+    records::{FlowTuple, parse_line, parse_lines, totals},
+    s3::{S3Server, create_bucket, download_all, gunzip, run_script},
+    traffic::{plain_tcp_headers, tcp_exchange, udp_exchange, udp_socket},
+};
+
+const A4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const B4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+const UDP: u8 = 17;
+const TCP: u8 = 6;
+const ACCOUNT: &str = "123456789010";
+const REGION: &str = "us-east-1";
+const BUCKET: &str = "flowlogs";
+const PORT: u16 = 9000;
+/// Given to the agent in its environment; must never appear in what it prints.
+const SECRET: &str = "flowlog-test-secret";
+const CREDENTIALS: &[(&str, &str)] = &[
+    ("AWS_ACCESS_KEY_ID", "flowlog-test"),
+    ("AWS_SECRET_ACCESS_KEY", SECRET),
+];
+const HEADER: &str = "version account-id interface-id srcaddr dstaddr srcport dstport protocol \
+                      packets bytes start end action log-status";
+
+/// Namespace `a` (agent and S3 server) and `b`, joined by `a0`-`b0` (busy) and `a1`-`b1`
+/// (idle: its NODATA records mark every interval).
+struct Topology {
+    a: NetNs,
+    b: NetNs,
+    udp: Vec<(UdpSocket, UdpSocket, SocketAddr, SocketAddr)>,
+}
+
+fn topology() -> Topology {
+    let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
+    veth_pair(&a, "a0", &b, "b0").expect("veth");
+    veth_pair(&a, "a1", &b, "b1").expect("veth");
+    for (ns, busy, idle, v4, v6) in [(&a, "a0", "a1", A4, A6), (&b, "b0", "b1", B4, B6)] {
+        ns.disable_ipv6(idle).expect("sysctl");
+        ns.add_address(busy, v4, 24).expect("address");
+        ns.add_address(busy, v6, 64).expect("address");
+        plain_tcp_headers(ns);
+        for link in ["lo", busy, idle] {
+            ns.link_up(link).expect("link up");
+        }
+    }
+    let mut udp = Vec::new();
+    for (a_ip, b_ip) in [
+        (IpAddr::V4(A4), IpAddr::V4(B4)),
+        (IpAddr::V6(A6), IpAddr::V6(B6)),
+    ] {
+        let a_addr = SocketAddr::new(a_ip, 5001);
+        let b_addr = SocketAddr::new(b_ip, 5002);
+        udp.push((
+            udp_socket(&a, a_addr),
+            udp_socket(&b, b_addr),
+            a_addr,
+            b_addr,
+        ));
+    }
+    Topology { a, b, udp }
+}
+
+/// Expected (interface, flow) -> (packets, bytes), from what the test sent.
+#[derive(Default)]
+struct Expected(BTreeMap<(String, FlowTuple), (u64, u64)>);
+
+impl Expected {
+    fn add(&mut self, from: SocketAddr, to: SocketAddr, protocol: u8, wire: (u64, u64)) {
+        let flow = FlowTuple {
+            src: from.ip(),
+            dst: to.ip(),
+            src_port: from.port(),
+            dst_port: to.port(),
+            protocol,
+        };
+        let entry = self.0.entry(("a0".to_owned(), flow)).or_insert((0, 0));
+        entry.0 += wire.0;
+        entry.1 += wire.1;
+    }
+
+    /// Every flow the test made adds up exactly in `records` (other flows, such as neighbour
+    /// discovery, may be there beside them).
+    fn check(&self, lines: &[String]) {
+        let records = parse_lines(&lines.join("\n"));
+        let seen = totals(&records);
+        for (key, want) in &self.0 {
+            assert_eq!(seen.get(key), Some(want), "flow {key:?}: objects vs wire");
+        }
+    }
+}
+
+/// One round of known traffic: UDP both ways over IPv4 and IPv6, and a TCP exchange.
+fn send_round(topology: &Topology, round: u64, expected: &mut Expected) {
+    for (a_socket, b_socket, a_addr, b_addr) in &topology.udp {
+        let wire = udp_exchange(b_socket, a_socket, 10 + round, 100);
+        expected.add(*b_addr, *a_addr, UDP, wire);
+        let wire = udp_exchange(a_socket, b_socket, 5, 1000 + round as usize);
+        expected.add(*a_addr, *b_addr, UDP, wire);
+    }
+    let exchange = tcp_exchange(
+        &topology.b,
+        &topology.a,
+        SocketAddr::new(IpAddr::V4(A4), 6000 + round as u16),
+        50_000 + round as usize * 1000,
+        20_000,
+    );
+    let (c2s, s2c) = (exchange.client_to_server, exchange.server_to_client);
+    expected.add(
+        exchange.client,
+        exchange.server,
+        TCP,
+        (c2s.packets, c2s.bytes),
+    );
+    expected.add(
+        exchange.server,
+        exchange.client,
+        TCP,
+        (s2c.packets, s2c.bytes),
+    );
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(format!(
+        "/tmp/flowlog-objects-{name}-{}",
+        std::process::id()
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    dir
+}
+
+fn s3_sink(endpoint: &str) -> String {
+    format!("s3://{BUCKET}/archive?endpoint={endpoint}&allow_http=true&region={REGION}")
+}
+
+/// The value of `name=` in the first log line that has it.
+fn logged_value(log: &str, name: &str) -> String {
+    let needle = format!("{name}=");
+    let start = log
+        .find(&needle)
+        .unwrap_or_else(|| panic!("no {name} in the log:\n{log}"))
+        + needle.len();
+    log[start..]
+        .split_whitespace()
+        .next()
+        .expect("a value")
+        .to_owned()
+}
+
+/// `date -u` of a Unix time as "YYYY MM DD HH MM": calendar arithmetic independent of the
+/// agent's.
+fn utc(seconds: u64) -> [String; 5] {
+    let output = Command::new("date")
+        .args(["-u", "-d", &format!("@{seconds}"), "+%Y %m %d %H %M"])
+        .output()
+        .expect("date");
+    let text = String::from_utf8(output.stdout).expect("UTF-8");
+    let parts: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+    parts.try_into().expect("five fields")
+}
+
+/// Checks one text object's key against the layout AWS writes (with hourly partitions) and its
+/// content (header, then records); returns the record lines.
+fn check_text_object(key: &str, text: &str, flow_log_id: &str, rotate: u64) -> Vec<String> {
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(HEADER), "{key}: header line");
+    let records: Vec<String> = lines.map(str::to_owned).collect();
+    assert!(!records.is_empty(), "{key}: no records");
+    // The idle interface's NODATA record starts exactly at its interval's start, which lies in
+    // the object's window.
+    let interval_start = records
+        .iter()
+        .map(|line| parse_line(line))
+        .filter(|r| r.interface == "a1")
+        .map(|r| r.start)
+        .min()
+        .unwrap_or_else(|| panic!("{key}: no NODATA record of a1"));
+    let window = interval_start / rotate * rotate;
+    let [year, month, day, hour, minute] = utc(window);
+    let prefix = format!(
+        "archive/AWSLogs/{ACCOUNT}/vpcflowlogs/{REGION}/{year}/{month}/{day}/{hour}/\
+         {ACCOUNT}_vpcflowlogs_{REGION}_{flow_log_id}_{year}{month}{day}T{hour}{minute}Z_"
+    );
+    let suffix = key
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("key {key:?} does not start with {prefix:?}"));
+    let hex = suffix
+        .strip_suffix(".log.gz")
+        .unwrap_or_else(|| panic!("{key}: not .log.gz"));
+    assert!(
+        hex.len() == 8
+            && hex
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_uppercase()),
+        "{key}: 8 lower-case hex digits"
+    );
+    records
+}
+
+/// Every object of the bucket, read back with boto3 and `gzip -dc`: key -> record lines.
+fn read_bucket(ns: &NetNs, endpoint: &str, into: &Path) -> BTreeMap<String, String> {
+    let keys = download_all(ns, endpoint, BUCKET, into);
+    keys.into_iter()
+        .map(|key| {
+            let text = gunzip(&into.join(&key));
+            (key, text)
+        })
+        .collect()
+}
+
+fn sorted(mut lines: Vec<String>) -> Vec<String> {
+    lines.sort();
+    lines
+}
+
+fn stdout_lines(stdout: &str) -> Vec<String> {
+    stdout.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn s3_text_objects_hold_exactly_the_traffic_under_aws_keys() {
+    let topology = topology();
+    let s3 = S3Server::start(&topology.a, PORT, &[]);
+    create_bucket(&topology.a, &s3.endpoint(), BUCKET);
+    let work = scratch("s3-text");
+    let spool = work.join("spool");
+    let sink = s3_sink(&s3.endpoint());
+    let agent = Agent::start_with_env(
+        &topology.a,
+        &[
+            "--interval",
+            "2s",
+            "--rotate",
+            "4s",
+            "--per-hour-partition",
+            "--interface",
+            "a0",
+            "--interface",
+            "a1",
+            "--sink",
+            "stdout",
+            "--sink",
+            &sink,
+            "--account-id",
+            ACCOUNT,
+            "--region",
+            REGION,
+            "--spool-dir",
+            spool.to_str().unwrap(),
+        ],
+        CREDENTIALS,
+        2,
+    );
+    let mut expected = Expected::default();
+    // About 9 s of traffic: at least two 4 s objects.
+    for round in 0..6 {
+        send_round(&topology, round, &mut expected);
+        thread::sleep(Duration::from_millis(1500));
+    }
+    let stopped = agent.stop();
+    assert!(
+        stopped.status.success(),
+        "agent failed:\n{}",
+        stopped.stderr
+    );
+    assert!(!stopped.stderr.contains(SECRET) && !stopped.stdout.contains(SECRET));
+    let flow_log_id = logged_value(&stopped.stderr, "flow_log_id");
+    assert!(
+        flow_log_id.len() == 20
+            && flow_log_id.starts_with("fl-")
+            && flow_log_id[3..].chars().all(|c| c.is_ascii_hexdigit()),
+        "{flow_log_id}"
+    );
+
+    let objects = read_bucket(&topology.a, &s3.endpoint(), &work.join("download"));
+    assert!(
+        objects.len() >= 2,
+        "only {} objects: no rotation",
+        objects.len()
+    );
+    let mut in_objects = Vec::new();
+    for (key, text) in &objects {
+        in_objects.extend(check_text_object(key, text, &flow_log_id, 4));
+    }
+    // Exactly the records the agent wrote to stdout, each once, and the traffic exactly.
+    assert_eq!(
+        sorted(in_objects.clone()),
+        sorted(stdout_lines(&stopped.stdout))
+    );
+    expected.check(&in_objects);
+    // Everything was uploaded: the spool is empty.
+    let left: Vec<_> = fs::read_dir(spool.read_dir().unwrap().next().unwrap().unwrap().path())
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "spool not empty: {left:?}");
+    fs::remove_dir_all(&work).expect("clean up");
+}
+
+/// The store goes down while the agent runs across several rotations; the agent is restarted
+/// in the middle of the outage; the store comes back. Every record arrives exactly once, under
+/// keys that are never duplicated.
+#[test]
+fn an_outage_with_an_agent_restart_loses_and_duplicates_nothing() {
+    let topology = topology();
+    let work = scratch("outage");
+    let spool = work.join("spool");
+    let s3 = S3Server::start(&topology.a, PORT, &[]);
+    let endpoint = s3.endpoint();
+    create_bucket(&topology.a, &endpoint, BUCKET);
+    let sink = s3_sink(&endpoint);
+    let args = [
+        "--interval",
+        "1s",
+        "--rotate",
+        "2s",
+        "--per-hour-partition",
+        "--interface",
+        "a0",
+        "--interface",
+        "a1",
+        "--sink",
+        "stdout",
+        "--sink",
+        &sink,
+        "--account-id",
+        ACCOUNT,
+        "--region",
+        REGION,
+        "--spool-dir",
+        spool.to_str().unwrap(),
+    ];
+    let mut expected = Expected::default();
+    let mut stdout = Vec::new();
+
+    // 1. Store up: objects arrive.
+    let mut agent = Agent::start_with_env(&topology.a, &args, CREDENTIALS, 2);
+    send_round(&topology, 0, &mut expected);
+    agent.wait_for_log("object uploaded", 1, Duration::from_secs(20));
+    // moto keeps objects in memory: keep what arrived before the outage.
+    let before = read_bucket(&topology.a, &endpoint, &work.join("before"));
+    assert!(!before.is_empty());
+
+    // 2. Outage across several rotations, then the agent restarts while the store is down.
+    s3.stop();
+    for round in 1..4 {
+        send_round(&topology, round, &mut expected);
+        thread::sleep(Duration::from_millis(1200));
+    }
+    let stopped = agent.stop();
+    assert!(
+        stopped.status.success(),
+        "agent failed:\n{}",
+        stopped.stderr
+    );
+    assert!(
+        stopped
+            .stderr
+            .contains("upload failed; the object stays in the spool"),
+        "{}",
+        stopped.stderr
+    );
+    assert!(
+        stopped.stderr.contains("stay in the spool"),
+        "{}",
+        stopped.stderr
+    );
+    stdout.extend(stdout_lines(&stopped.stdout));
+
+    let agent = Agent::start_with_env(&topology.a, &args, CREDENTIALS, 2);
+    let started = agent.log();
+    assert!(
+        started.contains("destination unreachable at start-up"),
+        "{started}"
+    );
+    assert!(started.contains("will be uploaded first"), "{started}");
+    for round in 4..6 {
+        send_round(&topology, round, &mut expected);
+        thread::sleep(Duration::from_millis(1200));
+    }
+
+    // 3. The store is back (empty, as a restarted moto is): the spool drains, oldest first.
+    let s3 = S3Server::start(&topology.a, PORT, &[]);
+    create_bucket(&topology.a, &endpoint, BUCKET);
+    send_round(&topology, 6, &mut expected);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while spool_files(&spool) > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(spool_files(&spool), 0, "the spool did not drain");
+    let stopped = agent.stop();
+    assert!(
+        stopped.status.success(),
+        "agent failed:\n{}",
+        stopped.stderr
+    );
+    stdout.extend(stdout_lines(&stopped.stdout));
+    let after = read_bucket(&topology.a, &endpoint, &work.join("after"));
+    drop(s3);
+
+    // A key uploaded to both incarnations of the store (a retry) must hold the same object.
+    let mut objects = before.clone();
+    for (key, text) in after {
+        if let Some(earlier) = objects.get(&key) {
+            assert_eq!(earlier, &text, "{key}: one key, two different objects");
+        }
+        objects.insert(key, text);
+    }
+    let flow_log_id = logged_value(&stopped.stderr, "flow_log_id");
+    let mut in_objects = Vec::new();
+    for (key, text) in &objects {
+        in_objects.extend(check_text_object(key, text, &flow_log_id, 2));
+    }
+    assert_eq!(
+        sorted(in_objects.clone()),
+        sorted(stdout),
+        "every record exactly once"
+    );
+    expected.check(&in_objects);
+    fs::remove_dir_all(&work).expect("clean up");
+}
+
+fn spool_files(spool: &Path) -> usize {
+    fs::read_dir(spool)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|sink| fs::read_dir(sink.path()).into_iter().flatten().flatten())
+        .count()
+}
+
+/// Parquet objects in a `file://` archive (Hive-compatible keys), read back with pyarrow: the
+/// same rows as the text records, the reference's column names and physical types. The same
+/// run checks JSON lines in a log-stream directory.
+#[test]
+fn parquet_objects_read_back_with_pyarrow_and_json_lines_carry_the_records() {
+    let topology = topology();
+    let work = scratch("parquet");
+    let archive = work.join("archive");
+    let json_dir = work.join("json");
+    let format = "${version} ${account-id} ${interface-id} ${srcaddr} ${dstaddr} ${srcport} \
+                  ${dstport} ${protocol} ${packets} ${bytes} ${start} ${end} ${action} \
+                  ${log-status} ${tcp-flags} ${type} ${flow-direction} ${traffic-path}";
+    let file_sink = format!("file://{}", archive.display());
+    let json_sink = format!("json:dir:{}", json_dir.display());
+    let agent = Agent::start(
+        &topology.a,
+        &[
+            "--interval",
+            "2s",
+            "--rotate",
+            "4s",
+            "--file-format",
+            "parquet",
+            "--hive-partitions",
+            "--flow-log-id",
+            "fl-0123456789abcdef0",
+            "--format",
+            format,
+            "--interface",
+            "a0",
+            "--interface",
+            "a1",
+            "--sink",
+            "stdout",
+            "--sink",
+            &file_sink,
+            "--sink",
+            &json_sink,
+            "--account-id",
+            ACCOUNT,
+            "--region",
+            REGION,
+            "--spool-dir",
+            work.join("spool").to_str().unwrap(),
+        ],
+        2,
+    );
+    let mut expected = Expected::default();
+    for round in 0..3 {
+        send_round(&topology, round, &mut expected);
+        thread::sleep(Duration::from_millis(1500));
+    }
+    let stopped = agent.stop();
+    assert!(
+        stopped.status.success(),
+        "agent failed:\n{}",
+        stopped.stderr
+    );
+    let lines = stdout_lines(&stopped.stdout);
+
+    let mut files = Vec::new();
+    collect_files(&archive, &mut files);
+    assert!(!files.is_empty());
+    let mut rows = Vec::new();
+    let args: Vec<&str> = files.iter().map(|f| f.to_str().unwrap()).collect();
+    let output = run_script(&topology.a, "parquet_rows.py", &args);
+    for document in String::from_utf8(output.stdout).unwrap().lines() {
+        let document: serde_json::Value = serde_json::from_str(document).unwrap();
+        let file = document["file"].as_str().unwrap();
+        let key = file
+            .strip_prefix(&format!("{}/", archive.display()))
+            .unwrap();
+        let name = key.rsplit('/').next().unwrap();
+        let expected_dir = format!(
+            "AWSLogs/aws-account-id={ACCOUNT}/aws-service=vpcflowlogs/aws-region={REGION}/"
+        );
+        assert!(key.starts_with(&expected_dir), "{key}");
+        let partitions = key[expected_dir.len()..].split('/').collect::<Vec<_>>();
+        let [year, month, day, _] = partitions[..] else {
+            panic!("{key}: year/month/day/file");
+        };
+        let stamp = name.split('_').nth(4).unwrap();
+        assert_eq!(
+            format!(
+                "year={}/month={}/day={}",
+                &stamp[..4],
+                &stamp[4..6],
+                &stamp[6..8]
+            ),
+            format!("{year}/{month}/{day}")
+        );
+        assert!(name.starts_with(&format!(
+            "{ACCOUNT}_vpcflowlogs_{REGION}_fl-0123456789abcdef0_"
+        )));
+        assert!(name.ends_with(".log.parquet"), "{name}");
+
+        let columns: Vec<(String, String, String)> = document["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap().to_owned(),
+                    c["physical_type"].as_str().unwrap().to_owned(),
+                    c["logical_type"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let want = [
+            ("version", "INT32"),
+            ("account_id", "BYTE_ARRAY"),
+            ("interface_id", "BYTE_ARRAY"),
+            ("srcaddr", "BYTE_ARRAY"),
+            ("dstaddr", "BYTE_ARRAY"),
+            ("srcport", "INT32"),
+            ("dstport", "INT32"),
+            ("protocol", "INT32"),
+            ("packets", "INT64"),
+            ("bytes", "INT64"),
+            ("start", "INT64"),
+            ("end", "INT64"),
+            ("action", "BYTE_ARRAY"),
+            ("log_status", "BYTE_ARRAY"),
+            ("tcp_flags", "INT32"),
+            ("type", "BYTE_ARRAY"),
+            ("flow_direction", "BYTE_ARRAY"),
+            ("traffic_path", "INT32"),
+        ];
+        assert_eq!(columns.len(), want.len());
+        for ((name, physical, logical), (want_name, want_physical)) in columns.iter().zip(want) {
+            assert_eq!(
+                (name.as_str(), physical.as_str()),
+                (want_name, want_physical)
+            );
+            if physical == "BYTE_ARRAY" {
+                assert_eq!(logical, "String", "{name}: a STRING column");
+            }
+        }
+        for row in document["rows"].as_array().unwrap() {
+            // Back to a text line: a null is `-` (numeric columns), strings are as written.
+            let fields: Vec<String> = row
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|value| match value {
+                    serde_json::Value::Null => "-".to_owned(),
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            rows.push(fields.join(" "));
+        }
+    }
+    assert_eq!(
+        sorted(rows.clone()),
+        sorted(lines.clone()),
+        "parquet rows vs records"
+    );
+    // NODATA rows have nulls, not `-`, in their numeric columns.
+    assert!(lines.iter().any(|l| l.contains(" a1 - - - - - - - ")));
+
+    // The first 14 fields are the default format: the exact traffic.
+    let default_fields: Vec<String> = rows
+        .iter()
+        .map(|r| r.split(' ').take(14).collect::<Vec<_>>().join(" "))
+        .collect();
+    expected.check(&default_fields);
+
+    // JSON lines: one {"message": "<record>"} per line, in each interface's stream.
+    let mut messages = Vec::new();
+    for interface in ["a0", "a1"] {
+        let text = fs::read_to_string(json_dir.join(format!("{interface}-all.log"))).unwrap();
+        for line in text.lines() {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            let object = value.as_object().unwrap();
+            assert_eq!(object.len(), 1, "{line}");
+            messages.push(object["message"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(sorted(messages), sorted(lines));
+    fs::remove_dir_all(&work).expect("clean up");
+}
+
+fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) {
+    for entry in fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_files(&path, files);
+        } else {
+            files.push(path);
+        }
+    }
+}
+
+/// Runs the agent until it exits (it must refuse to start) and returns what it said.
+fn refused(ns: &NetNs, args: &[&str], env: &[(&str, &str)]) -> String {
+    let binary = agent_binary();
+    let mut child = ns
+        .command(binary.to_str().unwrap())
+        .arg("run")
+        .args([
+            "--interface",
+            "a0",
+            "--account-id",
+            ACCOUNT,
+            "--region",
+            REGION,
+        ])
+        .args(args)
+        .envs(env.iter().copied())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the agent");
+    // An agent that wrongly starts would run until stopped: give it 60 s, then fail.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().expect("waitpid").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("wait");
+            panic!(
+                "the agent did not refuse to start {args:?}:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("wait");
+    assert!(
+        !output.status.success(),
+        "the agent should have refused to start"
+    );
+    let text = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!text.contains(SECRET), "a secret was printed: {text}");
+    text
+}
+
+#[test]
+fn bad_destinations_are_refused_naming_the_sink() {
+    let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
+    veth_pair(&a, "a0", &b, "b0").expect("veth");
+    a.link_up("a0").expect("up");
+    a.link_up("lo").expect("up");
+
+    let error = refused(&a, &["--sink", "s3:///no-bucket"], &[]);
+    assert!(
+        error.contains("s3:// needs a bucket") && error.contains("--sink"),
+        "{error}"
+    );
+    let error = refused(&a, &["--sink", "ftp://host/x"], &[]);
+    assert!(error.contains("unknown sink \"ftp://host/x\""), "{error}");
+    let error = refused(
+        &a,
+        &["--sink", "s3://b/p?secret_access_key=typed-by-the-user"],
+        &[],
+    );
+    assert!(
+        error.contains("\"secret_access_key\" is a secret"),
+        "{error}"
+    );
+
+    let s3 = S3Server::start(&a, PORT, &[]);
+    let sink = format!(
+        "s3://no-such-bucket/p?endpoint={}&allow_http=true&region={REGION}",
+        s3.endpoint()
+    );
+    let error = refused(&a, &["--sink", &sink], CREDENTIALS);
+    assert!(
+        error.contains(
+            "sink s3://no-such-bucket/p: refusing to start: the bucket or container does not exist"
+        ),
+        "{error}"
+    );
+    drop(s3);
+
+    // A server that checks credentials and knows none: every key is refused.
+    let s3 = S3Server::start(&a, PORT + 1, &[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]);
+    let sink = format!(
+        "s3://flowlogs/p?endpoint={}&allow_http=true&region={REGION}",
+        s3.endpoint()
+    );
+    let error = refused(&a, &["--sink", &sink], CREDENTIALS);
+    assert!(
+        error.contains("sink s3://flowlogs/p: refusing to start: the credentials were refused or lack permission"),
+        "{error}"
+    );
+}
