@@ -83,10 +83,12 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
     let metrics = Arc::new(Metrics::default());
     metrics.map_capacity.set(i64::from(config.max_flows));
     if let Some(address) = config.metrics {
-        let bound = metrics::serve(address, Arc::clone(&metrics))
-            .await
-            .map_err(|error| AgentError::Metrics { address, error })?;
-        tracing::info!("metrics at http://{bound}/metrics");
+        // Flow logs matter more than their metrics: a port that cannot be bound (taken, or no
+        // loopback) is reported, not fatal.
+        match metrics::serve(address, Arc::clone(&metrics)).await {
+            Ok(bound) => tracing::info!("metrics at http://{bound}/metrics"),
+            Err(error) => tracing::error!(%address, %error, "metrics not served"),
+        }
     }
     if datapath.reused_pinned_maps() {
         tracing::info!(
