@@ -63,6 +63,10 @@ pub fn test(extra: &[String]) -> Result<()> {
     // stream with a second, independent IPFIX reader.
     setup::ensure_debian_package("nfcapd", "nfdump")?;
     setup::ensure_debian_package("ipfixDump", "libfixbuf-tools")?;
+    // The service test checks contrib/flowlog-agent.service with `systemd-analyze verify` and
+    // runs the agent under `setpriv` with the unit's capabilities.
+    setup::ensure_debian_package("systemd-analyze", "systemd")?;
+    setup::ensure_debian_package("setpriv", "util-linux")?;
     agent::build()?;
     let agent_bin = agent::binary();
 
