@@ -39,6 +39,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Count flows and write records until SIGINT or SIGTERM (the default command).
     Run(Box<RunArgs>),
+    /// Check whether `run` with these flags can work here (kernel, privileges, BPF filesystem,
+    /// programs, interfaces, sinks), attaching nothing; exits non-zero if it cannot.
+    Check(Box<RunArgs>),
     /// Detach the programs an agent left attached and remove its pinned maps (their counts not
     /// yet written are discarded).
     Detach(DetachArgs),

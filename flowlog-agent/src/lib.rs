@@ -2,6 +2,7 @@
 //! call these functions.
 
 pub mod agent;
+pub mod check;
 pub mod cli;
 pub mod collector;
 pub mod config;

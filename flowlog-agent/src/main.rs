@@ -44,6 +44,20 @@ fn run(command: Command) -> anyhow::Result<()> {
             runtime.block_on(agent::run(config))?;
             Ok(())
         }
+        Command::Check(args) => {
+            let config = RunConfig::from_args(*args)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let report = runtime.block_on(flowlog_agent::check::check(&config));
+            for finding in &report.0 {
+                println!("{finding}");
+            }
+            if report.failed() {
+                anyhow::bail!("this configuration cannot run here (see FAIL above)");
+            }
+            Ok(())
+        }
         Command::Detach(args) => {
             let removed = flowlog_agent::datapath::remove_pins(&args.pin_dir)?;
             eprintln!(

@@ -229,3 +229,71 @@ fn json_logs_are_one_object_per_line() {
         );
     }
 }
+
+/// Runs `flowlog-agent check ARGS` in `ns` through `wrapper`.
+fn check(ns: &NetNs, wrapper: &[&str], args: &[&str]) -> Output {
+    let binary = agent_binary();
+    let binary = binary.to_str().expect("UTF-8 path");
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut command = ns.command(program);
+            command.args(rest).arg(binary);
+            command
+        }
+        None => ns.command(binary),
+    };
+    command.arg("check").args(args).env("NO_COLOR", "1");
+    command.output().expect("spawn the agent")
+}
+
+#[test]
+fn check_explains_what_works_and_what_does_not() {
+    let (a, _b) = namespace();
+    let good = check(&a, &[], &["-i", "a0", "--sink", "stdout", "--no-pin"]);
+    let out = String::from_utf8_lossy(&good.stdout);
+    assert!(good.status.success(), "{out}{}", stderr(&good));
+    for line in [
+        "ok    programs: the kernel verified and loaded every program",
+        "ok    privileges:",
+        "ok    kernel: ",
+        "ok    interface a0: ifindex",
+        "ok    sink stdout",
+    ] {
+        assert!(out.contains(line), "no {line:?} in:\n{out}");
+    }
+    assert!(!out.contains("FAIL"), "{out}");
+
+    let missing = check(
+        &a,
+        &[],
+        &["-i", "a0", "-i", "nope0", "--sink", "stdout", "--no-pin"],
+    );
+    let out = String::from_utf8_lossy(&missing.stdout);
+    assert!(!missing.status.success());
+    assert!(
+        out.contains("FAIL  interface nope0: no such interface"),
+        "{out}"
+    );
+    assert!(
+        stderr(&missing).contains("cannot run here"),
+        "{}",
+        stderr(&missing)
+    );
+
+    let unprivileged = check(
+        &a,
+        &[
+            "setpriv",
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+        ],
+        &["-i", "a0", "--sink", "stdout", "--no-pin"],
+    );
+    let out = String::from_utf8_lossy(&unprivileged.stdout);
+    assert!(!unprivileged.status.success());
+    assert!(
+        out.contains("FAIL  privileges: missing capability"),
+        "{out}"
+    );
+}

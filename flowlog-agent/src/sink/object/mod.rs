@@ -81,6 +81,19 @@ impl ObjectStoreSink {
     /// misconfigured (no such bucket, credentials refused, bad options) stops the agent with a
     /// message naming the sink; one that does not answer is only warned about, and objects
     /// wait in the spool until it does.
+    /// What start-up checks, without starting anything: the destination is configured right
+    /// and answers (`flowlog-agent check`).
+    pub async fn check(url: &ObjectUrl, layout: &KeyLayout) -> Result<(), ObjectSinkError> {
+        let name = url.location().to_owned();
+        let store = url
+            .build()
+            .map_err(|error| ObjectSinkError::Configuration {
+                sink: name.clone(),
+                error,
+            })?;
+        health_check(&name, store.as_ref(), layout).await
+    }
+
     pub async fn start(
         url: &ObjectUrl,
         layout: KeyLayout,
