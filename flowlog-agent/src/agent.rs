@@ -112,6 +112,10 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
     }
     let interfaces = select_interfaces(&config)?;
     let mut sinks = start_sinks(&config, &interfaces).await?;
+    *metrics.sinks.lock().expect("metrics lock") = sinks
+        .iter()
+        .map(|sink| (sink.name().to_owned(), sink.live().clone()))
+        .collect();
     let mut signals = Signals::install().map_err(AgentError::Signals)?;
 
     // Subscribed before the first listing, so no interface can appear unseen in between.

@@ -14,7 +14,10 @@ use tokio::{
     net::TcpListener,
 };
 
-use crate::record::{IntervalRecords, RecordKind};
+use crate::{
+    record::{IntervalRecords, RecordKind},
+    sink::LiveCounters,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerdictLabels {
@@ -52,6 +55,8 @@ pub struct Metrics {
     pub policy_reload_failures: Counter,
     pub sink_records_offered: Family<SinkLabels, Counter>,
     pub sink_intervals_dropped: Family<SinkLabels, Counter>,
+    /// Each sink's live counts, registered under its name.
+    pub sinks: std::sync::Mutex<Vec<(String, LiveCounters)>>,
 }
 
 impl Metrics {
@@ -134,6 +139,31 @@ impl Metrics {
             "Intervals a sink's full queue refused",
             self.sink_intervals_dropped.clone(),
         );
+        let sinks = self.sinks.lock().expect("metrics lock");
+        for (name, live) in sinks.iter() {
+            let sub = r.sub_registry_with_label(("sink".into(), name.clone().into()));
+            sub.register(
+                "sink_records_written",
+                "Records a sink wrote (object stores: closed into an object for the spool)",
+                live.records_written.clone(),
+            );
+            sub.register(
+                "sink_retries",
+                "Writes a sink retried after a retriable error",
+                live.retries.clone(),
+            );
+            sub.register(
+                "sink_write_errors",
+                "Failed writes, retried or not",
+                live.write_errors.clone(),
+            );
+            sub.register(
+                "sink_records_lost",
+                "Records a sink gave up (every attempt failed, or its queue was full)",
+                live.records_lost.clone(),
+            );
+        }
+        drop(sinks);
         r
     }
 

@@ -86,6 +86,23 @@ fn metrics_count_what_was_sent() {
         .unwrap()
             >= 2.0
     );
+    // The sink's own counts: it wrote the flow's record, lost nothing, never retried.
+    let written = sample(
+        &response,
+        r#"flowlog_sink_records_written_total{sink="stdout"}"#,
+    );
+    assert!(written.unwrap_or(0.0) >= 1.0, "{response}");
+    assert_eq!(
+        sample(
+            &response,
+            r#"flowlog_sink_records_lost_total{sink="stdout"}"#
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&response, r#"flowlog_sink_retries_total{sink="stdout"}"#),
+        Some(0.0)
+    );
     // Every metric has its help and type lines.
     assert!(
         response.contains("# TYPE flowlog_packets counter"),

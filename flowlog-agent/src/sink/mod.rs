@@ -14,6 +14,7 @@ mod stdout;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::{sync::mpsc, task::JoinHandle};
 
 pub use backoff::Backoff;
@@ -181,6 +182,17 @@ pub struct SinkHandle {
     task: JoinHandle<SinkReport>,
     /// Records of intervals that found the queue full.
     dropped_at_queue: u64,
+    live: LiveCounters,
+}
+
+/// The driver's counts as they happen, for the metrics endpoint (the same counts the final
+/// [`SinkReport`] gives). Clones share the values.
+#[derive(Clone, Debug, Default)]
+pub struct LiveCounters {
+    pub records_written: Counter,
+    pub retries: Counter,
+    pub write_errors: Counter,
+    pub records_lost: Counter,
 }
 
 /// What a sink did over its life.
@@ -198,10 +210,12 @@ pub fn spawn<S: Sink>(mut sink: S) -> SinkHandle {
     let name = sink.name();
     let (queue, mut incoming) = mpsc::channel::<Arc<IntervalRecords>>(QUEUE_INTERVALS);
     let task_name = name.clone();
+    let live = LiveCounters::default();
+    let task_live = live.clone();
     let task = tokio::spawn(async move {
         let mut report = SinkReport::default();
         while let Some(interval) = incoming.recv().await {
-            write_with_retries(&mut sink, &task_name, interval, &mut report).await;
+            write_with_retries(&mut sink, &task_name, interval, &mut report, &task_live).await;
         }
         if let Err(error) = sink.flush().await {
             tracing::error!(sink = %task_name, %error, "final flush failed");
@@ -214,6 +228,7 @@ pub fn spawn<S: Sink>(mut sink: S) -> SinkHandle {
         queue,
         task,
         dropped_at_queue: 0,
+        live,
     }
 }
 
@@ -222,6 +237,7 @@ async fn write_with_retries<S: Sink>(
     name: &str,
     interval: Arc<IntervalRecords>,
     report: &mut SinkReport,
+    live: &LiveCounters,
 ) {
     let records = interval.records.len() as u64;
     let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
@@ -230,16 +246,21 @@ async fn write_with_retries<S: Sink>(
             Ok(()) => {
                 report.intervals_written += 1;
                 report.records_written += records;
+                live.records_written.inc_by(records);
                 return;
             }
             Err(SinkError::Retriable(error)) if attempt < MAX_ATTEMPTS => {
                 tracing::warn!(sink = name, attempt, %error, retry_within = ?backoff.ceiling(), "write failed");
                 report.retries += 1;
+                live.retries.inc();
+                live.write_errors.inc();
                 tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(error) => {
                 tracing::error!(sink = name, %error, records, "write failed; records lost");
                 report.records_lost += records;
+                live.write_errors.inc();
+                live.records_lost.inc_by(records);
                 return;
             }
         }
@@ -251,6 +272,11 @@ impl SinkHandle {
         &self.name
     }
 
+    /// The sink's counts so far, updated as it writes.
+    pub fn live(&self) -> &LiveCounters {
+        &self.live
+    }
+
     /// Queues an interval for this sink without waiting. If the sink is that far behind, the
     /// interval is not queued for it, and the loss is logged and returned.
     pub fn offer(&mut self, interval: &Arc<IntervalRecords>) -> Result<(), u64> {
@@ -259,6 +285,7 @@ impl SinkHandle {
             Err(_) => {
                 let lost = interval.records.len() as u64;
                 self.dropped_at_queue += lost;
+                self.live.records_lost.inc_by(lost);
                 tracing::error!(
                     sink = %self.name,
                     records = lost,
