@@ -17,8 +17,9 @@ fn namespace() -> (NetNs, NetNs) {
     (a, b)
 }
 
-/// Runs the agent to completion inside `ns` (it must fail fast).
-fn run_agent(ns: &NetNs, wrapper: &[&str], args: &[&str]) -> Output {
+/// `flowlog-agent SUBCOMMAND ARGS` inside `ns`, started through `wrapper` (a program and its
+/// arguments, e.g. `setpriv`), run to completion.
+fn agent_output(ns: &NetNs, wrapper: &[&str], subcommand: &str, args: &[&str]) -> Output {
     let binary = agent_binary();
     let binary = binary.to_str().expect("UTF-8 path");
     let mut command = match wrapper.split_first() {
@@ -29,8 +30,13 @@ fn run_agent(ns: &NetNs, wrapper: &[&str], args: &[&str]) -> Output {
         }
         None => ns.command(binary),
     };
-    command.arg("run").args(args).env("NO_COLOR", "1");
-    let output = command.output().expect("spawn the agent");
+    command.arg(subcommand).args(args).env("NO_COLOR", "1");
+    command.output().expect("spawn the agent")
+}
+
+/// Runs the agent to completion inside `ns` (it must fail fast).
+fn run_agent(ns: &NetNs, wrapper: &[&str], args: &[&str]) -> Output {
+    let output = agent_output(ns, wrapper, "run", args);
     assert!(
         !output.status.success(),
         "the agent should have refused to start"
@@ -232,18 +238,7 @@ fn json_logs_are_one_object_per_line() {
 
 /// Runs `flowlog-agent check ARGS` in `ns` through `wrapper`.
 fn check(ns: &NetNs, wrapper: &[&str], args: &[&str]) -> Output {
-    let binary = agent_binary();
-    let binary = binary.to_str().expect("UTF-8 path");
-    let mut command = match wrapper.split_first() {
-        Some((program, rest)) => {
-            let mut command = ns.command(program);
-            command.args(rest).arg(binary);
-            command
-        }
-        None => ns.command(binary),
-    };
-    command.arg("check").args(args).env("NO_COLOR", "1");
-    command.output().expect("spawn the agent")
+    agent_output(ns, wrapper, "check", args)
 }
 
 #[test]

@@ -57,6 +57,24 @@ fn policy_file(name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// The agent on `a0` of `a`, 2 s intervals, records with their reject reason on stdout.
+fn start_agent(a: &NetNs, policy: &std::path::Path) -> Agent {
+    let policy = policy.to_str().expect("UTF-8 path");
+    let args = [
+        "--interval",
+        "2s",
+        "--interface",
+        "a0",
+        "--sink",
+        "stdout",
+        "--format",
+        FORMAT,
+        "--policy",
+        policy,
+    ];
+    Agent::start(a, &args, 1)
+}
+
 /// A record and its reject reason.
 fn parse_records(text: &str) -> Vec<(Record, String)> {
     text.lines()
@@ -189,22 +207,7 @@ fn acl_scenario(audit: bool) {
     let (a, b) = topology();
     let mode = if audit { "audit" } else { "enforce" };
     let policy = policy_file(mode, &ACL_POLICY.replace("MODE", mode));
-    let agent = Agent::start(
-        &a,
-        &[
-            "--interval",
-            "2s",
-            "--interface",
-            "a0",
-            "--sink",
-            "stdout",
-            "--format",
-            FORMAT,
-            "--policy",
-            policy.to_str().unwrap(),
-        ],
-        1,
-    );
+    let agent = start_agent(&a, &policy);
     let (rejected_action, rejected_reason) = if audit {
         ("ACCEPT", "audit-acl")
     } else {
@@ -299,22 +302,7 @@ cidr = "::/0"
 fn the_security_group_tracks_connections() {
     let (a, b) = topology();
     let policy = policy_file("sg", SG_POLICY);
-    let agent = Agent::start(
-        &a,
-        &[
-            "--interval",
-            "2s",
-            "--interface",
-            "a0",
-            "--sink",
-            "stdout",
-            "--format",
-            FORMAT,
-            "--policy",
-            policy.to_str().unwrap(),
-        ],
-        1,
-    );
+    let agent = start_agent(&a, &policy);
     let mut expected = Totals::new();
     let mut closed_segments = Vec::new();
     for (a_ip, b_ip) in [
@@ -515,22 +503,7 @@ fn reloading_under_load_loses_no_count() {
         "{allow}[[acl.rule]]\nnumber = 1\ndirection = \"ingress\"\nprotocol = \"udp\"\ncidr = \"198.18.0.0/15\"\nports = \"5050\"\naction = \"deny\"\n"
     );
     let policy = policy_file("reload", allow);
-    let mut agent = Agent::start(
-        &a,
-        &[
-            "--interval",
-            "2s",
-            "--interface",
-            "a0",
-            "--sink",
-            "stdout",
-            "--format",
-            FORMAT,
-            "--policy",
-            policy.to_str().unwrap(),
-        ],
-        1,
-    );
+    let mut agent = start_agent(&a, &policy);
     let receiver = udp_socket(&a, SocketAddr::new(IpAddr::V4(A4), 5050));
     receiver
         .set_read_timeout(Some(Duration::from_millis(100)))
