@@ -11,4 +11,5 @@ pub mod netns;
 pub mod records;
 pub mod s3;
 pub mod test_run;
+pub mod topology;
 pub mod traffic;

@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     os::unix::fs::PermissionsExt,
     path::PathBuf,
     thread,
@@ -14,40 +14,10 @@ use std::{
 
 use tests::{
     agent::Agent,
-    netns::{NetNs, veth_pair},
     records::{FlowTuple, Record, parse_lines, totals},
-    traffic::{plain_tcp_headers, tcp_exchange, udp_exchange, udp_gso_exchange, udp_socket},
+    topology::{A4, A6, TCP, Topology, UDP},
+    traffic::{tcp_exchange, udp_exchange, udp_gso_exchange},
 };
-
-const A4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-const B4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
-const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
-const UDP: u8 = 17;
-const TCP: u8 = 6;
-
-/// Namespace `a` (where the agent runs) and `b`, joined by `a0`-`b0` (addressed, busy) and
-/// `a1`-`b1` (no addresses, IPv6 off: idle).
-struct Topology {
-    a: NetNs,
-    b: NetNs,
-}
-
-fn topology() -> Topology {
-    let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
-    veth_pair(&a, "a0", &b, "b0").expect("veth");
-    veth_pair(&a, "a1", &b, "b1").expect("veth");
-    for (ns, busy, idle, v4, v6) in [(&a, "a0", "a1", A4, A6), (&b, "b0", "b1", B4, B6)] {
-        ns.disable_ipv6(idle).expect("sysctl");
-        ns.add_address(busy, v4, 24).expect("address");
-        ns.add_address(busy, v6, 64).expect("address");
-        plain_tcp_headers(ns);
-        for link in ["lo", busy, idle] {
-            ns.link_up(link).expect("link up");
-        }
-    }
-    Topology { a, b }
-}
 
 /// Expected (interface, flow) -> (packets, bytes), from what the test sent.
 #[derive(Default)]
@@ -100,7 +70,7 @@ fn clsact_records_add_up_to_the_traffic_exactly() {
 
 /// Runs the agent with `hook_args` through the whole scenario; returns its log.
 fn records_add_up_to_the_traffic_exactly(name: &str, hook_args: &[&str]) -> String {
-    let topology = topology();
+    let topology = Topology::new(true);
     let logs = PathBuf::from(format!("/tmp/flowlog-e2e-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&logs);
     let sink = format!("dir:{}", logs.display());
@@ -122,23 +92,11 @@ fn records_add_up_to_the_traffic_exactly(name: &str, hook_args: &[&str]) -> Stri
     let agent = Agent::start(&topology.a, &args, 2);
 
     let mut expected = Expected::default();
-    let mut sockets = Vec::new();
-    for (a_ip, b_ip) in [
-        (IpAddr::V4(A4), IpAddr::V4(B4)),
-        (IpAddr::V6(A6), IpAddr::V6(B6)),
-    ] {
-        let a_addr = SocketAddr::new(a_ip, 5001);
-        let b_addr = SocketAddr::new(b_ip, 5002);
-        sockets.push((
-            udp_socket(&topology.a, a_addr),
-            udp_socket(&topology.b, b_addr),
-            a_addr,
-            b_addr,
-        ));
-    }
     // About 7 s of traffic: at least three interval boundaries.
     for round in 0..7u64 {
-        for (a_socket, b_socket, a_addr, b_addr) in &sockets {
+        for pair in &topology.udp {
+            let (a_socket, b_socket, a_addr, b_addr) =
+                (&pair.a, &pair.b, &pair.a_addr, &pair.b_addr);
             let wire = udp_exchange(b_socket, a_socket, 10 + round, 100);
             expected.add(*b_addr, *a_addr, UDP, wire);
             let wire = udp_exchange(a_socket, b_socket, 5, 1000 + round as usize);

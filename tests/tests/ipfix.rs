@@ -7,7 +7,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     thread,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -16,57 +16,16 @@ use std::{
 use tests::{
     agent::Agent,
     collector::{Nfcapd, TcpFront, ipfix_dump, nf_totals},
-    netns::{NetNs, veth_pair},
     records::{FlowTuple, parse_lines, totals},
-    traffic::{plain_tcp_headers, tcp_exchange, udp_exchange, udp_gso_exchange, udp_socket},
+    topology::{A4, A6, B4, B6, TCP, Topology, UDP},
+    traffic::{tcp_exchange, udp_exchange, udp_gso_exchange},
 };
 
-const A4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-const B4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
-const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
-const UDP: u8 = 17;
-const TCP: u8 = 6;
 const NFCAPD_PORT: u16 = 9995;
 const IPFIX_PORT: u16 = 4739;
 /// flowDirection values.
 const INGRESS: u8 = 0;
 const EGRESS: u8 = 1;
-
-/// Namespaces `a` (agent, collector) and `b`, joined by `a0`-`b0`.
-struct Topology {
-    a: NetNs,
-    b: NetNs,
-    sockets: Vec<(UdpSocket, UdpSocket, SocketAddr, SocketAddr)>,
-}
-
-fn topology() -> Topology {
-    let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
-    veth_pair(&a, "a0", &b, "b0").expect("veth");
-    for (ns, link, v4, v6) in [(&a, "a0", A4, A6), (&b, "b0", B4, B6)] {
-        ns.add_address(link, v4, 24).expect("address");
-        ns.add_address(link, v6, 64).expect("address");
-        plain_tcp_headers(ns);
-        for link in ["lo", link] {
-            ns.link_up(link).expect("link up");
-        }
-    }
-    let mut sockets = Vec::new();
-    for (a_ip, b_ip) in [
-        (IpAddr::V4(A4), IpAddr::V4(B4)),
-        (IpAddr::V6(A6), IpAddr::V6(B6)),
-    ] {
-        let a_addr = SocketAddr::new(a_ip, 5001);
-        let b_addr = SocketAddr::new(b_ip, 5002);
-        sockets.push((
-            udp_socket(&a, a_addr),
-            udp_socket(&b, b_addr),
-            a_addr,
-            b_addr,
-        ));
-    }
-    Topology { a, b, sockets }
-}
 
 /// Expected (flowDirection on a0, flow) -> (packets, bytes).
 #[derive(Default)]
@@ -96,7 +55,8 @@ impl Expected {
 /// One round of the end-to-end traffic: UDP both ways (plain and GSO) and a TCP exchange each
 /// way of opening, IPv4 and IPv6.
 fn send_round(topology: &Topology, round: u64, expected: &mut Expected) {
-    for (a_socket, b_socket, a_addr, b_addr) in &topology.sockets {
+    for pair in &topology.udp {
+        let (a_socket, b_socket, a_addr, b_addr) = (&pair.a, &pair.b, &pair.a_addr, &pair.b_addr);
         let wire = udp_exchange(b_socket, a_socket, 10 + round, 100);
         expected.add(*b_addr, *a_addr, UDP, wire);
         let wire = udp_exchange(a_socket, b_socket, 5, 1000 + round as usize);
@@ -170,7 +130,8 @@ action = "deny"
 
 /// Datagrams from b to a's [`DENIED_PORT`], which the policy drops: REJECT records.
 fn send_denied(topology: &Topology, expected: &mut Expected) {
-    for (_, b_socket, a_addr, b_addr) in &topology.sockets {
+    for pair in &topology.udp {
+        let (b_socket, a_addr, b_addr) = (&pair.b, &pair.a_addr, &pair.b_addr);
         let to = SocketAddr::new(a_addr.ip(), DENIED_PORT);
         for _ in 0..6 {
             b_socket.send_to(&[9; 80], to).expect("send");
@@ -221,7 +182,7 @@ fn check_collected(
 
 #[test]
 fn udp_export_reaches_nfcapd_exactly() {
-    let topology = topology();
+    let topology = Topology::new(false);
     let nfcapd = Nfcapd::start(&topology.a, "udp", NFCAPD_PORT);
     let agent = start_agent(
         &topology,
@@ -259,7 +220,7 @@ fn wait_for_mid_second() {
 
 #[test]
 fn tcp_export_survives_a_collector_restart() {
-    let topology = topology();
+    let topology = Topology::new(false);
     let raw = PathBuf::from(format!("/tmp/flowlog-ipfix-tcp-{}.raw", std::process::id()));
     let _ = std::fs::remove_file(&raw);
     let nfcapd = Nfcapd::start(&topology.a, "tcp", NFCAPD_PORT);

@@ -7,7 +7,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
     thread,
@@ -19,15 +19,10 @@ use tests::{
     netns::{NetNs, veth_pair},
     records::{FlowTuple, parse_line, parse_lines, totals},
     s3::{S3Server, create_bucket, download_all, gunzip, run_script},
-    traffic::{plain_tcp_headers, tcp_exchange, udp_exchange, udp_socket},
+    topology::{A4, TCP, Topology, UDP},
+    traffic::{tcp_exchange, udp_exchange},
 };
 
-const A4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-const B4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
-const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
-const UDP: u8 = 17;
-const TCP: u8 = 6;
 const ACCOUNT: &str = "123456789010";
 const REGION: &str = "us-east-1";
 const BUCKET: &str = "flowlogs";
@@ -40,44 +35,6 @@ const CREDENTIALS: &[(&str, &str)] = &[
 ];
 const HEADER: &str = "version account-id interface-id srcaddr dstaddr srcport dstport protocol \
                       packets bytes start end action log-status";
-
-/// Namespace `a` (agent and S3 server) and `b`, joined by `a0`-`b0` (busy) and `a1`-`b1`
-/// (idle: its NODATA records mark every interval).
-struct Topology {
-    a: NetNs,
-    b: NetNs,
-    udp: Vec<(UdpSocket, UdpSocket, SocketAddr, SocketAddr)>,
-}
-
-fn topology() -> Topology {
-    let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
-    veth_pair(&a, "a0", &b, "b0").expect("veth");
-    veth_pair(&a, "a1", &b, "b1").expect("veth");
-    for (ns, busy, idle, v4, v6) in [(&a, "a0", "a1", A4, A6), (&b, "b0", "b1", B4, B6)] {
-        ns.disable_ipv6(idle).expect("sysctl");
-        ns.add_address(busy, v4, 24).expect("address");
-        ns.add_address(busy, v6, 64).expect("address");
-        plain_tcp_headers(ns);
-        for link in ["lo", busy, idle] {
-            ns.link_up(link).expect("link up");
-        }
-    }
-    let mut udp = Vec::new();
-    for (a_ip, b_ip) in [
-        (IpAddr::V4(A4), IpAddr::V4(B4)),
-        (IpAddr::V6(A6), IpAddr::V6(B6)),
-    ] {
-        let a_addr = SocketAddr::new(a_ip, 5001);
-        let b_addr = SocketAddr::new(b_ip, 5002);
-        udp.push((
-            udp_socket(&a, a_addr),
-            udp_socket(&b, b_addr),
-            a_addr,
-            b_addr,
-        ));
-    }
-    Topology { a, b, udp }
-}
 
 /// Expected (interface, flow) -> (packets, bytes), from what the test sent.
 #[derive(Default)]
@@ -110,7 +67,8 @@ impl Expected {
 
 /// One round of known traffic: UDP both ways over IPv4 and IPv6, and a TCP exchange.
 fn send_round(topology: &Topology, round: u64, expected: &mut Expected) {
-    for (a_socket, b_socket, a_addr, b_addr) in &topology.udp {
+    for pair in &topology.udp {
+        let (a_socket, b_socket, a_addr, b_addr) = (&pair.a, &pair.b, &pair.a_addr, &pair.b_addr);
         let wire = udp_exchange(b_socket, a_socket, 10 + round, 100);
         expected.add(*b_addr, *a_addr, UDP, wire);
         let wire = udp_exchange(a_socket, b_socket, 5, 1000 + round as usize);
@@ -237,7 +195,7 @@ fn stdout_lines(stdout: &str) -> Vec<String> {
 
 #[test]
 fn s3_text_objects_hold_exactly_the_traffic_under_aws_keys() {
-    let topology = topology();
+    let topology = Topology::new(true);
     let s3 = S3Server::start(&topology.a, PORT, &[]);
     create_bucket(&topology.a, &s3.endpoint(), BUCKET);
     let work = scratch("s3-text");
@@ -319,7 +277,7 @@ fn s3_text_objects_hold_exactly_the_traffic_under_aws_keys() {
 /// keys that are never duplicated.
 #[test]
 fn an_outage_with_an_agent_restart_loses_and_duplicates_nothing() {
-    let topology = topology();
+    let topology = Topology::new(true);
     let work = scratch("outage");
     let spool = work.join("spool");
     let s3 = S3Server::start(&topology.a, PORT, &[]);
@@ -451,7 +409,7 @@ fn spool_files(spool: &Path) -> usize {
 /// run checks JSON lines in a log-stream directory.
 #[test]
 fn parquet_objects_read_back_with_pyarrow_and_json_lines_carry_the_records() {
-    let topology = topology();
+    let topology = Topology::new(true);
     let work = scratch("parquet");
     let archive = work.join("archive");
     let json_dir = work.join("json");
