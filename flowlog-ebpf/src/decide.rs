@@ -169,7 +169,7 @@ fn decide_with(
                     }
                     verdict == CACHED_ALLOW
                 };
-                security_group(&mut state, packet, allowed)
+                security_group(&mut state, packet, allowed, config.mode == MODE_AUDIT)
             }
         }
     };

@@ -135,20 +135,26 @@ pub struct Packet {
 /// [`sg_rule_direction`]. Returns the rejecting layer, or `None` to allow; admits new
 /// connections into `state`.
 #[inline(always)]
+///
+/// In audit mode a connection the rules would refuse is tracked all the same (its packets pass),
+/// so that every later packet of it, replies included, is checked against the rules of the
+/// direction that opened it and recorded as a would-be reject too, as none of them would have
+/// existed under enforcement.
 pub fn security_group(
     state: &mut ConnState,
     packet: Packet,
     opening_allowed: bool,
+    audit: bool,
 ) -> Option<RejectLayer> {
     if state.origin != ORIGIN_NONE {
         return if opening_allowed {
             None
         } else {
-            // The policy changed and no longer allows this connection.
+            // Not admitted (audit mode), or the policy changed and no longer allows it.
             Some(RejectLayer::SecurityGroup)
         };
     }
-    if !opening_allowed {
+    if !opening_allowed && !audit {
         return Some(RejectLayer::SecurityGroup);
     }
     state.origin = if packet.inbound {
@@ -156,7 +162,7 @@ pub fn security_group(
     } else {
         ORIGIN_OUTBOUND
     };
-    None
+    (!opening_allowed).then_some(RejectLayer::SecurityGroup)
 }
 
 /// The direction whose rules decide a packet: the one that opened its connection if tracked,
@@ -286,7 +292,7 @@ mod tests {
     #[test]
     fn an_admitted_connection_is_tracked_until_its_close() {
         let mut state = ConnState::default();
-        assert_eq!(security_group(&mut state, INBOUND_SYN, true), None);
+        assert_eq!(security_group(&mut state, INBOUND_SYN, true, false), None);
         assert_eq!(state.origin, ORIGIN_INBOUND);
         let reply = Packet {
             inbound: false,
@@ -330,10 +336,31 @@ mod tests {
     }
 
     #[test]
+    fn audit_mode_tracks_a_refused_connection_so_its_replies_are_flagged_too() {
+        let mut state = ConnState::default();
+        assert_eq!(
+            security_group(&mut state, INBOUND_SYN, false, true),
+            Some(RejectLayer::SecurityGroup)
+        );
+        assert_eq!(state.origin, ORIGIN_INBOUND, "tracked, though refused");
+        let reply = Packet {
+            inbound: false,
+            tcp_flags: SYN | ACK,
+            ..INBOUND_SYN
+        };
+        // The reply is judged by the inbound rules, which refuse the connection.
+        assert!(sg_rule_direction(&state, reply));
+        assert_eq!(
+            security_group(&mut state, reply, false, true),
+            Some(RejectLayer::SecurityGroup)
+        );
+    }
+
+    #[test]
     fn without_a_rule_a_new_connection_is_rejected() {
         let mut state = ConnState::default();
         assert_eq!(
-            security_group(&mut state, INBOUND_SYN, false),
+            security_group(&mut state, INBOUND_SYN, false, false),
             Some(RejectLayer::SecurityGroup)
         );
         assert_eq!(state.origin, ORIGIN_NONE);

@@ -251,3 +251,31 @@ fn every_program_enforces_and_audit_mode_drops_nothing() {
         );
     }
 }
+
+#[test]
+fn in_audit_mode_the_replies_of_a_refused_connection_are_would_be_rejects_too() {
+    let mut datapath = TestDatapath::load(1024);
+    datapath.set_policy(
+        "mode = \"audit\"\n[security_group]\n[[security_group.ingress]]\nprotocol = \"tcp\"\nports = \"22\"\ncidr = \"198.18.0.0/15\"\n",
+    );
+    let audit_sg = (false, Verdict::AuditSecurityGroup);
+    // Inbound to 23: no rule. Audit mode lets it through, flagged.
+    assert_eq!(
+        verdict_of(&mut datapath, &v4().tcp(40000, 23).tcp_flags(0x02)),
+        audit_sg
+    );
+    // The SYN-ACK going back out would not exist under enforcement: flagged as well, although
+    // outbound connections are open (no egress section).
+    let syn_ack = FrameBuilder::ipv4(V4_DST, V4_SRC)
+        .tcp(23, 40000)
+        .tcp_flags(0x12);
+    assert_eq!(
+        verdict_on(Hook::TcEgress, &mut datapath, &syn_ack),
+        audit_sg
+    );
+    // An admitted connection is plain ACCEPT.
+    assert_eq!(
+        verdict_of(&mut datapath, &v4().tcp(40001, 22).tcp_flags(0x02)),
+        PASSED
+    );
+}
