@@ -150,8 +150,8 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
     let mut summary = RunSummary::default();
     loop {
         let wait = until_next_boundary(SystemTime::now(), config.interval);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(wait) => false,
             changed = links.changed() => {
                 if let Err(error) = changed {
                     tracing::error!(%error, "watching interfaces failed; the interface set is frozen");
@@ -171,12 +171,16 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
                 }
                 Signal::Stop(name) => {
                     tracing::info!(signal = name, "stopping: final drain");
-                    break;
+                    true
                 }
             },
-        }
+        };
         let started = std::time::Instant::now();
-        let mut drained = tokio::task::block_in_place(|| datapath.drain_interval())?;
+        let mut drained = if stopping {
+            final_drain(&mut datapath, &config)?
+        } else {
+            tokio::task::block_in_place(|| datapath.drain_interval())?
+        };
         if let Some(leftovers) = leftovers.take() {
             drained.absorb(leftovers);
         }
@@ -189,38 +193,10 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
             traffic_type: config.traffic_type,
         };
         output.publish(&datapath, drained, started.elapsed());
+        if stopping {
+            break;
+        }
     }
-
-    let keep = config.on_exit == OnExit::Keep && datapath.has_pinned_links();
-    let mut drained = if keep {
-        // The pinned programs go on counting into the other epoch, which the next agent drains:
-        // everything counted before the switch reaches the sinks now, the rest later.
-        datapath.detach_unpinned()?;
-        let drained = tokio::task::block_in_place(|| datapath.drain_interval())?;
-        datapath.leave_pinned_attached();
-        tracing::info!(
-            pin_dir = %config.pin_dir.as_deref().unwrap_or(Path::new("")).display(),
-            "programs stay attached and keep counting until the next agent (`flowlog-agent detach` removes them)"
-        );
-        drained
-    } else {
-        // Nothing counts any more once the programs are detached, so both epochs can be drained
-        // completely: everything counted before the signal reaches the sinks.
-        datapath.detach_all()?;
-        tokio::task::block_in_place(|| datapath.drain_all_after_detach())?
-    };
-    if let Some(leftovers) = leftovers.take() {
-        drained.absorb(leftovers);
-    }
-    let mut output = Output {
-        builder: &mut builder,
-        stats: &mut stats,
-        metrics: &metrics,
-        sinks: &mut sinks,
-        summary: &mut summary,
-        traffic_type: config.traffic_type,
-    };
-    output.publish(&datapath, drained, Duration::ZERO);
     drop(datapath);
 
     for handle in sinks {
@@ -420,12 +396,7 @@ fn attach_one(
     choice: HookChoice,
     tc_mode: TcMode,
 ) -> Result<Hook, DatapathError> {
-    let hook = match choice {
-        HookChoice::Tc => Hook::Tc,
-        HookChoice::Xdp => Hook::Xdp,
-        HookChoice::Auto if interfaces::prefers_native_xdp(interface) => Hook::Xdp,
-        HookChoice::Auto => Hook::Tc,
-    };
+    let hook = interfaces::hook_for(choice, interface);
     let attached = datapath.attach(&interface.name, interface.ifindex, hook, tc_mode);
     match attached {
         Ok(_) => Ok(hook),
@@ -435,6 +406,29 @@ fn attach_one(
             Ok(Hook::Tc)
         }
         Err(error) => Err(error),
+    }
+}
+
+/// The last drain. With pinned links kept (`--on-exit keep`), the pinned programs go on
+/// counting into the other epoch, which the next agent drains: everything counted before the
+/// switch is written now, the rest later. Otherwise nothing counts any more once the programs
+/// are detached, so both epochs are drained completely.
+fn final_drain(datapath: &mut Datapath, config: &RunConfig) -> Result<DrainedEpoch, AgentError> {
+    let keep = config.on_exit == OnExit::Keep && datapath.has_pinned_links();
+    if keep {
+        datapath.detach_unpinned()?;
+        let drained = tokio::task::block_in_place(|| datapath.drain_interval())?;
+        datapath.leave_pinned_attached();
+        tracing::info!(
+            pin_dir = %config.pin_dir.as_deref().unwrap_or(Path::new("")).display(),
+            "programs stay attached and keep counting until the next agent (`flowlog-agent detach` removes them)"
+        );
+        Ok(drained)
+    } else {
+        datapath.detach_all()?;
+        Ok(tokio::task::block_in_place(|| {
+            datapath.drain_all_after_detach()
+        })?)
     }
 }
 

@@ -9,7 +9,7 @@ use aya::util::KernelVersion;
 
 use crate::{
     config::RunConfig,
-    datapath::{Datapath, DatapathConfig, Hook, HookChoice, TcMode},
+    datapath::{Datapath, DatapathConfig, HookChoice, TcMode},
     interfaces::{self, Interface},
     privileges,
     sink::{ObjectStoreSink, SinkSpec},
@@ -204,12 +204,7 @@ fn describe(interface: &Interface, choice: HookChoice, tc_mode: TcMode) -> Strin
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "virtual".to_owned());
-    let hook = match choice {
-        HookChoice::Tc => Hook::Tc,
-        HookChoice::Xdp => Hook::Xdp,
-        HookChoice::Auto if interfaces::prefers_native_xdp(interface) => Hook::Xdp,
-        HookChoice::Auto => Hook::Tc,
-    };
+    let hook = interfaces::hook_for(choice, interface);
     format!(
         "ifindex {}, driver {driver}: {hook} ingress, TC egress ({tc_mode})",
         interface.ifindex

@@ -121,6 +121,21 @@ impl InterfaceSelector {
 /// host side), costing more throughput than TC: like veth, measured at -55% here.
 const PARAVIRTUAL_DRIVERS: &[&str] = &["virtio_net", "hv_netvsc", "xen-netfront", "vmxnet3"];
 
+/// The ingress hook `choice` gives this interface (`auto`: native XDP where it pays, see
+/// [`prefers_native_xdp`]).
+pub fn hook_for(
+    choice: crate::datapath::HookChoice,
+    interface: &Interface,
+) -> crate::datapath::Hook {
+    use crate::datapath::{Hook, HookChoice};
+    match choice {
+        HookChoice::Tc => Hook::Tc,
+        HookChoice::Xdp => Hook::Xdp,
+        HookChoice::Auto if prefers_native_xdp(interface) => Hook::Xdp,
+        HookChoice::Auto => Hook::Tc,
+    }
+}
+
 /// Whether `--hook auto` should try native XDP on this interface: only on a physical device
 /// (one with a bus device in sysfs) whose driver is not a paravirtual one. Virtual devices (veth,
 /// bridges, tunnels, dummy) have no bus device.

@@ -3,10 +3,14 @@
 //! TCP headers on both sides; optionally an idle pair `a1`-`b1` (no addresses, IPv6 off) whose
 //! NODATA records mark every interval; and a UDP socket pair per address family.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+};
 
 use crate::{
     netns::{NetNs, veth_pair},
+    records::{FlowTuple, Record, totals},
     traffic::{plain_tcp_headers, udp_socket},
 };
 
@@ -67,5 +71,34 @@ impl Topology {
             });
         }
         Topology { a, b, udp }
+    }
+}
+
+/// What a test sent on `a0`: (interface, flow) -> (packets, bytes).
+#[derive(Default)]
+pub struct Expected(pub BTreeMap<(String, FlowTuple), (u64, u64)>);
+
+impl Expected {
+    /// Adds `wire` (packets, IP bytes) of one exchange from `from` to `to`.
+    pub fn add(&mut self, from: SocketAddr, to: SocketAddr, protocol: u8, wire: (u64, u64)) {
+        let flow = FlowTuple {
+            src: from.ip(),
+            dst: to.ip(),
+            src_port: from.port(),
+            dst_port: to.port(),
+            protocol,
+        };
+        let entry = self.0.entry(("a0".to_owned(), flow)).or_insert((0, 0));
+        entry.0 += wire.0;
+        entry.1 += wire.1;
+    }
+
+    /// Every flow the test made adds up exactly in `records` (other flows, such as neighbour
+    /// discovery, may be there beside them). `source` names the records in a failure.
+    pub fn check(&self, records: &[Record], source: &str) {
+        let seen = totals(records);
+        for (key, want) in &self.0 {
+            assert_eq!(seen.get(key), Some(want), "flow {key:?}: {source} vs wire");
+        }
     }
 }

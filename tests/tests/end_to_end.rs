@@ -3,7 +3,6 @@
 //! what crossed the wire, lie inside their intervals, and an idle interface must get NODATA.
 
 use std::{
-    collections::BTreeMap,
     fs,
     net::{IpAddr, SocketAddr},
     os::unix::fs::PermissionsExt,
@@ -14,29 +13,10 @@ use std::{
 
 use tests::{
     agent::Agent,
-    records::{FlowTuple, Record, parse_lines, totals},
-    topology::{A4, A6, TCP, Topology, UDP},
+    records::{Record, parse_lines},
+    topology::{A4, A6, Expected, TCP, Topology, UDP},
     traffic::{tcp_exchange, udp_exchange, udp_gso_exchange},
 };
-
-/// Expected (interface, flow) -> (packets, bytes), from what the test sent.
-#[derive(Default)]
-struct Expected(BTreeMap<(String, FlowTuple), (u64, u64)>);
-
-impl Expected {
-    fn add(&mut self, from: SocketAddr, to: SocketAddr, protocol: u8, wire: (u64, u64)) {
-        let flow = FlowTuple {
-            src: from.ip(),
-            dst: to.ip(),
-            src_port: from.port(),
-            dst_port: to.port(),
-            protocol,
-        };
-        let entry = self.0.entry(("a0".to_owned(), flow)).or_insert((0, 0));
-        entry.0 += wire.0;
-        entry.1 += wire.1;
-    }
-}
 
 /// `--hook auto` picks TC on a veth, attached with TCX on this kernel.
 #[test]
@@ -145,10 +125,7 @@ fn records_add_up_to_the_traffic_exactly(name: &str, hook_args: &[&str]) -> Stri
 
     // 1. Exact totals for every flow the test made (other flows, e.g. neighbour discovery, may
     //    exist beside them).
-    let seen = totals(&records);
-    for (key, want) in &expected.0 {
-        assert_eq!(seen.get(key), Some(want), "flow {key:?}: records vs wire");
-    }
+    expected.check(&records, "records");
     for record in &records {
         assert_eq!(
             (record.version, record.account_id.as_str()),

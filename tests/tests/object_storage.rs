@@ -17,9 +17,9 @@ use std::{
 use tests::{
     agent::{Agent, agent_binary},
     netns::{NetNs, veth_pair},
-    records::{FlowTuple, parse_line, parse_lines, totals},
+    records::{parse_line, parse_lines},
     s3::{S3Server, create_bucket, download_all, gunzip, run_script},
-    topology::{A4, TCP, Topology, UDP},
+    topology::{A4, Expected, TCP, Topology, UDP},
     traffic::{tcp_exchange, udp_exchange},
 };
 
@@ -35,35 +35,6 @@ const CREDENTIALS: &[(&str, &str)] = &[
 ];
 const HEADER: &str = "version account-id interface-id srcaddr dstaddr srcport dstport protocol \
                       packets bytes start end action log-status";
-
-/// Expected (interface, flow) -> (packets, bytes), from what the test sent.
-#[derive(Default)]
-struct Expected(BTreeMap<(String, FlowTuple), (u64, u64)>);
-
-impl Expected {
-    fn add(&mut self, from: SocketAddr, to: SocketAddr, protocol: u8, wire: (u64, u64)) {
-        let flow = FlowTuple {
-            src: from.ip(),
-            dst: to.ip(),
-            src_port: from.port(),
-            dst_port: to.port(),
-            protocol,
-        };
-        let entry = self.0.entry(("a0".to_owned(), flow)).or_insert((0, 0));
-        entry.0 += wire.0;
-        entry.1 += wire.1;
-    }
-
-    /// Every flow the test made adds up exactly in `records` (other flows, such as neighbour
-    /// discovery, may be there beside them).
-    fn check(&self, lines: &[String]) {
-        let records = parse_lines(&lines.join("\n"));
-        let seen = totals(&records);
-        for (key, want) in &self.0 {
-            assert_eq!(seen.get(key), Some(want), "flow {key:?}: objects vs wire");
-        }
-    }
-}
 
 /// One round of known traffic: UDP both ways over IPv4 and IPv6, and a TCP exchange.
 fn send_round(topology: &Topology, round: u64, expected: &mut Expected) {
@@ -263,7 +234,7 @@ fn s3_text_objects_hold_exactly_the_traffic_under_aws_keys() {
         sorted(in_objects.clone()),
         sorted(stdout_lines(&stopped.stdout))
     );
-    expected.check(&in_objects);
+    expected.check(&parse_lines(&in_objects.join("\n")), "objects");
     // Everything was uploaded: the spool is empty.
     let left: Vec<_> = fs::read_dir(spool.read_dir().unwrap().next().unwrap().unwrap().path())
         .unwrap()
@@ -391,7 +362,7 @@ fn an_outage_with_an_agent_restart_loses_and_duplicates_nothing() {
         sorted(stdout),
         "every record exactly once"
     );
-    expected.check(&in_objects);
+    expected.check(&parse_lines(&in_objects.join("\n")), "objects");
     fs::remove_dir_all(&work).expect("clean up");
 }
 
@@ -570,7 +541,7 @@ fn parquet_objects_read_back_with_pyarrow_and_json_lines_carry_the_records() {
         .iter()
         .map(|r| r.split(' ').take(14).collect::<Vec<_>>().join(" "))
         .collect();
-    expected.check(&default_fields);
+    expected.check(&parse_lines(&default_fields.join("\n")), "objects");
 
     // JSON lines: one {"message": "<record>"} per line, in each interface's stream.
     let mut messages = Vec::new();
