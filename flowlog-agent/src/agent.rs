@@ -13,22 +13,19 @@ use flowlog_common::{flow::PacketCount, maps::flow_maps_memory_bytes, stats::Sta
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::{OnExit, TrafficType},
-    collector::IntervalBuilder,
+    cli::OnExit,
+    collector,
     config::RunConfig,
     datapath::{
         Datapath, DatapathConfig, DatapathError, DrainedEpoch, Hook, HookChoice, KernelLogger,
         TcMode, TcModeChoice,
     },
+    flow_log::{FlowLog, next_multiple},
     interfaces::{self, Interface},
-    metrics::{self, KindLabels, Metrics, SinkLabels},
+    metrics::{self, KindLabels, Metrics},
     policy::{Exclusion, Policy},
     privileges::{self, MissingCapability},
-    record::{IntervalRecords, RecordKind},
-    sink::{
-        self, Envelope, IpfixSink, LineRenderer, LogStreamSink, ObjectStoreSink, SinkHandle,
-        SinkReport, SinkSpec, StdoutSink, object::ObjectSinkError,
-    },
+    sink::{SinkReport, object::ObjectSinkError},
     sys,
 };
 
@@ -67,7 +64,7 @@ pub struct RunSummary {
     pub sinks: Vec<(String, SinkReport)>,
 }
 
-pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
+pub async fn run(mut config: RunConfig) -> Result<RunSummary, AgentError> {
     privileges::check()?;
     let datapath_config = DatapathConfig {
         max_flows: config.max_flows,
@@ -111,23 +108,23 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
         publish_policy(&mut datapath, path, policy)?;
     }
     let interfaces = select_interfaces(&config)?;
-    let mut sinks = start_sinks(&config, &interfaces).await?;
-    *metrics.sinks.lock().expect("metrics lock") = sinks
-        .iter()
-        .map(|sink| (sink.name().to_owned(), sink.live().clone()))
-        .collect();
+    let now = SystemTime::now();
+    let mut flow_logs = Vec::new();
+    for flow_log in &config.flow_logs {
+        flow_logs.push(FlowLog::start(flow_log.clone(), now, &interfaces).await?);
+    }
+    publish_sink_metrics(&metrics, &flow_logs);
     let mut signals = Signals::install().map_err(AgentError::Signals)?;
 
     // Subscribed before the first listing, so no interface can appear unseen in between.
     let mut links = LinkWatcher::new().map_err(AgentError::LinkWatch)?;
-    let mut builder = IntervalBuilder::new(SystemTime::now());
-    attach_all(
-        &mut datapath,
-        &mut builder,
-        &interfaces,
-        config.hook,
-        config.tc_mode,
-    )?;
+    attach_all(&mut datapath, &interfaces, config.hook, config.tc_mode)?;
+    for flow_log in &mut flow_logs {
+        flow_log.follow(&interfaces);
+    }
+    metrics
+        .interfaces_attached
+        .set(datapath.attached().count() as i64);
 
     // Everything that needs more than the running set is done: programs loaded, bpffs mounted,
     // sinks and the metrics port open.
@@ -148,8 +145,16 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
     };
 
     let mut summary = RunSummary::default();
+    let mut drains = Drains {
+        stats: &mut stats,
+        metrics: &metrics,
+        summary: &mut summary,
+    };
     loop {
-        let wait = until_next_boundary(SystemTime::now(), config.interval);
+        let tick = config.tick();
+        let now = SystemTime::now();
+        let wait = until_next_boundary(now, tick);
+        let boundary = next_multiple(collector::unix_seconds(now), tick.as_secs());
         let stopping = tokio::select! {
             _ = tokio::time::sleep(wait) => false,
             changed = links.changed() => {
@@ -157,16 +162,37 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
                     tracing::error!(%error, "watching interfaces failed; the interface set is frozen");
                     links.stop();
                 }
-                follow_interfaces(&mut datapath, &mut builder, &config)?;
+                follow_interfaces(&mut datapath, &mut flow_logs, &config);
                 metrics.interfaces_attached.set(datapath.attached().count() as i64);
                 continue;
             }
             signal = signals.next() => match signal {
                 Signal::Reload => {
-                    match reload_policy(&mut datapath, &config) {
-                        true => metrics.policy_reloads.inc(),
-                        false => metrics.policy_reload_failures.inc(),
-                    };
+                    if config.args.config.is_some() {
+                        let mut reload = Reload {
+                            datapath: &mut datapath,
+                            flow_logs: &mut flow_logs,
+                            drains: &mut drains,
+                            leftovers: &mut leftovers,
+                        };
+                        match reload.apply(&config).await {
+                            Ok(new) => {
+                                config = new;
+                                metrics.config_reloads.inc();
+                            }
+                            Err(error) => {
+                                tracing::error!("SIGHUP: configuration not reloaded, the previous one stays in force: {error}");
+                                metrics.config_reload_failures.inc();
+                            }
+                        }
+                        publish_sink_metrics(&metrics, &flow_logs);
+                        metrics.interfaces_attached.set(datapath.attached().count() as i64);
+                    } else {
+                        match reload_policy(&mut datapath, &config) {
+                            true => metrics.policy_reloads.inc(),
+                            false => metrics.policy_reload_failures.inc(),
+                        };
+                    }
                     continue;
                 }
                 Signal::Stop(name) => {
@@ -176,113 +202,261 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
             },
         };
         let started = std::time::Instant::now();
-        let mut drained = if stopping {
+        let drained = if stopping {
             final_drain(&mut datapath, &config)?
         } else {
             tokio::task::block_in_place(|| datapath.drain_interval())?
         };
-        if let Some(leftovers) = leftovers.take() {
-            drained.absorb(leftovers);
+        drains.share_out(&datapath, &mut flow_logs, drained, &mut leftovers, started);
+        for flow_log in &mut flow_logs {
+            if stopping || flow_log.is_due(boundary) {
+                drains.summary.records += flow_log.publish(&metrics) as u64;
+            }
         }
-        let mut output = Output {
-            builder: &mut builder,
-            stats: &mut stats,
-            metrics: &metrics,
-            sinks: &mut sinks,
-            summary: &mut summary,
-            traffic_type: config.traffic_type,
-        };
-        output.publish(&datapath, drained, started.elapsed());
         if stopping {
             break;
         }
     }
     drop(datapath);
 
-    for handle in sinks {
-        let name = handle.name().to_owned();
-        let report = handle.finish().await;
-        tracing::info!(
-            sink = %name,
-            records = report.records_written,
-            lost = report.records_lost,
-            retries = report.retries,
-            "sink finished"
-        );
-        summary.sinks.push((name, report));
+    for flow_log in flow_logs {
+        let reports = flow_log.finish().await;
+        summary.sinks.extend(reports);
     }
     Ok(summary)
 }
 
+/// Shares every drain out to the flow logs, and counts it for the metrics.
+struct Drains<'a> {
+    stats: &'a mut StatsDelta,
+    metrics: &'a Metrics,
+    summary: &'a mut RunSummary,
+}
+
+impl Drains<'_> {
+    fn share_out(
+        &mut self,
+        datapath: &Datapath,
+        flow_logs: &mut [FlowLog],
+        mut drained: DrainedEpoch,
+        leftovers: &mut Option<DrainedEpoch>,
+        started: std::time::Instant,
+    ) {
+        if let Some(leftovers) = leftovers.take() {
+            drained.absorb(leftovers);
+        }
+        let drain_time = started.elapsed();
+        let not_flows = self.stats.update(datapath);
+        let m = self.metrics;
+        m.record_drain(&drained);
+        m.map_entries.set(drained.entries as i64);
+        m.drain_seconds.set(drain_time.as_secs_f64());
+        m.drain_seconds_total.inc_by(drain_time.as_secs_f64());
+        for (stat, count) in &not_flows {
+            let kind = match stat {
+                Stat::NonIp => "non_ip",
+                Stat::Malformed => "malformed",
+                Stat::Excluded => "excluded",
+            };
+            m.not_flows
+                .get_or_create(&KindLabels { kind: kind.into() })
+                .inc_by(count.packets);
+        }
+        self.summary.intervals += 1;
+        // Counts on an interface no flow log covers (left by a previous agent's configuration)
+        // are reported, not silently dropped.
+        let mut orphaned = PacketCount::default();
+        for (key, counters) in &drained.flows {
+            if !flow_logs.iter().any(|f| f.covers(key.ifindex)) {
+                orphaned.add(&PacketCount {
+                    packets: counters.packets,
+                    bytes: counters.bytes,
+                });
+            }
+        }
+        if orphaned.packets != 0 {
+            tracing::warn!(
+                packets = orphaned.packets,
+                bytes = orphaned.bytes,
+                "counted on interfaces no flow log covers any more (a previous configuration's): not written"
+            );
+        }
+        for flow_log in flow_logs.iter_mut() {
+            flow_log.absorb(&drained, &not_flows, drain_time);
+        }
+    }
+}
+
+/// A SIGHUP with `--config`: the file is read and checked again; if it is good, flow logs
+/// that were removed or changed write what they counted so far and stop, new and changed ones
+/// start, and the others go on undisturbed (one drain is taken now, which they add to their
+/// interval in progress).
+struct Reload<'a, 'd> {
+    datapath: &'a mut Datapath,
+    flow_logs: &'a mut Vec<FlowLog>,
+    drains: &'a mut Drains<'d>,
+    leftovers: &'a mut Option<DrainedEpoch>,
+}
+
+impl Reload<'_, '_> {
+    async fn apply(&mut self, old: &RunConfig) -> Result<RunConfig, String> {
+        let mut new = old.reload().map_err(|error| error.to_string())?;
+        keep_restart_only_settings(old, &mut new);
+        let available = interfaces::list().map_err(|error| format!("listing interfaces: {error}"))?;
+        for flow_log in &new.flow_logs {
+            let missing = flow_log.scope.select(&available).missing;
+            if !missing.is_empty() {
+                return Err(format!(
+                    "flow log {}: no such interface: {}",
+                    flow_log.name(),
+                    missing.join(", ")
+                ));
+            }
+        }
+        // The policy and exclusions first: they are host-wide and checked already.
+        if new.exclusions != old.exclusions {
+            let compiled = Exclusion::compile(&new.exclusions)?;
+            self.datapath
+                .set_exclusions(&compiled)
+                .map_err(|error| error.to_string())?;
+            tracing::info!(exclusions = new.exclusions.len(), "exclusions updated");
+        }
+        match &new.policy {
+            Some((path, policy)) => publish_policy(self.datapath, path, policy)
+                .map_err(|error| error.to_string())?,
+            None if old.policy.is_some() => {
+                self.datapath
+                    .set_policy(None)
+                    .map_err(|error| error.to_string())?;
+                tracing::info!("policy removed: everything is accepted");
+            }
+            None => {}
+        }
+
+        // What was counted up to now belongs to the flow logs that counted it.
+        let started = std::time::Instant::now();
+        let drained = tokio::task::block_in_place(|| self.datapath.drain_interval())
+            .map_err(|error| error.to_string())?;
+        self.drains
+            .share_out(self.datapath, self.flow_logs, drained, self.leftovers, started);
+
+        let (mut kept, mut stopped) = (Vec::new(), Vec::new());
+        for flow_log in self.flow_logs.drain(..) {
+            let unchanged = new
+                .flow_logs
+                .iter()
+                .any(|f| f.name() == flow_log.name() && f.same_as(&flow_log.config));
+            if unchanged {
+                kept.push(flow_log);
+            } else {
+                stopped.push(flow_log);
+            }
+        }
+        for mut flow_log in stopped {
+            self.drains.summary.records += flow_log.publish(self.drains.metrics) as u64;
+            tracing::info!(flow_log = flow_log.name(), "flow log stopped by the reload");
+            let reports = flow_log.finish().await;
+            self.drains.summary.sinks.extend(reports);
+        }
+        let now = SystemTime::now();
+        let attached: Vec<Interface> = available
+            .iter()
+            .filter(|i| self.datapath.attached().any(|a| a.ifindex == i.ifindex))
+            .cloned()
+            .collect();
+        for config in &new.flow_logs {
+            if kept.iter().any(|f| f.name() == config.name()) {
+                continue;
+            }
+            match FlowLog::start(config.clone(), now, &attached).await {
+                Ok(flow_log) => {
+                    tracing::info!(flow_log = config.name(), "flow log started by the reload");
+                    kept.push(flow_log);
+                }
+                // The others keep running; the next SIGHUP tries again.
+                Err(error) => {
+                    tracing::error!(flow_log = config.name(), %error, "flow log not started")
+                }
+            }
+        }
+        *self.flow_logs = kept;
+        follow_interfaces(self.datapath, self.flow_logs, &new);
+        tracing::info!(
+            config = %new.args.config.as_deref().unwrap_or(Path::new("")).display(),
+            flow_logs = self.flow_logs.len(),
+            "configuration reloaded"
+        );
+        Ok(new)
+    }
+}
+
+/// Settings of the loaded datapath, the pins and the metrics port only change at a restart:
+/// the running values stay, with a warning.
+fn keep_restart_only_settings(old: &RunConfig, new: &mut RunConfig) {
+    let mut kept = Vec::new();
+    if new.hook != old.hook {
+        kept.push("hook");
+        new.hook = old.hook;
+    }
+    if new.tc_mode != old.tc_mode {
+        kept.push("tc-mode");
+        new.tc_mode = old.tc_mode;
+    }
+    if new.max_flows != old.max_flows {
+        kept.push("max-flows");
+        new.max_flows = old.max_flows;
+    }
+    if new.pin_dir != old.pin_dir {
+        kept.push("pin-dir");
+        new.pin_dir = old.pin_dir.clone();
+    }
+    if new.on_exit != old.on_exit {
+        kept.push("on-exit");
+        new.on_exit = old.on_exit;
+    }
+    if new.metrics != old.metrics {
+        kept.push("metrics");
+        new.metrics = old.metrics;
+    }
+    if !kept.is_empty() {
+        tracing::warn!(
+            settings = %kept.join(", "),
+            "SIGHUP: these settings change at the next restart; the running values stay"
+        );
+    }
+}
+
+fn publish_sink_metrics(metrics: &Metrics, flow_logs: &[FlowLog]) {
+    *metrics.sinks.lock().expect("metrics lock") =
+        flow_logs.iter().flat_map(FlowLog::sink_counters).collect();
+    metrics.flow_logs.set(flow_logs.len() as i64);
+}
+
 fn select_interfaces(config: &RunConfig) -> Result<Vec<Interface>, AgentError> {
     let available = interfaces::list().map_err(AgentError::ListInterfaces)?;
-    let selection = config.interfaces.select(&available);
-    if !selection.missing.is_empty() {
-        return Err(AgentError::NoSuchInterface(selection.missing));
+    let mut selected: Vec<Interface> = Vec::new();
+    for flow_log in &config.flow_logs {
+        let selection = flow_log.scope.select(&available);
+        if !selection.missing.is_empty() {
+            return Err(AgentError::NoSuchInterface(selection.missing));
+        }
+        for glob in &selection.unmatched_globs {
+            tracing::warn!(flow_log = flow_log.name(), glob = %glob, "interface glob matches no interface");
+        }
+        for interface in selection.matched {
+            if !selected.iter().any(|s| s.ifindex == interface.ifindex) {
+                selected.push(interface);
+            }
+        }
     }
-    for glob in &selection.unmatched_globs {
-        tracing::warn!(glob = %glob, "--interface glob matches no interface");
-    }
-    if selection.matched.is_empty() {
+    if selected.is_empty() {
         tracing::warn!("no interface selected: every interval will be empty");
     }
-    Ok(selection.matched)
-}
-
-async fn start_sinks(
-    config: &RunConfig,
-    interfaces: &[Interface],
-) -> Result<Vec<SinkHandle>, AgentError> {
-    let renderer = LineRenderer::new(Arc::clone(&config.format), Arc::clone(&config.metadata));
-    let traffic_type = config.traffic_type.file_name_part();
-    let log_streams = |directory: &std::path::PathBuf, renderer: &LineRenderer| {
-        LogStreamSink::new(directory.clone(), traffic_type, renderer.clone())
-            .map(sink::spawn)
-            .map_err(|error| AgentError::Sink {
-                sink: spec_name(directory, renderer),
-                error,
-            })
-    };
-    let mut handles = Vec::new();
-    for spec in &config.sinks {
-        let handle = match spec {
-            SinkSpec::Stdout => sink::spawn(StdoutSink::new(renderer.clone())),
-            SinkSpec::JsonStdout(envelope) => {
-                sink::spawn(StdoutSink::new(renderer.clone().with_envelope(*envelope)))
-            }
-            SinkSpec::LogStreams(directory) => log_streams(directory, &renderer)?,
-            SinkSpec::JsonLogStreams(envelope, directory) => {
-                log_streams(directory, &renderer.clone().with_envelope(*envelope))?
-            }
-            SinkSpec::ObjectStore(url) => {
-                let layout = config.key_layout(url);
-                let sink =
-                    ObjectStoreSink::start(url, layout, &config.archive, renderer.clone()).await?;
-                sink::spawn(sink)
-            }
-            SinkSpec::Ipfix(spec) => {
-                let indexes = interfaces
-                    .iter()
-                    .map(|i| (i.name.clone(), i.ifindex))
-                    .collect();
-                sink::spawn(IpfixSink::new(spec.clone(), indexes))
-            }
-        };
-        handles.push(handle);
-    }
-    Ok(handles)
-}
-
-fn spec_name(directory: &std::path::Path, renderer: &LineRenderer) -> String {
-    match renderer.envelope {
-        Envelope::Plain => format!("dir:{}", directory.display()),
-        json => format!("{}dir:{}", json.sink_prefix(), directory.display()),
-    }
+    Ok(selected)
 }
 
 fn attach_all(
     datapath: &mut Datapath,
-    builder: &mut IntervalBuilder,
     interfaces: &[Interface],
     choice: HookChoice,
     tc_choice: TcModeChoice,
@@ -295,32 +469,25 @@ fn attach_all(
     }
     for interface in interfaces {
         let hook = attach_one(datapath, interface, choice, tc_mode)?;
-        builder.interface_attached(interface.ifindex, &interface.name);
         tracing::info!(interface = %interface.name, ifindex = interface.ifindex, %hook, %tc_mode, "attached");
     }
     Ok(())
 }
 
-/// Interfaces come and go (containers, VMs): attaches every selected interface that is not
-/// attached yet, and detaches the ones that are gone or no longer match. A departed interface's
-/// last counts are still drained and written under its name.
-fn follow_interfaces(
-    datapath: &mut Datapath,
-    builder: &mut IntervalBuilder,
-    config: &RunConfig,
-) -> Result<(), AgentError> {
+/// Interfaces come and go (containers, VMs), and gain and lose addresses: attaches every
+/// interface a flow log's scope selects that is not attached yet, detaches the ones that are
+/// gone or selected by none, and tells each flow log which of the attached ones are its own. A
+/// departed interface's last counts are still drained and written under its name.
+fn follow_interfaces(datapath: &mut Datapath, flow_logs: &mut [FlowLog], config: &RunConfig) {
     let available = match interfaces::list() {
         Ok(available) => available,
         Err(error) => {
             // Try again at the next notification rather than stop counting.
             tracing::warn!(%error, "listing interfaces failed");
-            return Ok(());
+            return;
         }
     };
-    let wanted: Vec<&Interface> = available
-        .iter()
-        .filter(|i| config.interfaces.matches(i))
-        .collect();
+    let wanted: Vec<&Interface> = available.iter().filter(|i| config.covers(i)).collect();
     let gone: Vec<(u32, String)> = datapath
         .attached()
         .filter(|a| {
@@ -335,24 +502,29 @@ fn follow_interfaces(
             // The kernel already removed what hung on a deleted device.
             tracing::debug!(interface = %name, %error, "detaching a departed interface");
         }
-        builder.interface_detached(ifindex);
         tracing::info!(interface = %name, ifindex, "detached");
     }
     let tc_mode = config.tc_mode.resolve();
-    for interface in wanted {
+    for interface in &wanted {
         if datapath.attached().any(|a| a.ifindex == interface.ifindex) {
             continue;
         }
         match attach_one(datapath, interface, config.hook, tc_mode) {
             Ok(hook) => {
-                builder.interface_attached(interface.ifindex, &interface.name);
                 tracing::info!(interface = %interface.name, ifindex = interface.ifindex, %hook, %tc_mode, "attached");
             }
             // It may be gone again already; the next notification tells.
             Err(error) => tracing::warn!(interface = %interface.name, %error, "not attached"),
         }
     }
-    Ok(())
+    let attached: Vec<Interface> = wanted
+        .into_iter()
+        .filter(|w| datapath.attached().any(|a| a.ifindex == w.ifindex))
+        .cloned()
+        .collect();
+    for flow_log in flow_logs {
+        flow_log.follow(&attached);
+    }
 }
 
 /// Link notifications from the kernel (rtnetlink).
@@ -432,56 +604,6 @@ fn final_drain(datapath: &mut Datapath, config: &RunConfig) -> Result<DrainedEpo
     }
 }
 
-/// Where an interval's records go: the log line, the metrics and the sinks.
-struct Output<'a> {
-    builder: &'a mut IntervalBuilder,
-    stats: &'a mut StatsDelta,
-    metrics: &'a Metrics,
-    sinks: &'a mut [SinkHandle],
-    summary: &'a mut RunSummary,
-    traffic_type: TrafficType,
-}
-
-impl Output<'_> {
-    /// Builds the interval's records from what was drained and hands them on.
-    fn publish(&mut self, datapath: &Datapath, drained: DrainedEpoch, drain_time: Duration) {
-        let entries = drained.entries;
-        let built = self.builder.build(drained);
-        let not_flows = self.stats.update(datapath);
-        let m = self.metrics;
-        m.record_interval(&built);
-        m.map_entries.set(entries as i64);
-        m.drain_seconds.set(drain_time.as_secs_f64());
-        m.drain_seconds_total.inc_by(drain_time.as_secs_f64());
-        m.interfaces_attached
-            .set(datapath.attached().count() as i64);
-        for (stat, count) in &not_flows {
-            let kind = match stat {
-                Stat::NonIp => "non_ip",
-                Stat::Malformed => "malformed",
-                Stat::Excluded => "excluded",
-            };
-            m.not_flows
-                .get_or_create(&KindLabels { kind: kind.into() })
-                .inc_by(count.packets);
-        }
-        let interval = Arc::new(select_traffic(built, self.traffic_type));
-        log_interval(&interval, entries, drain_time, not_flows);
-        self.summary.intervals += 1;
-        self.summary.records += interval.records.len() as u64;
-        for sink in self.sinks.iter_mut() {
-            let labels = SinkLabels {
-                sink: sink.name().to_owned(),
-            };
-            // A full queue is logged and counted by the handle; the drain never waits for a sink.
-            match sink.offer(&interval) {
-                Ok(()) => m.sink_records_offered.get_or_create(&labels).inc(),
-                Err(_) => m.sink_intervals_dropped.get_or_create(&labels).inc(),
-            };
-        }
-    }
-}
-
 /// Time until the next multiple of `interval` since the Unix epoch, so intervals line up with
 /// the wall clock (a 60 s interval ends on every minute).
 fn until_next_boundary(now: SystemTime, interval: Duration) -> Duration {
@@ -489,38 +611,6 @@ fn until_next_boundary(now: SystemTime, interval: Duration) -> Duration {
     let period = interval.as_nanos().max(1);
     let into_period = since_epoch.as_nanos() % period;
     Duration::from_nanos((period - into_period) as u64)
-}
-
-fn log_interval(
-    interval: &IntervalRecords,
-    entries: usize,
-    drain_time: Duration,
-    not_flows: BTreeMap<Stat, PacketCount>,
-) {
-    use crate::record::RecordKind;
-    let (mut flows, mut idle, mut skipped) = (0, 0, 0u64);
-    for record in &interval.records {
-        match &record.kind {
-            RecordKind::Flow(_) => flows += 1,
-            RecordKind::NoData => idle += 1,
-            RecordKind::SkipData { packets, .. } => skipped += packets,
-        }
-    }
-    let stat = |s: Stat| not_flows.get(&s).map_or(0, |c| c.packets);
-    tracing::info!(
-        start = interval.start,
-        end = interval.end,
-        records = interval.records.len(),
-        flows,
-        idle_interfaces = idle,
-        skipped_packets = skipped,
-        map_entries = entries,
-        non_ip_packets = stat(Stat::NonIp),
-        malformed_packets = stat(Stat::Malformed),
-        excluded_packets = stat(Stat::Excluded),
-        drain_ms = drain_time.as_millis() as u64,
-        "interval written"
-    );
 }
 
 /// Turns the datapath's running totals into per-interval differences.
@@ -548,21 +638,6 @@ impl StatsDelta {
         self.previous = now;
         delta
     }
-}
-
-/// Keeps the records the flow log's traffic type selects. NODATA and SKIPDATA records are
-/// always kept: they say what the log could not show.
-fn select_traffic(mut interval: IntervalRecords, traffic_type: TrafficType) -> IntervalRecords {
-    let keep_reject = match traffic_type {
-        TrafficType::All => return interval,
-        TrafficType::Accept => false,
-        TrafficType::Reject => true,
-    };
-    interval.records.retain(|record| match &record.kind {
-        RecordKind::Flow(flow) => flow.verdict.is_reject() == keep_reject,
-        RecordKind::NoData | RecordKind::SkipData { .. } => true,
-    });
-    interval
 }
 
 /// Compiles and publishes a policy; the tick length converts its idle timeouts.

@@ -8,7 +8,7 @@ use std::{fmt, path::Path};
 use aya::util::KernelVersion;
 
 use crate::{
-    config::RunConfig,
+    config::{FlowLogConfig, RunConfig},
     datapath::{Datapath, DatapathConfig, HookChoice, TcMode},
     interfaces::{self, Interface},
     privileges,
@@ -62,10 +62,21 @@ impl Report {
 /// Checks everything `run` would need, in the order it needs it.
 pub async fn check(config: &RunConfig) -> Report {
     let mut report = Report::default();
+    let names: Vec<&str> = config.flow_logs.iter().map(|f| f.name()).collect();
+    let source = match &config.args.config {
+        Some(path) => format!("{} and the flags", path.display()),
+        None => "the flags".to_owned(),
+    };
     report.add(
         Level::Ok,
         "configuration",
-        "flags, format, policy and sinks parse",
+        format!(
+            "{source}: {} flow log{} ({}), drained every {}s; formats, policy and sinks parse",
+            names.len(),
+            if names.len() == 1 { "" } else { "s" },
+            names.join(", "),
+            config.tick().as_secs()
+        ),
     );
     kernel(&mut report);
     match privileges::check() {
@@ -89,8 +100,10 @@ pub async fn check(config: &RunConfig) -> Report {
         Err(error) => report.add(Level::Fail, "programs", error.to_string()),
     }
     interfaces_found(&mut report, config);
-    for spec in &config.sinks {
-        sink(&mut report, config, spec).await;
+    for flow_log in &config.flow_logs {
+        for spec in &flow_log.sinks {
+            sink(&mut report, flow_log, spec).await;
+        }
     }
     if let Some(address) = config.metrics {
         match std::net::TcpListener::bind(address) {
@@ -174,28 +187,49 @@ fn interfaces_found(report: &mut Report, config: &RunConfig) {
             return;
         }
     };
-    let selection = config.interfaces.select(&available);
-    for name in &selection.missing {
-        report.add(
-            Level::Fail,
-            format!("interface {name}"),
-            "no such interface",
-        );
-    }
-    for glob in &selection.unmatched_globs {
-        report.add(
-            Level::Warn,
-            format!("interface glob {glob}"),
-            "matches nothing yet (interfaces that appear later are attached)",
-        );
-    }
     let tc_mode = config.tc_mode.resolve();
-    for interface in &selection.matched {
-        report.add(
-            Level::Ok,
-            format!("interface {}", interface.name),
-            describe(interface, config.hook, tc_mode),
-        );
+    let several = config.flow_logs.len() > 1;
+    for interface in available.iter().filter(|i| config.covers(i)) {
+        let mut detail = describe(interface, config.hook, tc_mode);
+        if several {
+            let logs: Vec<&str> = config
+                .flow_logs
+                .iter()
+                .filter(|f| f.scope.matches(interface))
+                .map(|f| f.name())
+                .collect();
+            detail.push_str(&format!("; flow logs {}", logs.join(", ")));
+        }
+        report.add(Level::Ok, format!("interface {}", interface.name), detail);
+    }
+    for flow_log in &config.flow_logs {
+        let selection = flow_log.scope.select(&available);
+        let whose = if several {
+            format!(" (flow log {})", flow_log.name())
+        } else {
+            String::new()
+        };
+        for name in &selection.missing {
+            report.add(
+                Level::Fail,
+                format!("interface {name}"),
+                format!("no such interface{whose}"),
+            );
+        }
+        for glob in &selection.unmatched_globs {
+            report.add(
+                Level::Warn,
+                format!("interface glob {glob}"),
+                format!("matches nothing yet (interfaces that appear later are attached){whose}"),
+            );
+        }
+        if selection.matched.is_empty() && selection.unmatched_globs.is_empty() {
+            report.add(
+                Level::Warn,
+                format!("flow log {}", flow_log.name()),
+                "its scope selects no interface yet (it follows interfaces as they appear)",
+            );
+        }
     }
 }
 
@@ -211,8 +245,11 @@ fn describe(interface: &Interface, choice: HookChoice, tc_mode: TcMode) -> Strin
     )
 }
 
-async fn sink(report: &mut Report, config: &RunConfig, spec: &SinkSpec) {
-    let subject = format!("sink {spec}");
+async fn sink(report: &mut Report, flow_log: &FlowLogConfig, spec: &SinkSpec) {
+    let subject = match &flow_log.id {
+        Some(id) => format!("flow log {id} sink {spec}"),
+        None => format!("sink {spec}"),
+    };
     match spec {
         SinkSpec::Stdout | SinkSpec::JsonStdout(_) => {
             report.add(Level::Ok, subject, "standard output")
@@ -240,7 +277,7 @@ async fn sink(report: &mut Report, config: &RunConfig, spec: &SinkSpec) {
             }
         }
         SinkSpec::ObjectStore(url) => {
-            match ObjectStoreSink::check(url, &config.key_layout(url)).await {
+            match ObjectStoreSink::check(url, &flow_log.key_layout(url)).await {
                 Ok(()) => report.add(
                     Level::Ok,
                     subject,

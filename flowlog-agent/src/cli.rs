@@ -69,6 +69,30 @@ pub enum OnExit {
 }
 
 impl Cli {
+    /// Parses the command line and remembers which `run`/`check` arguments were typed (as
+    /// opposed to defaulted), which is how flags and `--config` combine.
+    pub fn try_parse_with_sources<I, T>(arguments: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
+        let matches = <Self as CommandFactory>::command().try_get_matches_from(arguments)?;
+        let mut cli = Self::from_arg_matches(&matches)?;
+        if let Some((_, sub)) = matches.subcommand() {
+            let given = sub
+                .ids()
+                .filter(|id| sub.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+                .map(|id| id.as_str().to_owned())
+                .collect();
+            match &mut cli.command {
+                Some(Command::Run(args) | Command::Check(args)) => args.given = given,
+                _ => {}
+            }
+        }
+        Ok(cli)
+    }
+
     /// The command to carry out: `run` with its defaults when none is given.
     pub fn command(self) -> Command {
         self.command
@@ -78,6 +102,12 @@ impl Cli {
 
 #[derive(Debug, Clone, Parser)]
 pub struct RunArgs {
+    /// Configuration file (TOML): any number of flow logs and the host-wide settings (see
+    /// README). Host-wide flags given as well override the file; flow-log flags given as well
+    /// define one more flow log. Reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Interface name or glob to log (repeatable). Default: every non-loopback interface.
     #[arg(short = 'i', long = "interface", value_name = "NAME|GLOB")]
     pub interfaces: Vec<String>,
@@ -155,13 +185,25 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub archive: ArchiveArgs,
+
+    /// The ids of the arguments given on the command line (not defaulted), filled by
+    /// [`Cli::try_parse_with_sources`]: with `--config`, only these override or add to the file.
+    #[arg(skip)]
+    pub given: Vec<String>,
+}
+
+impl RunArgs {
+    /// Whether the argument with this id (its field name) was typed on the command line.
+    pub fn was_given(&self, id: &str) -> bool {
+        self.given.iter().any(|given| given == id)
+    }
 }
 
 /// `--metrics`: an address, or none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MetricsAddress(pub Option<std::net::SocketAddr>);
 
-fn parse_metrics_address(text: &str) -> Result<MetricsAddress, String> {
+pub fn parse_metrics_address(text: &str) -> Result<MetricsAddress, String> {
     if text == "off" {
         return Ok(MetricsAddress(None));
     }
@@ -189,7 +231,7 @@ impl TrafficType {
     }
 }
 
-fn parse_traffic_type(text: &str) -> Result<TrafficType, String> {
+pub fn parse_traffic_type(text: &str) -> Result<TrafficType, String> {
     match text.to_ascii_uppercase().as_str() {
         "ACCEPT" => Ok(TrafficType::Accept),
         "REJECT" => Ok(TrafficType::Reject),

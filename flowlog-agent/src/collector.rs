@@ -44,6 +44,21 @@ impl IntervalBuilder {
         self.interfaces.insert(ifindex, Arc::from(name));
     }
 
+    /// The interfaces attached now.
+    pub fn interfaces(&self) -> impl Iterator<Item = (u32, &Arc<str>)> {
+        self.interfaces.iter().map(|(ifindex, name)| (*ifindex, name))
+    }
+
+    pub fn has_interface(&self, ifindex: u32) -> bool {
+        self.interfaces.contains_key(&ifindex)
+    }
+
+    /// Whether counts on `ifindex` go into the next interval: attached, or detached during
+    /// the current one.
+    pub fn covers(&self, ifindex: u32) -> bool {
+        self.interfaces.contains_key(&ifindex) || self.departed.contains_key(&ifindex)
+    }
+
     pub fn interface_detached(&mut self, ifindex: u32) {
         if let Some(name) = self.interfaces.remove(&ifindex) {
             self.departed.insert(ifindex, name);

@@ -1,9 +1,13 @@
-//! Which interfaces a flow log covers: names and globs from `--interface`, or every
-//! non-loopback interface.
+//! Which interfaces a flow log covers (its scope, as AWS's interface, subnet or VPC): names
+//! and globs, interfaces holding an address inside given CIDRs, or every non-loopback
+//! interface.
 
-use std::{fs, io, path::Path};
+use std::{fs, io, net::IpAddr, path::Path};
 
-use crate::sys::{self, LinkName};
+use crate::{
+    policy::Network,
+    sys::{self, LinkName},
+};
 
 /// An interface of this network namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -11,6 +15,8 @@ pub struct Interface {
     pub name: String,
     pub ifindex: u32,
     pub loopback: bool,
+    /// The IPv4 and IPv6 addresses it holds.
+    pub addresses: Vec<IpAddr>,
 }
 
 impl From<LinkName> for Interface {
@@ -19,16 +25,23 @@ impl From<LinkName> for Interface {
             name: link.name,
             ifindex: link.ifindex,
             loopback: link.loopback,
+            addresses: Vec::new(),
         }
     }
 }
 
-/// Every interface of the agent's network namespace.
+/// Every interface of the agent's network namespace, with its addresses.
 pub fn list() -> io::Result<Vec<Interface>> {
-    Ok(sys::list_links()?
+    let mut interfaces: Vec<Interface> = sys::list_links()?
         .into_iter()
         .map(Interface::from)
-        .collect())
+        .collect();
+    for (ifindex, address) in sys::interface_addresses()? {
+        if let Some(interface) = interfaces.iter_mut().find(|i| i.ifindex == ifindex) {
+            interface.addresses.push(address);
+        }
+    }
+    Ok(interfaces)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -39,12 +52,14 @@ pub enum SelectorError {
     Empty(String),
 }
 
-/// The `--interface` arguments: exact names, which must exist, and globs, which may match
-/// nothing (interfaces come and go). None at all means every non-loopback interface.
+/// A flow log's scope: exact names, which must exist, globs, which may match nothing
+/// (interfaces come and go), and networks, matching the interfaces that hold an address inside
+/// one. None at all means every non-loopback interface (`all`).
 #[derive(Clone, Debug, Default)]
 pub struct InterfaceSelector {
     names: Vec<String>,
     globs: Vec<glob::Pattern>,
+    networks: Vec<Network>,
 }
 
 /// The outcome of matching a selector against the interfaces that exist.
@@ -78,9 +93,15 @@ impl InterfaceSelector {
         Ok(selector)
     }
 
+    /// Adds a network: interfaces holding an address inside it match too.
+    pub fn with_networks(mut self, networks: Vec<Network>) -> Self {
+        self.networks.extend(networks);
+        self
+    }
+
     /// Whether this selector takes every non-loopback interface.
     pub fn is_default(&self) -> bool {
-        self.names.is_empty() && self.globs.is_empty()
+        self.names.is_empty() && self.globs.is_empty() && self.networks.is_empty()
     }
 
     pub fn matches(&self, interface: &Interface) -> bool {
@@ -89,6 +110,12 @@ impl InterfaceSelector {
         }
         self.names.contains(&interface.name)
             || self.globs.iter().any(|glob| glob.matches(&interface.name))
+            || self.networks.iter().any(|network| {
+                interface
+                    .addresses
+                    .iter()
+                    .any(|address| network.contains(*address))
+            })
     }
 
     pub fn select(&self, available: &[Interface]) -> Selection {
@@ -169,7 +196,26 @@ mod tests {
             name: name.into(),
             ifindex,
             loopback,
+            addresses: Vec::new(),
         }
+    }
+
+    #[test]
+    fn networks_select_the_interfaces_holding_an_address_inside() {
+        let mut host = host();
+        host[1].addresses = vec!["10.1.2.3".parse().unwrap(), "fd00::7".parse().unwrap()];
+        host[2].addresses = vec!["192.0.2.1".parse().unwrap()];
+        let network = |text| crate::policy::parse_network(text).unwrap();
+        let selector = InterfaceSelector::default().with_networks(vec![network("10.0.0.0/8")]);
+        assert_eq!(names(&selector.select(&host)), ["eth0"]);
+        let selector = InterfaceSelector::default().with_networks(vec![network("fd00::/8")]);
+        assert_eq!(names(&selector.select(&host)), ["eth0"]);
+        let selector = InterfaceSelector::parse(&["veth9*"])
+            .unwrap()
+            .with_networks(vec![network("192.0.2.0/24")]);
+        assert_eq!(names(&selector.select(&host)), ["veth1a2b", "veth9f00"]);
+        let selector = InterfaceSelector::default().with_networks(vec![network("172.16.0.0/12")]);
+        assert!(selector.select(&host).matched.is_empty());
     }
 
     fn host() -> Vec<Interface> {

@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use flowlog_agent::{
     agent,
     cli::{Cli, Command, LogFormat},
@@ -11,7 +10,7 @@ use flowlog_agent::{
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse_with_sources(std::env::args_os()).unwrap_or_else(|error| error.exit());
     let log_format = cli.log_format;
     let command = cli.command();
     // Records may go to stdout, so the agent's own log goes to stderr.

@@ -15,7 +15,8 @@ use tokio::{
 };
 
 use crate::{
-    record::{IntervalRecords, RecordKind},
+    datapath::DrainedEpoch,
+    record::{Verdict, action, reject_reason},
     sink::LiveCounters,
 };
 
@@ -32,7 +33,13 @@ pub struct KindLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabels {
+    pub flow_log: String,
     pub sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlowLogLabels {
+    pub flow_log: String,
 }
 
 /// Every metric the agent exports.
@@ -53,10 +60,14 @@ pub struct Metrics {
     pub interfaces_attached: Gauge,
     pub policy_reloads: Counter,
     pub policy_reload_failures: Counter,
+    pub flow_log_records: Family<FlowLogLabels, Counter>,
+    pub flow_logs: Gauge,
+    pub config_reloads: Counter,
+    pub config_reload_failures: Counter,
     pub sink_records_offered: Family<SinkLabels, Counter>,
     pub sink_intervals_dropped: Family<SinkLabels, Counter>,
-    /// Each sink's live counts, registered under its name.
-    pub sinks: std::sync::Mutex<Vec<(String, LiveCounters)>>,
+    /// Each sink's live counts, by flow log and sink name.
+    pub sinks: std::sync::Mutex<Vec<(SinkLabels, LiveCounters)>>,
 }
 
 impl Metrics {
@@ -64,13 +75,29 @@ impl Metrics {
         let mut r = Registry::with_prefix("flowlog");
         r.register(
             "intervals",
-            "Aggregation intervals drained",
+            "Drains of the flow maps (every interval of the shortest flow log)",
             self.intervals.clone(),
         );
         r.register(
             "records",
-            "Records built (all kinds, before the traffic-type filter)",
+            "Records handed to the sinks, all flow logs together",
             self.records.clone(),
+        );
+        r.register(
+            "flow_log_records",
+            "Records handed to a flow log's sinks (after its scope and traffic type)",
+            self.flow_log_records.clone(),
+        );
+        r.register("flow_logs", "Flow logs running", self.flow_logs.clone());
+        r.register(
+            "config_reloads",
+            "Configuration files applied by SIGHUP",
+            self.config_reloads.clone(),
+        );
+        r.register(
+            "config_reload_failures",
+            "SIGHUP reloads refused (the previous configuration stayed)",
+            self.config_reload_failures.clone(),
         );
         r.register(
             "packets",
@@ -95,7 +122,7 @@ impl Metrics {
         );
         r.register(
             "flows",
-            "Flow records of the last interval",
+            "Flows (summed over CPUs) in the last drain",
             self.flows.clone(),
         );
         r.register("flow_map_entries", "Entries read from the epoch map of the last interval (a flow has one per CPU that saw it)", self.map_entries.clone());
@@ -140,8 +167,10 @@ impl Metrics {
             self.sink_intervals_dropped.clone(),
         );
         let sinks = self.sinks.lock().expect("metrics lock");
-        for (name, live) in sinks.iter() {
-            let sub = r.sub_registry_with_label(("sink".into(), name.clone().into()));
+        for (labels, live) in sinks.iter() {
+            let sub = r
+                .sub_registry_with_label(("flow_log".into(), labels.flow_log.clone().into()))
+                .sub_registry_with_label(("sink".into(), labels.sink.clone().into()));
             sub.register(
                 "sink_records_written",
                 "Records a sink wrote (object stores: closed into an object for the spool)",
@@ -167,30 +196,36 @@ impl Metrics {
         r
     }
 
-    /// Adds an interval's records.
-    pub fn record_interval(&self, interval: &IntervalRecords) {
+    /// Adds what one drain of the flow maps counted (before any flow log's scope or traffic
+    /// type: every packet once).
+    pub fn record_drain(&self, drained: &DrainedEpoch) {
         self.intervals.inc();
-        self.records.inc_by(interval.records.len() as u64);
-        let mut flows = 0;
-        for record in &interval.records {
-            match &record.kind {
-                RecordKind::Flow(flow) => {
-                    flows += 1;
-                    let labels = VerdictLabels {
-                        action: flow.action().to_owned(),
-                        reason: flow.reject_reason().unwrap_or("-").to_owned(),
-                    };
-                    self.packets.get_or_create(&labels).inc_by(flow.packets);
-                    self.bytes.get_or_create(&labels).inc_by(flow.bytes);
-                }
-                RecordKind::SkipData { packets, bytes } => {
-                    self.skipped_packets.inc_by(*packets);
-                    self.skipped_bytes.inc_by(*bytes);
-                }
-                RecordKind::NoData => {}
-            }
+        for (key, counters) in &drained.flows {
+            let Ok(verdict) = Verdict::try_from(key.verdict) else {
+                continue;
+            };
+            let labels = VerdictLabels {
+                action: action(verdict).to_owned(),
+                reason: reject_reason(verdict).unwrap_or("-").to_owned(),
+            };
+            self.packets.get_or_create(&labels).inc_by(counters.packets);
+            self.bytes.get_or_create(&labels).inc_by(counters.bytes);
         }
-        self.flows.set(flows);
+        for count in drained.skipped.values().chain([&drained.unattributed]) {
+            self.skipped_packets.inc_by(count.packets);
+            self.skipped_bytes.inc_by(count.bytes);
+        }
+        self.flows.set(drained.flows.len() as i64);
+    }
+
+    /// Adds the records a flow log handed to its sinks.
+    pub fn record_published(&self, flow_log: &str, records: usize) {
+        self.records.inc_by(records as u64);
+        self.flow_log_records
+            .get_or_create(&FlowLogLabels {
+                flow_log: flow_log.to_owned(),
+            })
+            .inc_by(records as u64);
     }
 
     /// The text exposition.

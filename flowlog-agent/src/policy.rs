@@ -484,6 +484,20 @@ fn key_bytes(address: IpAddr) -> [u8; 16] {
 }
 
 impl Network {
+    /// Whether `address` is inside this network (never across families).
+    pub fn contains(&self, address: IpAddr) -> bool {
+        if address.is_ipv4() != self.address.is_ipv4() {
+            return false;
+        }
+        let (prefix, mask) = self.prefix_and_mask();
+        let bytes = key_bytes(address);
+        bytes
+            .iter()
+            .zip(mask)
+            .zip(prefix)
+            .all(|((byte, mask), prefix)| byte & mask == prefix)
+    }
+
     fn family(&self) -> AddressFamily {
         if self.address.is_ipv4() {
             AddressFamily::Ipv4

@@ -58,11 +58,7 @@ impl RecordKind {
 impl Flow {
     /// The `action` field.
     pub fn action(&self) -> &'static str {
-        if self.verdict.is_reject() {
-            "REJECT"
-        } else {
-            "ACCEPT"
-        }
+        action(self.verdict)
     }
 
     /// The `reject-reason` field: the policy layer that dropped the packets (`acl`,
@@ -70,15 +66,7 @@ impl Flow {
     /// prefixed `audit-` (the action stays ACCEPT, since nothing was dropped). None (`-`) for
     /// packets the policy accepted.
     pub fn reject_reason(&self) -> Option<&'static str> {
-        match self.verdict {
-            Verdict::Accept => None,
-            Verdict::RejectAcl => Some("acl"),
-            Verdict::RejectSecurityGroup => Some("security-group"),
-            Verdict::RejectClosedConnection => Some("closed-connection"),
-            Verdict::AuditAcl => Some("audit-acl"),
-            Verdict::AuditSecurityGroup => Some("audit-security-group"),
-            Verdict::AuditClosedConnection => Some("audit-closed-connection"),
-        }
+        reject_reason(self.verdict)
     }
 
     /// The `type` field.
@@ -95,6 +83,28 @@ impl Flow {
             Direction::Ingress => "ingress",
             Direction::Egress => "egress",
         }
+    }
+}
+
+/// The `action` field of a verdict.
+pub fn action(verdict: Verdict) -> &'static str {
+    if verdict.is_reject() {
+        "REJECT"
+    } else {
+        "ACCEPT"
+    }
+}
+
+/// The `reject-reason` field of a verdict: see [`Flow::reject_reason`].
+pub fn reject_reason(verdict: Verdict) -> Option<&'static str> {
+    match verdict {
+        Verdict::Accept => None,
+        Verdict::RejectAcl => Some("acl"),
+        Verdict::RejectSecurityGroup => Some("security-group"),
+        Verdict::RejectClosedConnection => Some("closed-connection"),
+        Verdict::AuditAcl => Some("audit-acl"),
+        Verdict::AuditSecurityGroup => Some("audit-security-group"),
+        Verdict::AuditClosedConnection => Some("audit-closed-connection"),
     }
 }
 

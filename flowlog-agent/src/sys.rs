@@ -166,6 +166,45 @@ pub struct LinkName {
     pub loopback: bool,
 }
 
+/// The IP addresses each interface holds, by interface index (`getifaddrs(3)`).
+pub fn interface_addresses() -> io::Result<Vec<(u32, std::net::IpAddr)>> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs; we only read
+    // entries, checking every pointer, while the list is alive.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut addresses = Vec::new();
+        let mut entry = head;
+        while !entry.is_null() {
+            let address = (*entry).ifa_addr;
+            if !address.is_null() && !(*entry).ifa_name.is_null() {
+                let ip = match i32::from((*address).sa_family) {
+                    libc::AF_INET => {
+                        let v4 = &*(address as *const libc::sockaddr_in);
+                        Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr))))
+                    }
+                    libc::AF_INET6 => {
+                        let v6 = &*(address as *const libc::sockaddr_in6);
+                        Some(IpAddr::V6(Ipv6Addr::from(v6.sin6_addr.s6_addr)))
+                    }
+                    _ => None,
+                };
+                // The name may be an IPv4 label (eth0:1); the index is the interface's.
+                let ifindex = libc::if_nametoindex((*entry).ifa_name);
+                if let (Some(ip), true) = (ip, ifindex != 0) {
+                    addresses.push((ifindex, ip));
+                }
+            }
+            entry = (*entry).ifa_next;
+        }
+        libc::freeifaddrs(head);
+        Ok(addresses)
+    }
+}
+
 /// Lists the interfaces of the calling thread's network namespace (`if_nameindex(3)` asks the
 /// kernel over netlink, so unlike /sys/class/net it is right inside any namespace).
 pub fn list_links() -> io::Result<Vec<LinkName>> {
@@ -380,8 +419,8 @@ pub fn lock_directory(path: &std::path::Path) -> io::Result<std::fs::File> {
     Ok(dir)
 }
 
-/// A netlink socket subscribed to link notifications (`RTMGRP_LINK`), registered with tokio:
-/// readable whenever an interface appears, changes or goes away.
+/// A netlink socket subscribed to link and address notifications, registered with tokio:
+/// readable whenever an interface appears, changes, goes away, or gains or loses an address.
 pub fn link_notifications() -> io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
     let socket = link_socket()?;
     // SAFETY: the AsyncFd owns the socket, which nothing else can close or replace.
@@ -409,7 +448,9 @@ fn link_socket() -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: a zeroed sockaddr_nl is valid; bind reads it for the call only.
     let mut address: libc::sockaddr_nl = unsafe { mem::zeroed() };
     address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    address.nl_groups = libc::RTMGRP_LINK as u32;
+    // Addresses too: a scope by CIDR follows the addresses interfaces hold.
+    address.nl_groups =
+        (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
     let rc = unsafe {
         libc::bind(
             socket.as_raw_fd(),

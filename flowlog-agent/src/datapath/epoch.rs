@@ -19,7 +19,7 @@ use crate::sys::{self, GracePeriod};
 const DRAIN_CHUNK: usize = 8192;
 
 /// What one epoch counted, summed over CPUs.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct DrainedEpoch {
     /// Flows keyed with `cpu` = 0, their counters summed over the CPUs that saw them.
     pub flows: FxHashMap<FlowKey, FlowCounters>,
@@ -50,6 +50,16 @@ impl DrainedEpoch {
         }
         self.unattributed.add(&other.unattributed);
         self.entries += other.entries;
+    }
+
+    /// The same drain without its flows and SKIPDATA counts: its times, clock and
+    /// unattributed packets (which belong to every flow log).
+    pub fn clone_without_flows(&self) -> Self {
+        Self {
+            flows: FxHashMap::default(),
+            skipped: BTreeMap::new(),
+            ..*self
+        }
     }
 
     fn new(switched_at: SystemTime, grace_period: GracePeriod, clock: JiffiesClock) -> Self {

@@ -20,7 +20,7 @@ use std::{
 };
 
 pub use key::{FileFormat, KeyLayout, UtcTime, derived_flow_log_id, parse_flow_log_id};
-pub use options::{ArchiveArgs, ArchiveOptions, parse_byte_size};
+pub use options::{ArchiveArgs, ArchiveOptions, DEFAULT_SPOOL_DIR, parse_byte_size, parse_rotate};
 pub use parquet::{ParquetObject, schema as parquet_schema};
 pub use spool::{Spool, SpoolLoss, SpooledObject};
 pub use store::{ObjectUrl, ObjectUrlError, Scheme};

@@ -52,7 +52,7 @@ pub struct ArchiveArgs {
 pub type ArchiveOptions = ArchiveArgs;
 
 /// `--rotate`: 1s to 1h.
-fn parse_rotate(text: &str) -> Result<Duration, String> {
+pub fn parse_rotate(text: &str) -> Result<Duration, String> {
     let rotate = parse_duration(text)?;
     if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&rotate) {
         return Err(format!("{text:?} is outside 1s..1h"));
