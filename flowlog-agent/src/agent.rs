@@ -302,7 +302,8 @@ impl Reload<'_, '_> {
     async fn apply(&mut self, old: &RunConfig) -> Result<RunConfig, String> {
         let mut new = old.reload().map_err(|error| error.to_string())?;
         keep_restart_only_settings(old, &mut new);
-        let available = interfaces::list().map_err(|error| format!("listing interfaces: {error}"))?;
+        let available =
+            interfaces::list().map_err(|error| format!("listing interfaces: {error}"))?;
         for flow_log in &new.flow_logs {
             let missing = flow_log.scope.select(&available).missing;
             if !missing.is_empty() {
@@ -322,8 +323,9 @@ impl Reload<'_, '_> {
             tracing::info!(exclusions = new.exclusions.len(), "exclusions updated");
         }
         match &new.policy {
-            Some((path, policy)) => publish_policy(self.datapath, path, policy)
-                .map_err(|error| error.to_string())?,
+            Some((path, policy)) => {
+                publish_policy(self.datapath, path, policy).map_err(|error| error.to_string())?
+            }
             None if old.policy.is_some() => {
                 self.datapath
                     .set_policy(None)
@@ -337,8 +339,13 @@ impl Reload<'_, '_> {
         let started = std::time::Instant::now();
         let drained = tokio::task::block_in_place(|| self.datapath.drain_interval())
             .map_err(|error| error.to_string())?;
-        self.drains
-            .share_out(self.datapath, self.flow_logs, drained, self.leftovers, started);
+        self.drains.share_out(
+            self.datapath,
+            self.flow_logs,
+            drained,
+            self.leftovers,
+            started,
+        );
 
         let (mut kept, mut stopped) = (Vec::new(), Vec::new());
         for flow_log in self.flow_logs.drain(..) {

@@ -85,9 +85,8 @@ impl Cli {
                 .filter(|id| sub.value_source(id.as_str()) == Some(ValueSource::CommandLine))
                 .map(|id| id.as_str().to_owned())
                 .collect();
-            match &mut cli.command {
-                Some(Command::Run(args) | Command::Check(args)) => args.given = given,
-                _ => {}
+            if let Some(Command::Run(args) | Command::Check(args)) = &mut cli.command {
+                args.given = given;
             }
         }
         Ok(cli)

@@ -46,7 +46,9 @@ impl IntervalBuilder {
 
     /// The interfaces attached now.
     pub fn interfaces(&self) -> impl Iterator<Item = (u32, &Arc<str>)> {
-        self.interfaces.iter().map(|(ifindex, name)| (*ifindex, name))
+        self.interfaces
+            .iter()
+            .map(|(ifindex, name)| (*ifindex, name))
     }
 
     pub fn has_interface(&self, ifindex: u32) -> bool {

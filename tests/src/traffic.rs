@@ -241,3 +241,24 @@ pub fn tcp_exchange(
         },
     }
 }
+
+/// Sends `count` datagrams of `payload` bytes that must not arrive; returns the wire count.
+pub fn udp_dropped(from: &UdpSocket, to: &UdpSocket, count: u64, payload: usize) -> (u64, u64) {
+    let destination = to.local_addr().expect("bound");
+    for _ in 0..count {
+        from.send_to(&vec![1; payload], destination).expect("send");
+    }
+    to.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let mut buffer = [0; 2048];
+    assert!(
+        to.recv_from(&mut buffer).is_err(),
+        "a datagram to {destination} arrived although the policy drops it"
+    );
+    to.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    (
+        count,
+        count * (ip_header_len(destination.ip()) + 8 + payload as u64),
+    )
+}

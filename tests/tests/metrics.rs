@@ -81,7 +81,7 @@ fn metrics_count_what_was_sent() {
     assert!(
         sample(
             &response,
-            r#"flowlog_sink_intervals_offered_total{sink="stdout"}"#
+            r#"flowlog_sink_intervals_offered_total{flow_log="cli",sink="stdout"}"#
         )
         .unwrap()
             >= 2.0
@@ -89,18 +89,21 @@ fn metrics_count_what_was_sent() {
     // The sink's own counts: it wrote the flow's record, lost nothing, never retried.
     let written = sample(
         &response,
-        r#"flowlog_sink_records_written_total{sink="stdout"}"#,
+        r#"flowlog_sink_records_written_total{flow_log="cli",sink="stdout"}"#,
     );
     assert!(written.unwrap_or(0.0) >= 1.0, "{response}");
     assert_eq!(
         sample(
             &response,
-            r#"flowlog_sink_records_lost_total{sink="stdout"}"#
+            r#"flowlog_sink_records_lost_total{flow_log="cli",sink="stdout"}"#
         ),
         Some(0.0)
     );
     assert_eq!(
-        sample(&response, r#"flowlog_sink_retries_total{sink="stdout"}"#),
+        sample(
+            &response,
+            r#"flowlog_sink_retries_total{flow_log="cli",sink="stdout"}"#
+        ),
         Some(0.0)
     );
     // Every metric has its help and type lines.

@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     path::PathBuf,
     sync::{
         Arc,
@@ -19,7 +19,9 @@ use tests::{
     agent::Agent,
     netns::{NetNs, in_netns, veth_pair},
     records::{FlowTuple, Record, parse_line},
-    traffic::{ip_header_len, plain_tcp_headers, tcp_exchange, udp_exchange, udp_socket},
+    traffic::{
+        ip_header_len, plain_tcp_headers, tcp_exchange, udp_dropped, udp_exchange, udp_socket,
+    },
 };
 
 const A4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -113,27 +115,6 @@ fn tuple(from: SocketAddr, to: SocketAddr, protocol: u8) -> FlowTuple {
         dst_port: to.port(),
         protocol,
     }
-}
-
-/// Sends `count` datagrams of `payload` bytes that must not arrive; returns the wire count.
-fn udp_dropped(from: &UdpSocket, to: &UdpSocket, count: u64, payload: usize) -> (u64, u64) {
-    let destination = to.local_addr().expect("bound");
-    for _ in 0..count {
-        from.send_to(&vec![1; payload], destination).expect("send");
-    }
-    to.set_read_timeout(Some(Duration::from_millis(300)))
-        .expect("timeout");
-    let mut buffer = [0; 2048];
-    assert!(
-        to.recv_from(&mut buffer).is_err(),
-        "a datagram to {destination} arrived although the policy drops it"
-    );
-    to.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    (
-        count,
-        count * (ip_header_len(destination.ip()) + 8 + payload as u64),
-    )
 }
 
 const ACL_POLICY: &str = r#"

@@ -309,11 +309,7 @@ impl Checker<'_> {
         match value.get_ref() {
             DeValue::Boolean(flag) => Some(*flag),
             _ => {
-                self.at(
-                    value.span(),
-                    format!("{key} must be true or false"),
-                    "",
-                );
+                self.at(value.span(), format!("{key} must be true or false"), "");
                 None
             }
         }
@@ -669,7 +665,8 @@ impl Checker<'_> {
                     }
                 }
                 "hive-partitions" => {
-                    options.hive_partitions = self.boolean(value, "hive-partitions").unwrap_or(false)
+                    options.hive_partitions =
+                        self.boolean(value, "hive-partitions").unwrap_or(false)
                 }
                 "per-hour-partition" => {
                     options.per_hour_partition =
@@ -727,7 +724,11 @@ impl Checker<'_> {
             }
         }
         if let Err(conflict) = super::check_shared_files(flow_logs.iter().map(|(_, f)| f)) {
-            found.push((span_of(&conflict.second), conflict.to_string(), conflict.hint()));
+            found.push((
+                span_of(&conflict.second),
+                conflict.to_string(),
+                conflict.hint(),
+            ));
         }
         for (span, message, hint) in found {
             self.at(span, message, hint);
@@ -802,7 +803,10 @@ metadata = { vpc-id = "vpc-1" }
         assert_eq!(rejected.interval, Duration::from_secs(60));
         assert_eq!(rejected.metadata.vpc_id.as_deref(), Some("vpc-1"));
         assert_eq!(rejected.metadata.region.as_deref(), Some("eu-west-1"));
-        assert_eq!(rejected.sinks, [SinkSpec::LogStreams("/var/log/flowlog".into())]);
+        assert_eq!(
+            rejected.sinks,
+            [SinkSpec::LogStreams("/var/log/flowlog".into())]
+        );
     }
 
     #[test]
@@ -827,11 +831,29 @@ format = "${version} ${srcadr}"
         let lines: Vec<Option<usize>> = found.iter().map(|(l, _)| *l).collect();
         assert_eq!(
             lines,
-            [Some(2), Some(3), Some(4), Some(8), Some(9), Some(10), Some(12), Some(15)],
+            [
+                Some(2),
+                Some(3),
+                Some(4),
+                Some(8),
+                Some(9),
+                Some(10),
+                Some(12),
+                Some(15)
+            ],
             "{found:#?}"
         );
         let all = format!("{found:?}");
-        for token in ["ebpf", "12", "colour", "10.0.0.1/8", "90x", "kafka://x", "no id", "srcadr"] {
+        for token in [
+            "ebpf",
+            "12",
+            "colour",
+            "10.0.0.1/8",
+            "90x",
+            "kafka://x",
+            "no id",
+            "srcadr",
+        ] {
             assert!(all.contains(token), "{token} not named in {all}");
         }
     }
@@ -853,7 +875,10 @@ sinks = ["dir:/tmp/x"]
         assert_eq!(found.len(), 2, "{found:#?}");
         assert!(found.iter().all(|(line, _)| *line == Some(8)), "{found:#?}");
         assert!(found[0].1.contains("used twice") || found[1].1.contains("used twice"));
-        assert!(found.iter().any(|(_, m)| m.contains("dir:/tmp/x")), "{found:#?}");
+        assert!(
+            found.iter().any(|(_, m)| m.contains("dir:/tmp/x")),
+            "{found:#?}"
+        );
     }
 
     #[test]

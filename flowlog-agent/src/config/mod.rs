@@ -98,7 +98,9 @@ pub enum ConfigError {
 
 /// Two flow logs that would write the same log-stream files.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("flow logs {first:?} and {second:?} would both write {sink} files named <interface>-{traffic}.log")]
+#[error(
+    "flow logs {first:?} and {second:?} would both write {sink} files named <interface>-{traffic}.log"
+)]
 pub struct SharedFiles {
     pub first: String,
     pub second: String,
@@ -123,9 +125,8 @@ pub fn check_shared_files<'a>(
                 continue;
             };
             let traffic = flow_log.traffic_type.file_name_part();
-            if let Some((_, _, first, _)) = seen
-                .iter()
-                .find(|(d, t, _, _)| d == dir && *t == traffic)
+            if let Some((_, _, first, _)) =
+                seen.iter().find(|(d, t, _, _)| d == dir && *t == traffic)
             {
                 return Err(SharedFiles {
                     first: (*first).to_owned(),
@@ -230,7 +231,10 @@ impl RunConfig {
         };
         Ok(Self {
             hook: agent.hook.filter(|_| !pick("hook")).unwrap_or(args.hook),
-            tc_mode: agent.tc_mode.filter(|_| !pick("tc_mode")).unwrap_or(args.tc_mode),
+            tc_mode: agent
+                .tc_mode
+                .filter(|_| !pick("tc_mode"))
+                .unwrap_or(args.tc_mode),
             max_flows: agent
                 .max_flows
                 .filter(|_| !pick("max_flows"))
@@ -238,7 +242,10 @@ impl RunConfig {
             policy,
             exclusions,
             pin_dir: pin.then_some(pin_dir),
-            on_exit: agent.on_exit.filter(|_| !pick("on_exit")).unwrap_or(args.on_exit),
+            on_exit: agent
+                .on_exit
+                .filter(|_| !pick("on_exit"))
+                .unwrap_or(args.on_exit),
             metrics: agent
                 .metrics
                 .filter(|_| !pick("metrics"))
@@ -572,7 +579,10 @@ mod tests {
         assert_eq!(flow_log.sinks, [SinkSpec::LogStreams("/tmp/x".into())]);
         assert_eq!(config.hook, HookChoice::Tc);
         assert_eq!(config.max_flows, 4096);
-        assert_eq!(flow_log.metadata.account_id.as_deref(), Some("123456789010"));
+        assert_eq!(
+            flow_log.metadata.account_id.as_deref(),
+            Some("123456789010")
+        );
         assert_eq!(flow_log.metadata.region.as_deref(), Some("eu-west-1"));
     }
 
@@ -580,10 +590,8 @@ mod tests {
     fn config_file(text: &str) -> std::path::PathBuf {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "flowlog-config-{}-{n}.toml",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("flowlog-config-{}-{n}.toml", std::process::id()));
         std::fs::write(&path, text).unwrap();
         path
     }
@@ -623,7 +631,14 @@ sinks = ["dir:/tmp/flowlog-a"]
         assert_eq!(config.tick(), Duration::from_secs(5));
 
         // Host-wide flags typed on the command line win over the file.
-        let args = run_args(&["--config", path_text, "--hook", "tc", "--metrics", "127.0.0.1:1"]);
+        let args = run_args(&[
+            "--config",
+            path_text,
+            "--hook",
+            "tc",
+            "--metrics",
+            "127.0.0.1:1",
+        ]);
         let config = RunConfig::from_args(args.unwrap()).unwrap();
         assert_eq!(config.hook, HookChoice::Tc);
         assert_eq!(config.max_flows, 8192, "not typed: the file's value");
@@ -634,9 +649,10 @@ sinks = ["dir:/tmp/flowlog-a"]
         let config = RunConfig::from_args(args.unwrap()).unwrap();
         let names: Vec<&str> = config.flow_logs.iter().map(|f| f.name()).collect();
         assert_eq!(names, ["fl-accepted", "fl-rejected", CLI_FLOW_LOG]);
-        let error = RunConfig::from_args(run_args(&["--config", path_text, "--interval", "5s"]).unwrap())
-            .unwrap_err()
-            .to_string();
+        let error =
+            RunConfig::from_args(run_args(&["--config", path_text, "--interval", "5s"]).unwrap())
+                .unwrap_err()
+                .to_string();
         assert!(error.starts_with("--interval: with --config"), "{error}");
 
         // The command line's flow log may not write the file's log streams.
@@ -658,16 +674,22 @@ sinks = ["dir:/tmp/flowlog-a"]
 
     #[test]
     fn a_bad_file_reports_every_problem_with_the_path() {
-        let path = config_file("[agent]\nhook = \"ebpf\"\n[[flow-log]]\nid = \"fl-a\"\nscope = \"all\"\nsinks = [\"kafka://x\"]\n");
-        let error = RunConfig::from_args(
-            run_args(&["--config", path.to_str().unwrap()]).unwrap(),
-        )
-        .unwrap_err()
-        .to_string();
+        let path = config_file(
+            "[agent]\nhook = \"ebpf\"\n[[flow-log]]\nid = \"fl-a\"\nscope = \"all\"\nsinks = [\"kafka://x\"]\n",
+        );
+        let error = RunConfig::from_args(run_args(&["--config", path.to_str().unwrap()]).unwrap())
+            .unwrap_err()
+            .to_string();
         let shown = path.display().to_string();
         assert!(error.contains(&format!("{shown}:2: hook")), "{error}");
-        assert!(error.contains(&format!("{shown}:6: unknown sink \"kafka://x\"")), "{error}");
-        assert!(error.contains("hint: expected one of: auto, tc, xdp"), "{error}");
+        assert!(
+            error.contains(&format!("{shown}:6: unknown sink \"kafka://x\"")),
+            "{error}"
+        );
+        assert!(
+            error.contains("hint: expected one of: auto, tc, xdp"),
+            "{error}"
+        );
         std::fs::remove_file(path).unwrap();
     }
 }
