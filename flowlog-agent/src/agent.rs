@@ -177,6 +177,9 @@ pub async fn run(mut config: RunConfig) -> Result<RunSummary, AgentError> {
                         };
                         match reload.apply(&config).await {
                             Ok(new) => {
+                                if new.policy.is_some() {
+                                    metrics.policy_reloads.inc();
+                                }
                                 config = new;
                                 metrics.config_reloads.inc();
                             }
