@@ -284,8 +284,11 @@ impl Drains<'_> {
                 "counted on interfaces no flow log covers any more (a previous configuration's): not written"
             );
         }
-        for flow_log in flow_logs.iter_mut() {
-            flow_log.absorb(&drained, &not_flows, drain_time);
+        if let Some((last, others)) = flow_logs.split_last_mut() {
+            for flow_log in others {
+                flow_log.absorb(&drained, &not_flows, drain_time);
+            }
+            last.absorb_owned(drained, &not_flows, drain_time);
         }
     }
 }

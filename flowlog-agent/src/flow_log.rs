@@ -127,7 +127,7 @@ impl FlowLog {
         drain_time: Duration,
     ) {
         let traffic_type = self.config.traffic_type;
-        let mut share = DrainedEpoch {
+        let share = DrainedEpoch {
             flows: drained
                 .flows
                 .iter()
@@ -142,7 +142,37 @@ impl FlowLog {
                 .collect(),
             ..drained.clone_without_flows()
         };
-        self.drains.entries += drained.entries;
+        self.take(share, drained.entries, not_flows, drain_time);
+    }
+
+    /// [`FlowLog::absorb`] for the last flow log, which may keep the drain itself (with a
+    /// single flow log, nothing is copied).
+    pub fn absorb_owned(
+        &mut self,
+        mut drained: DrainedEpoch,
+        not_flows: &BTreeMap<Stat, PacketCount>,
+        drain_time: Duration,
+    ) {
+        let traffic_type = self.config.traffic_type;
+        let builder = &self.builder;
+        drained
+            .flows
+            .retain(|key, _| builder.covers(key.ifindex) && wanted(traffic_type, key));
+        drained
+            .skipped
+            .retain(|ifindex, _| builder.covers(*ifindex));
+        let entries = drained.entries;
+        self.take(drained, entries, not_flows, drain_time);
+    }
+
+    fn take(
+        &mut self,
+        mut share: DrainedEpoch,
+        entries: usize,
+        not_flows: &BTreeMap<Stat, PacketCount>,
+        drain_time: Duration,
+    ) {
+        self.drains.entries += entries;
         self.drains.time += drain_time;
         for (stat, count) in not_flows {
             self.drains.not_flows.entry(*stat).or_default().add(count);
