@@ -26,6 +26,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::{
     io::AsyncWriteExt,
     net::{TcpStream, UdpSocket},
@@ -63,6 +64,9 @@ pub struct IpfixSink {
     last_counted: Option<Arc<IntervalRecords>>,
     /// Records in UDP datagrams that could not be sent.
     records_dropped: u64,
+    /// IPFIX messages (templates included) the socket took: sent datagrams' payloads, or
+    /// messages written whole to the TCP stream.
+    bytes_written: Counter,
     scratch: Vec<Vec<u8>>,
 }
 
@@ -80,6 +84,7 @@ impl IpfixSink {
             skipped_totals: BTreeMap::new(),
             last_counted: None,
             records_dropped: 0,
+            bytes_written: Counter::default(),
             scratch: Vec::new(),
         }
     }
@@ -164,7 +169,8 @@ impl IpfixSink {
                 let templates = self.encoder.templates(export_time());
                 // A template datagram that is lost is sent again at the next refresh.
                 match socket.send(&templates).await {
-                    Ok(_) => {
+                    Ok(sent) => {
+                        self.bytes_written.inc_by(sent as u64);
                         self.templates_sent_at = Some(Instant::now());
                         self.messages_since_templates = 0;
                     }
@@ -172,7 +178,10 @@ impl IpfixSink {
                 }
             }
             match socket.send(message).await {
-                Ok(_) => self.messages_since_templates += 1,
+                Ok(sent) => {
+                    self.bytes_written.inc_by(sent as u64);
+                    self.messages_since_templates += 1;
+                }
                 Err(error) => {
                     dropped += *records as u64;
                     last_error = Some(error);
@@ -207,12 +216,11 @@ impl IpfixSink {
         }
         self.encode(&interval, TCP_MESSAGE_LEN);
         let stream = self.tcp.as_mut().expect("connected above");
+        let bytes_written = &self.bytes_written;
         let result = async {
-            if let Some(templates) = &fresh {
-                stream.write_all(templates).await?;
-            }
-            for message in &self.scratch {
+            for message in fresh.iter().chain(&self.scratch) {
                 stream.write_all(message).await?;
+                bytes_written.inc_by(message.len() as u64);
             }
             io::Result::Ok(())
         }
@@ -251,6 +259,10 @@ impl Sink for IpfixSink {
             stream.shutdown().await?;
         }
         Ok(())
+    }
+
+    fn bytes_written(&self) -> Counter {
+        self.bytes_written.clone()
     }
 }
 
