@@ -111,7 +111,7 @@ pub async fn run(config: RunConfig) -> Result<RunSummary, AgentError> {
         publish_policy(&mut datapath, path, policy)?;
     }
     let interfaces = select_interfaces(&config)?;
-    let mut sinks = start_sinks(&config, &interfaces).await?;
+    let mut sinks = start_sinks(&config).await?;
     *metrics.sinks.lock().expect("metrics lock") = sinks
         .iter()
         .map(|sink| (sink.name().to_owned(), sink.live().clone()))
@@ -229,10 +229,7 @@ fn select_interfaces(config: &RunConfig) -> Result<Vec<Interface>, AgentError> {
     Ok(selection.matched)
 }
 
-async fn start_sinks(
-    config: &RunConfig,
-    interfaces: &[Interface],
-) -> Result<Vec<SinkHandle>, AgentError> {
+async fn start_sinks(config: &RunConfig) -> Result<Vec<SinkHandle>, AgentError> {
     let renderer = LineRenderer::new(Arc::clone(&config.format), Arc::clone(&config.metadata));
     let traffic_type = config.traffic_type.file_name_part();
     let log_streams = |directory: &std::path::PathBuf, renderer: &LineRenderer| {
@@ -260,13 +257,7 @@ async fn start_sinks(
                     ObjectStoreSink::start(url, layout, &config.archive, renderer.clone()).await?;
                 sink::spawn(sink)
             }
-            SinkSpec::Ipfix(spec) => {
-                let indexes = interfaces
-                    .iter()
-                    .map(|i| (i.name.clone(), i.ifindex))
-                    .collect();
-                sink::spawn(IpfixSink::new(spec.clone(), indexes))
-            }
+            SinkSpec::Ipfix(spec) => sink::spawn(IpfixSink::new(spec.clone())),
         };
         handles.push(handle);
     }

@@ -19,7 +19,7 @@ pub mod encoder;
 mod spec;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     io,
     net::SocketAddr,
     sync::Arc,
@@ -45,12 +45,8 @@ pub const TCP_MESSAGE_LEN: usize = 16 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const UDP_HEADER_LEN: usize = 8;
 
-/// Interface names and their indexes, for `ingressInterface`/`egressInterface`.
-pub type InterfaceIndexes = HashMap<String, u32>;
-
 pub struct IpfixSink {
     spec: IpfixSpec,
-    interfaces: InterfaceIndexes,
     encoder: MessageEncoder,
     udp: Option<UdpSocket>,
     tcp: Option<TcpStream>,
@@ -71,11 +67,10 @@ pub struct IpfixSink {
 }
 
 impl IpfixSink {
-    pub fn new(spec: IpfixSpec, interfaces: InterfaceIndexes) -> Self {
+    pub fn new(spec: IpfixSpec) -> Self {
         let encoder = MessageEncoder::new(spec.observation_domain, TCP_MESSAGE_LEN);
         Self {
             spec,
-            interfaces,
             encoder,
             udp: None,
             tcp: None,
@@ -94,9 +89,10 @@ impl IpfixSink {
         self.records_dropped
     }
 
-    /// Encodes the interval's records into `self.scratch`; returns records per message.
+    /// Encodes the interval's records into `self.scratch`; returns records per message. Each
+    /// record carries its interface's index (`ingressInterface`/`egressInterface`), so an
+    /// interface attached after start-up exports its own.
     fn encode(&mut self, interval: &Arc<IntervalRecords>, max_message_len: usize) -> Vec<usize> {
-        let interfaces = &self.interfaces;
         let already_counted = self
             .last_counted
             .as_ref()
@@ -104,10 +100,7 @@ impl IpfixSink {
         if !already_counted {
             for record in &interval.records {
                 if let RecordKind::SkipData { packets, bytes } = record.kind {
-                    let key = (
-                        ifindex_of(interfaces, &record.interface),
-                        record.interface.clone(),
-                    );
+                    let key = (record.ifindex, record.interface.clone());
                     let totals = self.skipped_totals.entry(key).or_default();
                     totals.0 = totals.0.wrapping_add(packets);
                     totals.1 = totals.1.wrapping_add(bytes);
@@ -118,7 +111,7 @@ impl IpfixSink {
         let totals = &self.skipped_totals;
         let observed_ms = interval.end.saturating_mul(1000);
         let records = interval.records.iter().filter_map(|record| {
-            let ifindex = ifindex_of(interfaces, &record.interface);
+            let ifindex = record.ifindex;
             match &record.kind {
                 RecordKind::Flow(flow) => Some(DataRecord::Flow(FlowData {
                     flow,
@@ -266,18 +259,6 @@ impl Sink for IpfixSink {
     }
 }
 
-/// The interface's index. The collector names interfaces it no longer knows `ifindex-N`; `-`
-/// (packets not attributable to an interface) is 0, "no interface" in IPFIX.
-fn ifindex_of(interfaces: &InterfaceIndexes, interface: &str) -> u32 {
-    if let Some(&index) = interfaces.get(interface) {
-        return index;
-    }
-    interface
-        .strip_prefix("ifindex-")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 fn export_time() -> u32 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -324,5 +305,85 @@ fn still_connected(stream: &TcpStream) -> bool {
         Ok(0) => false,
         Ok(_) => true,
         Err(error) => error.kind() == io::ErrorKind::WouldBlock,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, UdpSocket as StdUdpSocket};
+
+    use super::*;
+    use crate::record::{Direction, Flow, FlowRecord, Verdict};
+
+    fn record(interface: &str, ifindex: u32, direction: Direction) -> FlowRecord {
+        FlowRecord {
+            interface: Arc::from(interface),
+            ifindex,
+            start: 1_700_000_000,
+            end: 1_700_000_001,
+            kind: RecordKind::Flow(Flow {
+                direction,
+                src_addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+                dst_addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)),
+                src_port: 5001,
+                dst_port: 5002,
+                protocol: 17,
+                packets: 3,
+                bytes: 300,
+                verdict: Verdict::Accept,
+                tcp_flags: 0,
+            }),
+        }
+    }
+
+    /// Over loopback: each record's own ifindex is its ingressInterface or egressInterface
+    /// (an interface the sink never heard of at start-up included), and the bytes counted are
+    /// the datagrams the collector received.
+    #[tokio::test]
+    async fn each_record_exports_its_ifindex_and_the_bytes_sent_are_counted() {
+        let collector = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        collector
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let spec: IpfixSpec = format!("ipfix+udp://{}", collector.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let mut sink = IpfixSink::new(spec);
+        let interval = Arc::new(IntervalRecords {
+            start: 1_700_000_000,
+            end: 1_700_000_001,
+            records: vec![
+                record("late0", 41, Direction::Ingress),
+                record("veth0", 2, Direction::Egress),
+            ],
+        });
+        sink.write(interval).await.unwrap();
+
+        let mut datagrams = Vec::new();
+        let mut buffer = [0u8; 2048];
+        for _ in 0..2 {
+            let n = collector.recv(&mut buffer).expect("a datagram");
+            datagrams.push(buffer[..n].to_vec());
+        }
+        let received: usize = datagrams.iter().map(Vec::len).sum();
+        assert_eq!(sink.bytes_written().get(), received as u64);
+
+        // Templates first (set 2), then the data: one IPv4 flow set (256) of two records.
+        assert_eq!(datagrams[0][16..18], [0, 2]);
+        let data = &datagrams[1];
+        assert_eq!(data[16..18], [1, 0]);
+        let interfaces = |at: usize| {
+            // ingressInterface and egressInterface follow the times, counts, addresses and
+            // ports: 8 + 8 + 8 + 8 + 4 + 4 + 2 + 2 bytes into the record.
+            let field = |offset: usize| {
+                u32::from_be_bytes(data[at + offset..at + offset + 4].try_into().unwrap())
+            };
+            (field(44), field(48))
+        };
+        // Records start after the message and set headers; each is 65 bytes with a
+        // five-letter interface name.
+        assert_eq!(interfaces(20), (41, 0));
+        assert_eq!(interfaces(20 + 65), (0, 2));
+        assert_eq!(data.len(), 20 + 2 * 65);
     }
 }

@@ -353,12 +353,14 @@ mod tests {
         vec![
             FlowRecord {
                 interface: Arc::from("eth\"0"),
+                ifindex: 2,
                 start: 1418530010,
                 end: 1418530070,
                 kind: RecordKind::Flow(flow),
             },
             FlowRecord {
                 interface: Arc::from("eth1"),
+                ifindex: 3,
                 start: 1431280876,
                 end: 1431280934,
                 kind: RecordKind::NoData,

@@ -63,6 +63,7 @@ fn interval(start: u64, end: u64, first_port: u16, flows: u16) -> Arc<IntervalRe
     let records = (0..flows)
         .map(|i| FlowRecord {
             interface: Arc::from("eth0"),
+            ifindex: 2,
             start,
             end,
             kind: RecordKind::Flow(Flow {
