@@ -43,6 +43,8 @@ use crate::record::{IntervalRecords, RecordKind};
 /// TCP has no path MTU to respect; messages are cut at this size to bound collectors' buffers.
 pub const TCP_MESSAGE_LEN: usize = 16 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `flowlog-agent check` waits for a TCP collector to accept.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 const UDP_HEADER_LEN: usize = 8;
 
 pub struct IpfixSink {
@@ -259,6 +261,40 @@ impl Sink for IpfixSink {
     }
 }
 
+/// What `flowlog-agent check` can learn about a collector without sending it anything: the
+/// address resolves, and a TCP collector accepts a connection (closed again at once). `Ok` and
+/// `Err` both carry the line to print.
+pub async fn probe(spec: &IpfixSpec) -> Result<String, String> {
+    let address = spec.address();
+    let resolved = match tokio::net::lookup_host(&address).await {
+        Ok(mut found) => found.next(),
+        Err(error) => return Err(format!("{address} does not resolve: {error}")),
+    };
+    let Some(collector) = resolved else {
+        return Err(format!("{address} resolves to no address"));
+    };
+    match spec.transport {
+        Transport::Udp => Ok(format!(
+            "{address} resolves to {collector}; UDP collectors cannot be probed (nothing answers a datagram)"
+        )),
+        Transport::Tcp => {
+            match tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(collector)).await {
+                Ok(Ok(mut stream)) => {
+                    let _ = stream.shutdown().await;
+                    Ok(format!(
+                        "{address}: the collector at {collector} accepts connections"
+                    ))
+                }
+                Ok(Err(error)) => Err(format!("{address}: connecting to {collector}: {error}")),
+                Err(_) => Err(format!(
+                    "{address}: connecting to {collector}: no answer within {} s",
+                    PROBE_TIMEOUT.as_secs()
+                )),
+            }
+        }
+    }
+}
+
 fn export_time() -> u32 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -309,81 +345,4 @@ fn still_connected(stream: &TcpStream) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::{IpAddr, Ipv4Addr, UdpSocket as StdUdpSocket};
-
-    use super::*;
-    use crate::record::{Direction, Flow, FlowRecord, Verdict};
-
-    fn record(interface: &str, ifindex: u32, direction: Direction) -> FlowRecord {
-        FlowRecord {
-            interface: Arc::from(interface),
-            ifindex,
-            start: 1_700_000_000,
-            end: 1_700_000_001,
-            kind: RecordKind::Flow(Flow {
-                direction,
-                src_addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
-                dst_addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)),
-                src_port: 5001,
-                dst_port: 5002,
-                protocol: 17,
-                packets: 3,
-                bytes: 300,
-                verdict: Verdict::Accept,
-                tcp_flags: 0,
-            }),
-        }
-    }
-
-    /// Over loopback: each record's own ifindex is its ingressInterface or egressInterface
-    /// (an interface the sink never heard of at start-up included), and the bytes counted are
-    /// the datagrams the collector received.
-    #[tokio::test]
-    async fn each_record_exports_its_ifindex_and_the_bytes_sent_are_counted() {
-        let collector = StdUdpSocket::bind("127.0.0.1:0").unwrap();
-        collector
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let spec: IpfixSpec = format!("ipfix+udp://{}", collector.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        let mut sink = IpfixSink::new(spec);
-        let interval = Arc::new(IntervalRecords {
-            start: 1_700_000_000,
-            end: 1_700_000_001,
-            records: vec![
-                record("late0", 41, Direction::Ingress),
-                record("veth0", 2, Direction::Egress),
-            ],
-        });
-        sink.write(interval).await.unwrap();
-
-        let mut datagrams = Vec::new();
-        let mut buffer = [0u8; 2048];
-        for _ in 0..2 {
-            let n = collector.recv(&mut buffer).expect("a datagram");
-            datagrams.push(buffer[..n].to_vec());
-        }
-        let received: usize = datagrams.iter().map(Vec::len).sum();
-        assert_eq!(sink.bytes_written().get(), received as u64);
-
-        // Templates first (set 2), then the data: one IPv4 flow set (256) of two records.
-        assert_eq!(datagrams[0][16..18], [0, 2]);
-        let data = &datagrams[1];
-        assert_eq!(data[16..18], [1, 0]);
-        let interfaces = |at: usize| {
-            // ingressInterface and egressInterface follow the times, counts, addresses and
-            // ports: 8 + 8 + 8 + 8 + 4 + 4 + 2 + 2 bytes into the record.
-            let field = |offset: usize| {
-                u32::from_be_bytes(data[at + offset..at + offset + 4].try_into().unwrap())
-            };
-            (field(44), field(48))
-        };
-        // Records start after the message and set headers; each is 65 bytes with a
-        // five-letter interface name.
-        assert_eq!(interfaces(20), (41, 0));
-        assert_eq!(interfaces(20 + 65), (0, 2));
-        assert_eq!(data.len(), 20 + 2 * 65);
-    }
-}
+mod tests;
