@@ -111,7 +111,7 @@ pub async fn run(mut config: RunConfig) -> Result<RunSummary, AgentError> {
     let now = SystemTime::now();
     let mut flow_logs = Vec::new();
     for flow_log in &config.flow_logs {
-        flow_logs.push(FlowLog::start(flow_log.clone(), now, &interfaces).await?);
+        flow_logs.push(FlowLog::start(flow_log.clone(), now).await?);
     }
     publish_sink_metrics(&metrics, &flow_logs);
     let mut signals = Signals::install().map_err(AgentError::Signals)?;
@@ -372,16 +372,11 @@ impl Reload<'_, '_> {
             self.drains.summary.sinks.extend(reports);
         }
         let now = SystemTime::now();
-        let attached: Vec<Interface> = available
-            .iter()
-            .filter(|i| self.datapath.attached().any(|a| a.ifindex == i.ifindex))
-            .cloned()
-            .collect();
         for config in &new.flow_logs {
             if kept.iter().any(|f| f.name() == config.name()) {
                 continue;
             }
-            match FlowLog::start(config.clone(), now, &attached).await {
+            match FlowLog::start(config.clone(), now).await {
                 Ok(flow_log) => {
                     tracing::info!(flow_log = config.name(), "flow log started by the reload");
                     kept.push(flow_log);

@@ -12,7 +12,7 @@ use crate::{
     datapath::{Datapath, DatapathConfig, HookChoice, TcMode},
     interfaces::{self, Interface},
     privileges,
-    sink::{ObjectStoreSink, SinkSpec},
+    sink::{ObjectStoreSink, SinkSpec, ipfix},
     sys,
 };
 
@@ -286,13 +286,9 @@ async fn sink(report: &mut Report, flow_log: &FlowLogConfig, spec: &SinkSpec) {
                 Err(error) => report.add(Level::Fail, subject, error.to_string()),
             }
         }
-        SinkSpec::Ipfix(ipfix) => {
-            let address = ipfix.to_string();
-            report.add(
-                Level::Ok,
-                subject,
-                format!("{address}: collectors are not probed (UDP has no answer; TCP reconnects)"),
-            );
-        }
+        SinkSpec::Ipfix(spec) => match ipfix::probe(spec).await {
+            Ok(detail) => report.add(Level::Ok, subject, detail),
+            Err(detail) => report.add(Level::Fail, subject, detail),
+        },
     }
 }

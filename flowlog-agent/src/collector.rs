@@ -85,6 +85,7 @@ impl IntervalBuilder {
             match flow_of(key, counters) {
                 Some(flow) => records.push(FlowRecord {
                     interface: self.name_of(key.ifindex),
+                    ifindex: key.ifindex,
                     start: time(counters.first_seen_jiffies),
                     end: time(counters.last_seen_jiffies),
                     kind: RecordKind::Flow(flow),
@@ -101,7 +102,7 @@ impl IntervalBuilder {
         }
         for (&ifindex, count) in &skipped {
             active.insert(ifindex, ());
-            records.push(self.skip_record(self.name_of(ifindex), start, end, count));
+            records.push(self.skip_record(self.name_of(ifindex), ifindex, start, end, count));
         }
         if drained.unattributed.packets != 0 {
             tracing::error!(
@@ -110,6 +111,7 @@ impl IntervalBuilder {
             );
             records.push(self.skip_record(
                 Arc::from(UNATTRIBUTED),
+                0,
                 start,
                 end,
                 &drained.unattributed,
@@ -119,6 +121,7 @@ impl IntervalBuilder {
             if !active.contains_key(ifindex) {
                 records.push(FlowRecord {
                     interface: Arc::clone(name),
+                    ifindex: *ifindex,
                     start,
                     end,
                     kind: RecordKind::NoData,
@@ -137,12 +140,14 @@ impl IntervalBuilder {
     fn skip_record(
         &self,
         interface: Arc<str>,
+        ifindex: u32,
         start: u64,
         end: u64,
         count: &PacketCount,
     ) -> FlowRecord {
         FlowRecord {
             interface,
+            ifindex,
             start,
             end,
             kind: RecordKind::SkipData {
@@ -283,7 +288,7 @@ mod tests {
         assert_eq!((interval.start, interval.end), (2000, 2060));
         assert_eq!(interval.records.len(), 2);
         let flow = &interval.records[0];
-        assert_eq!(&*flow.interface, "veth0");
+        assert_eq!((&*flow.interface, flow.ifindex), ("veth0", 2));
         assert_eq!((flow.start, flow.end), (2003, 2007));
         let RecordKind::Flow(f) = &flow.kind else {
             panic!("{flow:?}")
@@ -295,6 +300,7 @@ mod tests {
             interval.records[1],
             FlowRecord {
                 interface: Arc::from("idle0"),
+                ifindex: 3,
                 start: 2000,
                 end: 2060,
                 kind: RecordKind::NoData,
@@ -339,13 +345,16 @@ mod tests {
             bytes: 60,
         };
         let records = builder.build(epoch).records;
-        let kinds: Vec<(&str, &RecordKind)> =
-            records.iter().map(|r| (&*r.interface, &r.kind)).collect();
+        let kinds: Vec<(&str, u32, &RecordKind)> = records
+            .iter()
+            .map(|r| (&*r.interface, r.ifindex, &r.kind))
+            .collect();
         assert_eq!(
             kinds,
             [
                 (
                     "idle0",
+                    3,
                     &RecordKind::SkipData {
                         packets: 7,
                         bytes: 700
@@ -353,12 +362,46 @@ mod tests {
                 ),
                 (
                     UNATTRIBUTED,
+                    0,
                     &RecordKind::SkipData {
                         packets: 1,
                         bytes: 60
                     }
                 ),
-                ("veth0", &RecordKind::NoData),
+                ("veth0", 2, &RecordKind::NoData),
+            ]
+        );
+    }
+
+    #[test]
+    fn records_carry_the_ifindex_of_interfaces_attached_and_detached_on_the_way() {
+        let mut builder = builder();
+        builder.build(drained(2060, vec![]));
+        // Attached after the start, then veth0 leaves with its last counts still to drain.
+        builder.interface_attached(41, "late0");
+        builder.interface_detached(2);
+        let epoch = drained(
+            2120,
+            vec![
+                (key(41, AddressFamily::Ipv4, 17), counters(1, 1061, 1062)),
+                (key(2, AddressFamily::Ipv4, 17), counters(1, 1061, 1062)),
+                (key(77, AddressFamily::Ipv4, 17), counters(1, 1061, 1062)),
+            ],
+        );
+        let mut seen: Vec<(String, u32, &str)> = builder
+            .build(epoch)
+            .records
+            .iter()
+            .map(|r| (r.interface.to_string(), r.ifindex, r.kind.log_status()))
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                ("idle0".to_owned(), 3, "NODATA"),
+                ("ifindex-77".to_owned(), 77, "OK"),
+                ("late0".to_owned(), 41, "OK"),
+                ("veth0".to_owned(), 2, "OK"),
             ]
         );
     }

@@ -52,12 +52,8 @@ struct DrainTotals {
 
 impl FlowLog {
     /// Starts the flow log's sinks; its first interval begins `now`.
-    pub async fn start(
-        config: FlowLogConfig,
-        now: SystemTime,
-        attached: &[Interface],
-    ) -> Result<Self, AgentError> {
-        let sinks = start_sinks(&config, attached).await?;
+    pub async fn start(config: FlowLogConfig, now: SystemTime) -> Result<Self, AgentError> {
+        let sinks = start_sinks(&config).await?;
         let due = next_multiple(unix_seconds(now), config.interval.as_secs());
         Ok(Self {
             builder: IntervalBuilder::new(now),
@@ -252,10 +248,7 @@ pub fn next_multiple(now: u64, period: u64) -> u64 {
     (now / period + 1) * period
 }
 
-async fn start_sinks(
-    config: &FlowLogConfig,
-    attached: &[Interface],
-) -> Result<Vec<SinkHandle>, AgentError> {
+async fn start_sinks(config: &FlowLogConfig) -> Result<Vec<SinkHandle>, AgentError> {
     let renderer = LineRenderer::new(Arc::clone(&config.format), Arc::clone(&config.metadata));
     let traffic_type = config.traffic_type.file_name_part();
     let log_streams = |directory: &std::path::PathBuf, renderer: &LineRenderer| {
@@ -283,13 +276,7 @@ async fn start_sinks(
                     ObjectStoreSink::start(url, layout, &config.archive, renderer.clone()).await?;
                 sink::spawn(sink)
             }
-            SinkSpec::Ipfix(spec) => {
-                let indexes = attached
-                    .iter()
-                    .map(|i| (i.name.clone(), i.ifindex))
-                    .collect();
-                sink::spawn(IpfixSink::new(spec.clone(), indexes))
-            }
+            SinkSpec::Ipfix(spec) => sink::spawn(IpfixSink::new(spec.clone())),
         };
         handles.push(handle);
     }

@@ -533,6 +533,7 @@ mod tests {
     fn record(interface: &str, start: u64, end: u64, kind: RecordKind) -> FlowRecord {
         FlowRecord {
             interface: Arc::from(interface),
+            ifindex: 2,
             start,
             end,
             kind,

@@ -1,5 +1,6 @@
 //! The agent's metrics, served in the Prometheus/OpenMetrics text format on `--metrics ADDR`
-//! (`GET /metrics`; loopback by default). Counters only grow; gauges hold the latest interval.
+//! (`GET /metrics`; loopback by default). Counters only grow; gauges hold the latest interval
+//! (the spool gauges: the spool as it is).
 //! Every metric is listed with its meaning in README.md.
 
 use std::{net::SocketAddr, sync::Arc};
@@ -191,6 +192,24 @@ impl Metrics {
                 "Records a sink gave up (every attempt failed, or its queue was full)",
                 live.records_lost.clone(),
             );
+            sub.register(
+                "sink_bytes_written",
+                "Bytes a sink delivered: rendered lines (stdout, log streams), IPFIX messages \
+                 (collectors), objects the store accepted (object stores)",
+                live.bytes_written.clone(),
+            );
+            if let Some(spool) = &live.spool {
+                sub.register(
+                    "sink_spool_bytes",
+                    "Bytes of the objects waiting in an object-store sink's spool directory",
+                    spool.bytes.clone(),
+                );
+                sub.register(
+                    "sink_spool_objects",
+                    "Objects waiting in an object-store sink's spool directory",
+                    spool.objects.clone(),
+                );
+            }
         }
         drop(sinks);
         r

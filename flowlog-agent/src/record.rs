@@ -9,6 +9,10 @@ pub use flowlog_common::flow::{Direction, Verdict};
 pub struct FlowRecord {
     /// Name of the interface the record belongs to (`interface-id`).
     pub interface: Arc<str>,
+    /// The interface's index when its packets were counted (IPFIX `ingressInterface` /
+    /// `egressInterface`); 0 ("no interface" in IPFIX) only for packets not attributable to an
+    /// interface.
+    pub ifindex: u32,
     /// Unix seconds: first packet of the flow within the interval, or the interval's start for
     /// NODATA and SKIPDATA.
     pub start: u64,

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod collector;
 pub mod frames;
+pub mod metrics;
 pub mod netns;
 pub mod records;
 pub mod s3;

@@ -2,11 +2,11 @@
 //! naming what is wrong, before anything is attached; once running it keeps only the
 //! capabilities it needs; its log can be JSON.
 
-use std::{process::Output, thread, time::Duration};
+use std::{net::TcpListener, process::Output, thread, time::Duration};
 
 use tests::{
     agent::{Agent, agent_binary},
-    netns::{NetNs, veth_pair},
+    netns::{NetNs, in_netns, veth_pair},
 };
 
 /// A namespace with one veth end `a0` (up).
@@ -244,7 +244,26 @@ fn check(ns: &NetNs, wrapper: &[&str], args: &[&str]) -> Output {
 #[test]
 fn check_explains_what_works_and_what_does_not() {
     let (a, _b) = namespace();
-    let good = check(&a, &[], &["-i", "a0", "--sink", "stdout", "--no-pin"]);
+    // A TCP collector listening on the namespace's loopback; nothing listens on the next port.
+    a.link_up("lo").expect("lo up");
+    let collector = in_netns(&a, || TcpListener::bind("127.0.0.1:4739"))
+        .expect("namespace")
+        .expect("listening collector");
+    let good = check(
+        &a,
+        &[],
+        &[
+            "-i",
+            "a0",
+            "--sink",
+            "stdout",
+            "--sink",
+            "ipfix+tcp://127.0.0.1:4739",
+            "--sink",
+            "ipfix+udp://127.0.0.1:4740",
+            "--no-pin",
+        ],
+    );
     let out = String::from_utf8_lossy(&good.stdout);
     assert!(good.status.success(), "{out}{}", stderr(&good));
     for line in [
@@ -253,20 +272,44 @@ fn check_explains_what_works_and_what_does_not() {
         "ok    kernel: ",
         "ok    interface a0: ifindex",
         "ok    sink stdout",
+        "ok    sink ipfix+tcp://127.0.0.1:4739: 127.0.0.1:4739: the collector at 127.0.0.1:4739 \
+         accepts connections",
+        "ok    sink ipfix+udp://127.0.0.1:4740: 127.0.0.1:4740 resolves to 127.0.0.1:4740; UDP \
+         collectors cannot be probed",
     ] {
         assert!(out.contains(line), "no {line:?} in:\n{out}");
     }
     assert!(!out.contains("FAIL"), "{out}");
+    // The probe connected (and left at once).
+    collector.set_nonblocking(true).expect("nonblocking");
+    assert!(collector.accept().is_ok(), "the probe never connected");
 
     let missing = check(
         &a,
         &[],
-        &["-i", "a0", "-i", "nope0", "--sink", "stdout", "--no-pin"],
+        &[
+            "-i",
+            "a0",
+            "-i",
+            "nope0",
+            "--sink",
+            "stdout",
+            "--sink",
+            "ipfix+tcp://127.0.0.1:4740",
+            "--no-pin",
+        ],
     );
     let out = String::from_utf8_lossy(&missing.stdout);
     assert!(!missing.status.success());
     assert!(
         out.contains("FAIL  interface nope0: no such interface"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "FAIL  sink ipfix+tcp://127.0.0.1:4740: 127.0.0.1:4740: connecting to \
+             127.0.0.1:4740: Connection refused"
+        ),
         "{out}"
     );
     assert!(

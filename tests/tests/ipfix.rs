@@ -3,7 +3,8 @@
 //! namespace's loopback, over UDP and over TCP (with a collector restart); `nfdump` reads the
 //! captured files back and every flow must equal what crossed the wire, and what the agent's
 //! own stdout records say. `ipfixDump` (libfixbuf) decodes the TCP stream independently for the
-//! fields nfdump 1.7 does not keep (forwardingStatus, interfaceName).
+//! fields nfdump 1.7 does not keep (forwardingStatus, interfaceName). An interface created after
+//! the agent started exports its own index.
 
 use std::{
     collections::BTreeMap,
@@ -16,9 +17,10 @@ use std::{
 use tests::{
     agent::Agent,
     collector::{Nfcapd, TcpFront, ipfix_dump, nf_totals},
+    netns::veth_pair,
     records::{FlowTuple, parse_lines, totals},
     topology::{A4, A6, B4, B6, TCP, Topology, UDP},
-    traffic::{tcp_exchange, udp_exchange, udp_gso_exchange},
+    traffic::{tcp_exchange, udp_exchange, udp_gso_exchange, udp_socket},
 };
 
 const NFCAPD_PORT: u16 = 9995;
@@ -207,6 +209,73 @@ fn udp_export_reaches_nfcapd_exactly() {
         "{}",
         stopped.stderr
     );
+}
+
+/// An interface created after the agent started is attached when it appears, and its flows
+/// reach the collector with its own index as ingressInterface/egressInterface (not 0, which an
+/// index map fixed at start-up gave).
+#[test]
+fn an_interface_created_after_start_exports_its_own_ifindex() {
+    let topology = Topology::new(false);
+    let nfcapd = Nfcapd::start(&topology.a, "late", NFCAPD_PORT);
+    let mut agent = start_agent(
+        &topology,
+        &format!("ipfix+udp://127.0.0.1:{NFCAPD_PORT}"),
+        &["--interface", "late*"],
+    );
+    let (a_ip, b_ip) = (Ipv4Addr::new(198, 18, 1, 1), Ipv4Addr::new(198, 18, 1, 2));
+    veth_pair(&topology.a, "late0", &topology.b, "late1").expect("veth");
+    for (ns, link, ip) in [(&topology.a, "late0", a_ip), (&topology.b, "late1", b_ip)] {
+        ns.disable_ipv6(link).expect("sysctl");
+        ns.add_address(link, ip, 24).expect("address");
+        ns.link_up(link).expect("up");
+    }
+    agent.wait_for_log("attached interface=late0", 1, Duration::from_secs(5));
+    let ifindex = topology.a.ifindex("late0").expect("ifindex");
+    assert_ne!(ifindex, topology.a.ifindex("a0").expect("ifindex"));
+
+    let a_addr = SocketAddr::new(IpAddr::V4(a_ip), 5003);
+    let b_addr = SocketAddr::new(IpAddr::V4(b_ip), 5004);
+    let (a_socket, b_socket) = (
+        udp_socket(&topology.a, a_addr),
+        udp_socket(&topology.b, b_addr),
+    );
+    let tuple = |from: SocketAddr, to: SocketAddr| FlowTuple {
+        src: from.ip(),
+        dst: to.ip(),
+        src_port: from.port(),
+        dst_port: to.port(),
+        protocol: UDP,
+    };
+    // Datagrams from b arrive on late0; datagrams from a leave through it.
+    let expected = BTreeMap::from([
+        (
+            (INGRESS, tuple(b_addr, a_addr)),
+            udp_exchange(&b_socket, &a_socket, 7, 100),
+        ),
+        (
+            (EGRESS, tuple(a_addr, b_addr)),
+            udp_exchange(&a_socket, &b_socket, 4, 300),
+        ),
+    ]);
+    let stopped = agent.stop();
+    assert!(stopped.status.success(), "agent: {}", stopped.stderr);
+    let (collected, log) = nfcapd.stop();
+    assert!(log.contains("Sequence Errors: 0"), "nfcapd: {log}");
+
+    let late: Vec<_> = collected
+        .into_iter()
+        .filter(|flow| [flow.tuple.src, flow.tuple.dst].contains(&IpAddr::V4(a_ip)))
+        .collect();
+    assert_eq!(nf_totals(&late), expected, "collector vs wire");
+    for flow in &late {
+        let interfaces = match flow.direction {
+            INGRESS => (ifindex, 0),
+            EGRESS => (0, ifindex),
+            other => panic!("flowDirection {other} in {flow:?}"),
+        };
+        assert_eq!((flow.input, flow.output), interfaces, "{flow:?}");
+    }
 }
 
 /// Sleeps until the wall clock is half-way between two whole seconds, where the agent (1 s

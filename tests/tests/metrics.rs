@@ -1,33 +1,44 @@
 //! The Prometheus endpoint: scraped from inside the agent's namespace after known traffic, its
-//! counters equal what was sent.
+//! counters equal what was sent, and each sink's bytes equal what it wrote.
 
 use std::{
-    io::{Read, Write},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    fs,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    thread,
     time::Duration,
 };
 
 use tests::{
     agent::Agent,
-    netns::{NetNs, in_netns, veth_pair},
+    metrics::{sample, scrape},
+    netns::{NetNs, veth_pair},
     traffic::{udp_exchange, udp_socket},
 };
 
-fn scrape(ns: &NetNs, path: &str) -> String {
-    in_netns(ns, || {
-        let mut stream = TcpStream::connect("127.0.0.1:9753").expect("connect to the metrics port");
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
-    })
-    .expect("namespace")
+/// Total size of the files in `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .expect("log-stream directory")
+        .map(|entry| entry.unwrap().metadata().unwrap().len())
+        .sum()
 }
 
-/// The value of the sample whose name and labels are exactly `series`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+/// A scrape taken while the log-stream files did not change (the agent writes once a second),
+/// with their total size then.
+fn scrape_while_still(ns: &NetNs, dir: &Path) -> (String, u64) {
+    for _ in 0..10 {
+        // The counter follows a write within microseconds: a write before the scrape shows in
+        // it, one after changes the files again.
+        let before = dir_bytes(dir);
+        thread::sleep(Duration::from_millis(20));
+        let response = scrape(ns, "/metrics");
+        thread::sleep(Duration::from_millis(20));
+        if dir_bytes(dir) == before {
+            return (response, before);
+        }
+    }
+    panic!("the log streams of {} never stood still", dir.display());
 }
 
 #[test]
@@ -41,6 +52,9 @@ fn metrics_count_what_was_sent() {
         ns.link_up(link).expect("up");
         ns.link_up("lo").expect("lo");
     }
+    let streams = PathBuf::from(format!("/tmp/flowlog-metrics-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&streams);
+    let dir_sink = format!("dir:{}", streams.display());
     let mut agent = Agent::start(
         &a,
         &[
@@ -50,6 +64,8 @@ fn metrics_count_what_was_sent() {
             "1s",
             "--sink",
             "stdout",
+            "--sink",
+            &dir_sink,
             "--no-pin",
         ],
         1,
@@ -60,7 +76,7 @@ fn metrics_count_what_was_sent() {
     // Two more intervals: the one holding the traffic has been written.
     agent.wait_for_log("interval written", 3, Duration::from_secs(10));
 
-    let response = scrape(&a, "/metrics");
+    let (response, on_disk) = scrape_while_still(&a, &streams);
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     let accept = r#"{action="ACCEPT",reason="-"}"#;
     assert_eq!(
@@ -106,6 +122,22 @@ fn metrics_count_what_was_sent() {
         ),
         Some(0.0)
     );
+    // Bytes written: the log streams' are exactly what the files hold; stdout got the same
+    // lines. Sinks without a spool have no spool gauges.
+    let dir_written = sample(
+        &response,
+        &format!(r#"flowlog_sink_bytes_written_total{{flow_log="cli",sink="{dir_sink}"}}"#),
+    );
+    assert_eq!(dir_written, Some(on_disk as f64), "{response}");
+    assert!(on_disk > 0);
+    assert_eq!(
+        sample(
+            &response,
+            r#"flowlog_sink_bytes_written_total{flow_log="cli",sink="stdout"}"#
+        ),
+        dir_written
+    );
+    assert!(!response.contains("flowlog_sink_spool"), "{response}");
     // Every metric has its help and type lines.
     assert!(
         response.contains("# TYPE flowlog_packets counter"),
@@ -115,7 +147,11 @@ fn metrics_count_what_was_sent() {
     assert!(scrape(&a, "/").starts_with("HTTP/1.1 404"));
 
     let stopped = agent.stop();
+    // In the end both sinks wrote every record, in the same lines.
+    let final_bytes = dir_bytes(&streams);
+    let _ = fs::remove_dir_all(&streams);
     assert!(stopped.status.success(), "{}", stopped.stderr);
+    assert_eq!(stopped.stdout.len() as u64, final_bytes);
     assert!(
         stopped
             .stderr

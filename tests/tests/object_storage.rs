@@ -16,6 +16,7 @@ use std::{
 
 use tests::{
     agent::{Agent, agent_binary},
+    metrics::scrape,
     netns::{NetNs, veth_pair},
     records::{parse_line, parse_lines},
     s3::{S3Server, create_bucket, download_all, gunzip, run_script},
@@ -320,10 +321,15 @@ fn an_outage_with_an_agent_restart_loses_and_duplicates_nothing() {
         "{started}"
     );
     assert!(started.contains("will be uploaded first"), "{started}");
+    // The spool gauges count what the previous run left from the start.
+    let (_, left_objects) = spool_gauges_match_disk(&topology.a, &spool);
+    assert!(left_objects > 0);
     for round in 4..6 {
         send_round(&topology, round, &mut expected);
         thread::sleep(Duration::from_millis(1200));
     }
+    let (_, waiting) = spool_gauges_match_disk(&topology.a, &spool);
+    assert!(waiting > left_objects, "new objects wait in the spool too");
 
     // 3. The store is back (empty, as a restarted moto is): the spool drains, oldest first.
     let s3 = S3Server::start(&topology.a, PORT, &[]);
@@ -334,6 +340,12 @@ fn an_outage_with_an_agent_restart_loses_and_duplicates_nothing() {
         thread::sleep(Duration::from_millis(250));
     }
     assert_eq!(spool_files(&spool), 0, "the spool did not drain");
+    // New objects keep coming (NODATA on a1): catch the spool empty between two.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while spool_gauges_match_disk(&topology.a, &spool) != (0, 0) {
+        assert!(Instant::now() < deadline, "the spool gauges never read 0");
+        thread::sleep(Duration::from_millis(100));
+    }
     let stopped = agent.stop();
     assert!(
         stopped.status.success(),
@@ -364,6 +376,53 @@ fn an_outage_with_an_agent_restart_loses_and_duplicates_nothing() {
     );
     expected.check(&parse_lines(&in_objects.join("\n")), "objects");
     fs::remove_dir_all(&work).expect("clean up");
+}
+
+/// The spooled objects' total size and count on disk.
+fn spool_on_disk(spool: &Path) -> (u64, u64) {
+    let mut total = (0, 0);
+    for sink in fs::read_dir(spool).into_iter().flatten().flatten() {
+        for file in fs::read_dir(sink.path()).into_iter().flatten().flatten() {
+            if file.path().extension().is_some_and(|e| e == "obj") {
+                total.0 += file.metadata().map_or(0, |m| m.len());
+                total.1 += 1;
+            }
+        }
+    }
+    total
+}
+
+/// Scrapes the sink's spool gauges at a moment the spool does not change, checks they equal
+/// what is on disk, and returns them (bytes, objects).
+fn spool_gauges_match_disk(ns: &NetNs, spool: &Path) -> (u64, u64) {
+    let gauge = |text: &str, name: &str| -> u64 {
+        let samples: Vec<u64> = text
+            .lines()
+            .filter(|line| line.starts_with(&format!("{name}{{")))
+            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+            .collect();
+        assert_eq!(samples.len(), 1, "one {name} series expected:\n{text}");
+        samples[0]
+    };
+    for _ in 0..10 {
+        // The gauges follow a change on disk within microseconds: a change before the scrape
+        // shows in it, one after shows in `after`.
+        let before = spool_on_disk(spool);
+        thread::sleep(Duration::from_millis(20));
+        let response = scrape(ns, "/metrics");
+        thread::sleep(Duration::from_millis(20));
+        let after = spool_on_disk(spool);
+        if before == after {
+            let gauges = (
+                gauge(&response, "flowlog_sink_spool_bytes"),
+                gauge(&response, "flowlog_sink_spool_objects"),
+            );
+            assert_eq!(gauges, before, "spool gauges vs the spool directory");
+            return gauges;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the spool never stood still");
 }
 
 fn spool_files(spool: &Path) -> usize {

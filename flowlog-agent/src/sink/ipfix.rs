@@ -19,13 +19,14 @@ pub mod encoder;
 mod spec;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     io,
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::{
     io::AsyncWriteExt,
     net::{TcpStream, UdpSocket},
@@ -42,14 +43,12 @@ use crate::record::{IntervalRecords, RecordKind};
 /// TCP has no path MTU to respect; messages are cut at this size to bound collectors' buffers.
 pub const TCP_MESSAGE_LEN: usize = 16 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `flowlog-agent check` waits for a TCP collector to accept.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 const UDP_HEADER_LEN: usize = 8;
-
-/// Interface names and their indexes, for `ingressInterface`/`egressInterface`.
-pub type InterfaceIndexes = HashMap<String, u32>;
 
 pub struct IpfixSink {
     spec: IpfixSpec,
-    interfaces: InterfaceIndexes,
     encoder: MessageEncoder,
     udp: Option<UdpSocket>,
     tcp: Option<TcpStream>,
@@ -63,15 +62,17 @@ pub struct IpfixSink {
     last_counted: Option<Arc<IntervalRecords>>,
     /// Records in UDP datagrams that could not be sent.
     records_dropped: u64,
+    /// IPFIX messages (templates included) the socket took: sent datagrams' payloads, or
+    /// messages written whole to the TCP stream.
+    bytes_written: Counter,
     scratch: Vec<Vec<u8>>,
 }
 
 impl IpfixSink {
-    pub fn new(spec: IpfixSpec, interfaces: InterfaceIndexes) -> Self {
+    pub fn new(spec: IpfixSpec) -> Self {
         let encoder = MessageEncoder::new(spec.observation_domain, TCP_MESSAGE_LEN);
         Self {
             spec,
-            interfaces,
             encoder,
             udp: None,
             tcp: None,
@@ -80,6 +81,7 @@ impl IpfixSink {
             skipped_totals: BTreeMap::new(),
             last_counted: None,
             records_dropped: 0,
+            bytes_written: Counter::default(),
             scratch: Vec::new(),
         }
     }
@@ -89,9 +91,10 @@ impl IpfixSink {
         self.records_dropped
     }
 
-    /// Encodes the interval's records into `self.scratch`; returns records per message.
+    /// Encodes the interval's records into `self.scratch`; returns records per message. Each
+    /// record carries its interface's index (`ingressInterface`/`egressInterface`), so an
+    /// interface attached after start-up exports its own.
     fn encode(&mut self, interval: &Arc<IntervalRecords>, max_message_len: usize) -> Vec<usize> {
-        let interfaces = &self.interfaces;
         let already_counted = self
             .last_counted
             .as_ref()
@@ -99,10 +102,7 @@ impl IpfixSink {
         if !already_counted {
             for record in &interval.records {
                 if let RecordKind::SkipData { packets, bytes } = record.kind {
-                    let key = (
-                        ifindex_of(interfaces, &record.interface),
-                        record.interface.clone(),
-                    );
+                    let key = (record.ifindex, record.interface.clone());
                     let totals = self.skipped_totals.entry(key).or_default();
                     totals.0 = totals.0.wrapping_add(packets);
                     totals.1 = totals.1.wrapping_add(bytes);
@@ -113,7 +113,7 @@ impl IpfixSink {
         let totals = &self.skipped_totals;
         let observed_ms = interval.end.saturating_mul(1000);
         let records = interval.records.iter().filter_map(|record| {
-            let ifindex = ifindex_of(interfaces, &record.interface);
+            let ifindex = record.ifindex;
             match &record.kind {
                 RecordKind::Flow(flow) => Some(DataRecord::Flow(FlowData {
                     flow,
@@ -164,7 +164,8 @@ impl IpfixSink {
                 let templates = self.encoder.templates(export_time());
                 // A template datagram that is lost is sent again at the next refresh.
                 match socket.send(&templates).await {
-                    Ok(_) => {
+                    Ok(sent) => {
+                        self.bytes_written.inc_by(sent as u64);
                         self.templates_sent_at = Some(Instant::now());
                         self.messages_since_templates = 0;
                     }
@@ -172,7 +173,10 @@ impl IpfixSink {
                 }
             }
             match socket.send(message).await {
-                Ok(_) => self.messages_since_templates += 1,
+                Ok(sent) => {
+                    self.bytes_written.inc_by(sent as u64);
+                    self.messages_since_templates += 1;
+                }
                 Err(error) => {
                     dropped += *records as u64;
                     last_error = Some(error);
@@ -207,12 +211,11 @@ impl IpfixSink {
         }
         self.encode(&interval, TCP_MESSAGE_LEN);
         let stream = self.tcp.as_mut().expect("connected above");
+        let bytes_written = &self.bytes_written;
         let result = async {
-            if let Some(templates) = &fresh {
-                stream.write_all(templates).await?;
-            }
-            for message in &self.scratch {
+            for message in fresh.iter().chain(&self.scratch) {
                 stream.write_all(message).await?;
+                bytes_written.inc_by(message.len() as u64);
             }
             io::Result::Ok(())
         }
@@ -252,18 +255,44 @@ impl Sink for IpfixSink {
         }
         Ok(())
     }
+
+    fn bytes_written(&self) -> Counter {
+        self.bytes_written.clone()
+    }
 }
 
-/// The interface's index. The collector names interfaces it no longer knows `ifindex-N`; `-`
-/// (packets not attributable to an interface) is 0, "no interface" in IPFIX.
-fn ifindex_of(interfaces: &InterfaceIndexes, interface: &str) -> u32 {
-    if let Some(&index) = interfaces.get(interface) {
-        return index;
+/// What `flowlog-agent check` can learn about a collector without sending it anything: the
+/// address resolves, and a TCP collector accepts a connection (closed again at once). `Ok` and
+/// `Err` both carry the line to print.
+pub async fn probe(spec: &IpfixSpec) -> Result<String, String> {
+    let address = spec.address();
+    let resolved = match tokio::net::lookup_host(&address).await {
+        Ok(mut found) => found.next(),
+        Err(error) => return Err(format!("{address} does not resolve: {error}")),
+    };
+    let Some(collector) = resolved else {
+        return Err(format!("{address} resolves to no address"));
+    };
+    match spec.transport {
+        Transport::Udp => Ok(format!(
+            "{address} resolves to {collector}; UDP collectors cannot be probed (nothing answers a datagram)"
+        )),
+        Transport::Tcp => {
+            match tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(collector)).await {
+                Ok(Ok(mut stream)) => {
+                    let _ = stream.shutdown().await;
+                    Ok(format!(
+                        "{address}: the collector at {collector} accepts connections"
+                    ))
+                }
+                Ok(Err(error)) => Err(format!("{address}: connecting to {collector}: {error}")),
+                Err(_) => Err(format!(
+                    "{address}: connecting to {collector}: no answer within {} s",
+                    PROBE_TIMEOUT.as_secs()
+                )),
+            }
+        }
     }
-    interface
-        .strip_prefix("ifindex-")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 fn export_time() -> u32 {
@@ -314,3 +343,6 @@ fn still_connected(stream: &TcpStream) -> bool {
         Err(error) => error.kind() == io::ErrorKind::WouldBlock,
     }
 }
+
+#[cfg(test)]
+mod tests;

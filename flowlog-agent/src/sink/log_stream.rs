@@ -10,6 +10,8 @@ use std::{
     sync::Arc,
 };
 
+use prometheus_client::metrics::counter::Counter;
+
 use super::{LineRenderer, Sink, SinkError};
 use crate::record::IntervalRecords;
 
@@ -25,6 +27,7 @@ pub struct LogStreamSink {
     renderer: LineRenderer,
     /// Open streams, taken by the blocking write and put back.
     streams: Option<HashMap<Arc<str>, File>>,
+    bytes_written: Counter,
 }
 
 impl LogStreamSink {
@@ -44,6 +47,7 @@ impl LogStreamSink {
             traffic_type,
             renderer,
             streams: Some(HashMap::new()),
+            bytes_written: Counter::default(),
         })
     }
 
@@ -63,9 +67,16 @@ impl Sink for LogStreamSink {
         let directory = self.directory.clone();
         let traffic_type = self.traffic_type;
         let renderer = self.renderer.clone();
+        let bytes_written = self.bytes_written.clone();
         let (streams, result) = tokio::task::spawn_blocking(move || {
-            let result =
-                append_interval(&directory, traffic_type, &renderer, &interval, &mut streams);
+            let result = append_interval(
+                &directory,
+                traffic_type,
+                &renderer,
+                &interval,
+                &mut streams,
+                &bytes_written,
+            );
             (streams, result)
         })
         .await
@@ -80,16 +91,23 @@ impl Sink for LogStreamSink {
         }
         Ok(())
     }
+
+    /// Bytes appended to the stream files (the lines as rendered).
+    fn bytes_written(&self) -> Counter {
+        self.bytes_written.clone()
+    }
 }
 
 /// Appends each interface's records to its stream. Records are grouped first so each stream
-/// gets one write per interval.
+/// gets one write per interval. `bytes_written` grows by each stream's text once it is written,
+/// so it stays equal to what the files gained even when a later stream fails.
 fn append_interval(
     directory: &Path,
     traffic_type: &str,
     renderer: &LineRenderer,
     interval: &IntervalRecords,
     streams: &mut HashMap<Arc<str>, File>,
+    bytes_written: &Counter,
 ) -> io::Result<()> {
     let mut by_interface: BTreeMap<&Arc<str>, Vec<u8>> = BTreeMap::new();
     for record in &interval.records {
@@ -111,6 +129,7 @@ fn append_interval(
             }
         };
         file.write_all(&text)?;
+        bytes_written.inc_by(text.len() as u64);
     }
     Ok(())
 }

@@ -20,7 +20,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 pub use backoff::Backoff;
 pub use ipfix::IpfixSink;
 pub use log_stream::LogStreamSink;
-pub use object::ObjectStoreSink;
+pub use object::{ObjectStoreSink, SpoolGauges};
 pub use spec::{DEFAULT_LOG_DIR, SinkSpec, SinkSpecError, default_sinks};
 pub use stdout::StdoutSink;
 
@@ -63,6 +63,16 @@ pub trait Sink: Send + 'static {
     /// oldest objects of a full spool), for the sink's final report.
     fn records_lost_after_write(&self) -> u64 {
         0
+    }
+
+    /// The counter the sink adds the bytes it delivers to, as they go out: rendered lines for
+    /// stdout and log streams, IPFIX messages for collectors, stored objects for object stores
+    /// (README's metrics table says exactly what each counts).
+    fn bytes_written(&self) -> Counter;
+
+    /// The size of the sink's disk spool, for sinks that have one.
+    fn spool_gauges(&self) -> Option<SpoolGauges> {
+        None
     }
 }
 
@@ -185,14 +195,18 @@ pub struct SinkHandle {
     live: LiveCounters,
 }
 
-/// The driver's counts as they happen, for the metrics endpoint (the same counts the final
-/// [`SinkReport`] gives). Clones share the values.
+/// A sink's counts as they happen, for the metrics endpoint: the driver's (the same counts the
+/// final [`SinkReport`] gives) and those the sink keeps itself. Clones share the values.
 #[derive(Clone, Debug, Default)]
 pub struct LiveCounters {
     pub records_written: Counter,
     pub retries: Counter,
     pub write_errors: Counter,
     pub records_lost: Counter,
+    /// Kept by the sink: [`Sink::bytes_written`].
+    pub bytes_written: Counter,
+    /// Kept by the sink's spool, if it has one.
+    pub spool: Option<SpoolGauges>,
 }
 
 /// What a sink did over its life.
@@ -210,7 +224,11 @@ pub fn spawn<S: Sink>(mut sink: S) -> SinkHandle {
     let name = sink.name();
     let (queue, mut incoming) = mpsc::channel::<Arc<IntervalRecords>>(QUEUE_INTERVALS);
     let task_name = name.clone();
-    let live = LiveCounters::default();
+    let live = LiveCounters {
+        bytes_written: sink.bytes_written(),
+        spool: sink.spool_gauges(),
+        ..LiveCounters::default()
+    };
     let task_live = live.clone();
     let task = tokio::spawn(async move {
         let mut report = SinkReport::default();
@@ -335,12 +353,14 @@ mod tests {
         vec![
             FlowRecord {
                 interface: Arc::from("eth\"0"),
+                ifindex: 2,
                 start: 1418530010,
                 end: 1418530070,
                 kind: RecordKind::Flow(flow),
             },
             FlowRecord {
                 interface: Arc::from("eth1"),
+                ifindex: 3,
                 start: 1431280876,
                 end: 1431280934,
                 kind: RecordKind::NoData,

@@ -2,16 +2,22 @@
 
 use std::{io::Write, sync::Arc};
 
+use prometheus_client::metrics::counter::Counter;
+
 use super::{LineRenderer, Sink, SinkError};
 use crate::record::IntervalRecords;
 
 pub struct StdoutSink {
     renderer: LineRenderer,
+    bytes_written: Counter,
 }
 
 impl StdoutSink {
     pub fn new(renderer: LineRenderer) -> Self {
-        Self { renderer }
+        Self {
+            renderer,
+            bytes_written: Counter::default(),
+        }
     }
 }
 
@@ -22,11 +28,13 @@ impl Sink for StdoutSink {
 
     async fn write(&mut self, interval: Arc<IntervalRecords>) -> Result<(), SinkError> {
         let renderer = self.renderer.clone();
+        let bytes_written = self.bytes_written.clone();
         tokio::task::spawn_blocking(move || {
             let mut text = Vec::with_capacity(interval.records.len() * 128);
             renderer.render(&interval.records, &mut text);
             let mut stdout = std::io::stdout().lock();
             stdout.write_all(&text)?;
+            bytes_written.inc_by(text.len() as u64);
             stdout.flush()
         })
         .await
@@ -36,5 +44,10 @@ impl Sink for StdoutSink {
 
     async fn flush(&mut self) -> Result<(), SinkError> {
         Ok(std::io::stdout().flush()?)
+    }
+
+    /// The rendered lines (envelope included) written to standard output.
+    fn bytes_written(&self) -> Counter {
+        self.bytes_written.clone()
     }
 }

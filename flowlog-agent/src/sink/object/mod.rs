@@ -22,12 +22,13 @@ use std::{
 pub use key::{FileFormat, KeyLayout, UtcTime, derived_flow_log_id, parse_flow_log_id};
 pub use options::{ArchiveArgs, ArchiveOptions, DEFAULT_SPOOL_DIR, parse_byte_size, parse_rotate};
 pub use parquet::{ParquetObject, schema as parquet_schema};
-pub use spool::{Spool, SpoolLoss, SpooledObject};
+pub use spool::{Spool, SpoolGauges, SpoolLoss, SpooledObject};
 pub use store::{ObjectUrl, ObjectUrlError, Scheme};
 pub use text::TextObject;
 pub use uploader::{Diagnosis, UploadReport, Uploader, describe, diagnose};
 
 use object_store::{ObjectStore, path::Path};
+use prometheus_client::metrics::counter::Counter;
 
 use super::{LineRenderer, Sink, SinkError};
 use crate::record::{FlowRecord, IntervalRecords};
@@ -74,6 +75,8 @@ pub struct ObjectStoreSink {
     open: Option<OpenObject>,
     spool: Arc<Spool>,
     uploader: Option<Uploader>,
+    /// Bytes of the objects the store accepted.
+    bytes_uploaded: Counter,
 }
 
 impl ObjectStoreSink {
@@ -127,7 +130,13 @@ impl ObjectStoreSink {
             );
         }
         let spool = Arc::new(spool);
-        let uploader = Uploader::spawn(name.clone(), store, Arc::clone(&spool));
+        let bytes_uploaded = Counter::default();
+        let uploader = Uploader::spawn(
+            name.clone(),
+            store,
+            Arc::clone(&spool),
+            bytes_uploaded.clone(),
+        );
         tracing::info!(
             sink = %name,
             flow_log_id = %layout.flow_log_id,
@@ -144,6 +153,7 @@ impl ObjectStoreSink {
             open: None,
             spool,
             uploader: Some(uploader),
+            bytes_uploaded,
         })
     }
 
@@ -260,6 +270,15 @@ impl Sink for ObjectStoreSink {
 
     fn records_lost_after_write(&self) -> u64 {
         self.spool.lost().records
+    }
+
+    /// Object bytes as stored (gzip text or Parquet), counted when an upload succeeds.
+    fn bytes_written(&self) -> Counter {
+        self.bytes_uploaded.clone()
+    }
+
+    fn spool_gauges(&self) -> Option<SpoolGauges> {
+        Some(self.spool.gauges())
     }
 }
 

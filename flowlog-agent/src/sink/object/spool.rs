@@ -17,6 +17,8 @@ use std::{
     sync::Mutex,
 };
 
+use prometheus_client::metrics::gauge::Gauge;
+
 const MAGIC: &str = "flowlog-spool 1";
 
 /// A spooled object, without its bytes.
@@ -36,10 +38,21 @@ pub struct SpoolLoss {
     pub records: u64,
 }
 
+/// The spool's size as the metrics endpoint shows it, kept equal to what is in the spool
+/// directory: set when the spool opens (objects an earlier run left) and at every change.
+#[derive(Clone, Debug, Default)]
+pub struct SpoolGauges {
+    /// Bytes of the spool files (each object and its one-line header).
+    pub bytes: Gauge,
+    /// Objects waiting for upload (the one being uploaded included).
+    pub objects: Gauge,
+}
+
 pub struct Spool {
     directory: PathBuf,
     max_bytes: u64,
     state: Mutex<State>,
+    gauges: SpoolGauges,
 }
 
 #[derive(Default)]
@@ -94,11 +107,19 @@ impl Spool {
             }
             state.next_sequence = state.next_sequence.max(sequence + 1);
         }
-        Ok(Spool {
+        let spool = Spool {
             directory,
             max_bytes,
             state: Mutex::new(state),
-        })
+            gauges: SpoolGauges::default(),
+        };
+        spool.publish(&spool.lock());
+        Ok(spool)
+    }
+
+    /// The gauges that follow the spool's size.
+    pub fn gauges(&self) -> SpoolGauges {
+        self.gauges.clone()
     }
 
     pub fn directory(&self) -> &Path {
@@ -145,6 +166,7 @@ impl Spool {
         state.total_bytes += bytes;
         state.objects.insert(sequence, spooled.clone());
         self.enforce_bound(&mut state, sequence);
+        self.publish(&state);
         Ok(spooled)
     }
 
@@ -174,7 +196,9 @@ impl Spool {
         }
         if let Some(object) = state.objects.remove(&sequence) {
             state.total_bytes -= object.bytes;
-            fs::remove_file(self.path(sequence))?;
+            let removed = fs::remove_file(self.path(sequence));
+            self.publish(&state);
+            removed?;
         }
         Ok(())
     }
@@ -218,6 +242,12 @@ impl Spool {
         }
     }
 
+    /// Sets the gauges from `state`; called with the lock held, so they move in step with it.
+    fn publish(&self, state: &State) {
+        self.gauges.bytes.set(state.total_bytes as i64);
+        self.gauges.objects.set(state.objects.len() as i64);
+    }
+
     fn path(&self, sequence: u64) -> PathBuf {
         self.directory.join(format!("{sequence:020}.obj"))
     }
@@ -253,6 +283,47 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("flowlog-spool-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
+    }
+
+    /// The spool files' total size and count, as `ls` would see them.
+    fn on_disk(dir: &Path) -> (i64, i64) {
+        let sizes: Vec<u64> = fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().metadata().unwrap().len())
+            .collect();
+        (sizes.iter().sum::<u64>() as i64, sizes.len() as i64)
+    }
+
+    fn gauges(spool: &Spool) -> (i64, i64) {
+        let gauges = spool.gauges();
+        (gauges.bytes.get(), gauges.objects.get())
+    }
+
+    #[test]
+    fn the_gauges_follow_what_is_on_disk() {
+        let dir = scratch("gauges");
+        let spool = Spool::open(dir.clone(), 2 * 1100).unwrap();
+        assert_eq!(gauges(&spool), (0, 0));
+        spool.push("k1", 1, &[1; 1000]).unwrap();
+        spool.push("k2", 2, &[2; 1000]).unwrap();
+        assert_eq!(gauges(&spool).1, 2);
+        assert_eq!(gauges(&spool), on_disk(&dir));
+        drop(spool);
+
+        // What an earlier run left is counted from the start.
+        let spool = Spool::open(dir.clone(), 2 * 1100).unwrap();
+        assert_eq!(gauges(&spool), on_disk(&dir));
+        assert_eq!(gauges(&spool).1, 2);
+        // Over the bound: the oldest is dropped.
+        spool.push("k3", 3, &[3; 1000]).unwrap();
+        assert_eq!(gauges(&spool).1, 2);
+        assert_eq!(gauges(&spool), on_disk(&dir));
+        while let Some((object, _)) = spool.take_oldest().unwrap() {
+            spool.remove(object.sequence).unwrap();
+            assert_eq!(gauges(&spool), on_disk(&dir));
+        }
+        assert_eq!(gauges(&spool), (0, 0));
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

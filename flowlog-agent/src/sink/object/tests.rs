@@ -63,6 +63,7 @@ fn interval(start: u64, end: u64, first_port: u16, flows: u16) -> Arc<IntervalRe
     let records = (0..flows)
         .map(|i| FlowRecord {
             interface: Arc::from("eth0"),
+            ifindex: 2,
             start,
             end,
             kind: RecordKind::Flow(Flow {
@@ -221,5 +222,10 @@ async fn objects_left_in_the_spool_go_first_at_the_next_start() {
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].0, key, "uploaded under the key it was given");
     assert!(sink.spool.pending().is_empty());
+    // The metrics: the spool is empty, and the bytes written are the stored object's.
+    let gauges = sink.spool_gauges().expect("an object sink has a spool");
+    assert_eq!((gauges.bytes.get(), gauges.objects.get()), (0, 0));
+    let stored = fs::metadata(dir.join("archive").join(&key)).unwrap().len();
+    assert_eq!(sink.bytes_written().get(), stored);
     fs::remove_dir_all(&dir).unwrap();
 }

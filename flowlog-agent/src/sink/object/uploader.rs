@@ -9,6 +9,7 @@ use std::{
 };
 
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, path::Path};
+use prometheus_client::metrics::counter::Counter;
 use tokio::{
     sync::{Notify, watch},
     task::JoinHandle,
@@ -36,10 +37,24 @@ pub struct Uploader {
 }
 
 impl Uploader {
-    pub fn spawn(name: String, store: Arc<dyn ObjectStore>, spool: Arc<Spool>) -> Self {
+    /// Starts the upload task; `bytes_uploaded` grows by each object's size once the store has
+    /// it.
+    pub fn spawn(
+        name: String,
+        store: Arc<dyn ObjectStore>,
+        spool: Arc<Spool>,
+        bytes_uploaded: Counter,
+    ) -> Self {
         let wake = Arc::new(Notify::new());
         let (stop, stopping) = watch::channel(None);
-        let task = tokio::spawn(upload_loop(name, store, spool, Arc::clone(&wake), stopping));
+        let task = tokio::spawn(upload_loop(
+            name,
+            store,
+            spool,
+            bytes_uploaded,
+            Arc::clone(&wake),
+            stopping,
+        ));
         Uploader { wake, stop, task }
     }
 
@@ -60,6 +75,7 @@ async fn upload_loop(
     name: String,
     store: Arc<dyn ObjectStore>,
     spool: Arc<Spool>,
+    bytes_uploaded: Counter,
     wake: Arc<Notify>,
     mut stopping: watch::Receiver<Option<Instant>>,
 ) -> UploadReport {
@@ -99,8 +115,10 @@ async fn upload_loop(
             }
         };
         let location = Path::from(object.key.as_str());
+        let size = bytes.len() as u64;
         match store.put(&location, PutPayload::from(bytes)).await {
             Ok(_) => {
+                bytes_uploaded.inc_by(size);
                 report.objects += 1;
                 report.records += object.records;
                 backoff.reset();

@@ -120,9 +120,11 @@ fn records(count: usize) -> Vec<FlowRecord> {
         .map(|i| {
             let n = i as u32;
             let interface = Arc::clone(&interfaces[i % interfaces.len()]);
+            let ifindex = (i % interfaces.len()) as u32 + 2;
             if i % 1000 == 999 {
                 return FlowRecord {
                     interface,
+                    ifindex,
                     start,
                     end: start + 60,
                     kind: RecordKind::NoData,
@@ -151,6 +153,7 @@ fn records(count: usize) -> Vec<FlowRecord> {
             let tcp = i % 3 != 0;
             FlowRecord {
                 interface,
+                ifindex,
                 start: start + (n % 60) as u64,
                 end: start + 60,
                 kind: RecordKind::Flow(Flow {

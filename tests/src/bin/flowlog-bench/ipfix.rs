@@ -61,7 +61,7 @@ pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
     let spec: IpfixSpec = format!("ipfix+udp://127.0.0.1:{port}")
         .parse()
         .map_err(|e| format!("{e}"))?;
-    let mut sink = IpfixSink::new(spec, [("eth0".to_owned(), 2)].into_iter().collect());
+    let mut sink = IpfixSink::new(spec);
     let interval = Arc::new(interval_of(RECORDS_PER_INTERVAL));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -128,7 +128,7 @@ fn encoded_size(interval: &IntervalRecords) -> (u64, u64) {
         .filter_map(|record| match &record.kind {
             RecordKind::Flow(flow) => Some(DataRecord::Flow(FlowData {
                 flow,
-                ifindex: 2,
+                ifindex: record.ifindex,
                 interface: &record.interface,
                 start_ms: record.start * 1000,
                 end_ms: record.end * 1000,
@@ -162,6 +162,7 @@ fn interval_of(count: usize) -> IntervalRecords {
             };
             FlowRecord {
                 interface: Arc::clone(&interface),
+                ifindex: 2,
                 start: 1_700_000_000,
                 end: 1_700_000_059,
                 kind: RecordKind::Flow(Flow {
