@@ -73,10 +73,9 @@ pub async fn run(mut config: RunConfig) -> Result<RunSummary, AgentError> {
         Some(dir) => Datapath::load_pinned(datapath_config, dir)?,
         None => Datapath::load(datapath_config)?,
     };
-    // Statistics of pinned maps are running totals of earlier agents too: report from here on
-    // (before anything is attached, so nothing this agent sees is missed).
-    let mut stats = StatsDelta::default();
-    stats.update(&datapath);
+    // Statistics of pinned maps are running totals of earlier agents too: report from what they
+    // reported, or else from here on (before anything is attached, so nothing is missed).
+    let mut stats = StatsDelta::starting_from(&datapath)?;
     let metrics = Arc::new(Metrics::default());
     metrics.map_capacity.set(i64::from(config.max_flows));
     if let Some(address) = config.metrics {
@@ -210,7 +209,13 @@ pub async fn run(mut config: RunConfig) -> Result<RunSummary, AgentError> {
         } else {
             tokio::task::block_in_place(|| datapath.drain_interval())?
         };
-        drains.share_out(&datapath, &mut flow_logs, drained, &mut leftovers, started);
+        drains.share_out(
+            &mut datapath,
+            &mut flow_logs,
+            drained,
+            &mut leftovers,
+            started,
+        );
         for flow_log in &mut flow_logs {
             if stopping || flow_log.is_due(boundary) {
                 drains.summary.records += flow_log.publish(&metrics) as u64;
@@ -239,7 +244,7 @@ struct Drains<'a> {
 impl Drains<'_> {
     fn share_out(
         &mut self,
-        datapath: &Datapath,
+        datapath: &mut Datapath,
         flow_logs: &mut [FlowLog],
         mut drained: DrainedEpoch,
         leftovers: &mut Option<DrainedEpoch>,
@@ -622,13 +627,22 @@ fn until_next_boundary(now: SystemTime, interval: Duration) -> Duration {
 }
 
 /// Turns the datapath's running totals into per-interval differences.
-#[derive(Default)]
 struct StatsDelta {
     previous: BTreeMap<Stat, PacketCount>,
 }
 
 impl StatsDelta {
-    fn update(&mut self, datapath: &Datapath) -> BTreeMap<Stat, PacketCount> {
+    fn starting_from(datapath: &Datapath) -> Result<Self, AgentError> {
+        let previous = match datapath.stats_reported()? {
+            Some(reported) => reported,
+            None => datapath.stats()?,
+        };
+        Ok(Self { previous })
+    }
+
+    /// What was counted since the last call; the new totals are recorded in the datapath as
+    /// reported.
+    fn update(&mut self, datapath: &mut Datapath) -> BTreeMap<Stat, PacketCount> {
         let Ok(now) = datapath.stats() else {
             return BTreeMap::new();
         };
@@ -643,6 +657,9 @@ impl StatsDelta {
                 (*stat, diff)
             })
             .collect();
+        if let Err(error) = datapath.set_stats_reported(&now) {
+            tracing::warn!(%error, "cannot record the statistics reported (a restart may miss some)");
+        }
         self.previous = now;
         delta
     }

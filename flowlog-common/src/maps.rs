@@ -21,6 +21,11 @@ pub const SKIP_OVERFLOW: &str = "SKIP_OVERFLOW";
 /// `PerCpuArray<PacketCount>` indexed by [`crate::stats::Stat`].
 pub const STATS: &str = "STATS";
 
+/// `Array<PacketCount>` indexed by [`crate::stats::Stat`]: the totals of `STATS` the agents
+/// have reported so far. Written by the agent only; pinned, so the next agent reports exactly
+/// what was counted after (while no agent ran, too).
+pub const STATS_REPORTED: &str = "STATS_REPORTED";
+
 /// `Array<u32>` with one entry: which policy slot is live, and its generation
 /// ([`crate::policy::active_word`]); 0 when no policy is loaded.
 pub const POLICY_ACTIVE: &str = "POLICY_ACTIVE";

@@ -42,6 +42,10 @@ pub static SKIP_OVERFLOW: PerCpuArray<PacketCount> = PerCpuArray::with_max_entri
 #[map]
 pub static STATS: PerCpuArray<PacketCount> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
 
+/// What the agents have reported of `STATS` (userspace only; see `flowlog_common::maps`).
+#[map]
+pub static STATS_REPORTED: Array<PacketCount> = Array::with_max_entries(Stat::COUNT, 0);
+
 #[map]
 pub static BENCH_REFERENCE: PerCpuHashMap<FlowKey, FlowCounters> =
     PerCpuHashMap::with_max_entries(16, 0);

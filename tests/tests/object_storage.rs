@@ -328,8 +328,19 @@ fn an_outage_with_an_agent_restart_loses_and_duplicates_nothing() {
         send_round(&topology, round, &mut expected);
         thread::sleep(Duration::from_millis(1200));
     }
-    let (_, waiting) = spool_gauges_match_disk(&topology.a, &spool);
-    assert!(waiting > left_objects, "new objects wait in the spool too");
+    // A new object is sealed when an interval of the next --rotate window arrives.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    loop {
+        let (_, waiting) = spool_gauges_match_disk(&topology.a, &spool);
+        if waiting > left_objects {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new objects wait in the spool too ({waiting} vs {left_objects})"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
 
     // 3. The store is back (empty, as a restarted moto is): the spool drains, oldest first.
     let s3 = S3Server::start(&topology.a, PORT, &[]);

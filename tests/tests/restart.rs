@@ -81,6 +81,8 @@ fn stopped_and_killed_agents_lose_and_double_count_nothing() {
             &pin_arg,
             "--on-exit",
             on_exit,
+            "--exclude",
+            "198.18.0.0/24/udp:6000",
         ]
         .map(str::to_owned)
         .to_vec()
@@ -92,13 +94,18 @@ fn stopped_and_killed_agents_lose_and_double_count_nothing() {
     };
     let a_socket = udp_socket(&a, SocketAddr::new(IpAddr::V4(A4), 5001));
     let b_socket = udp_socket(&b, SocketAddr::new(IpAddr::V4(B4), 5002));
+    // Excluded traffic is no flow, but its count is reported: exactly, across restarts too.
+    let excluded_socket = udp_socket(&a, SocketAddr::new(IpAddr::V4(A4), 6000));
     let mut sent = (0u64, 0u64);
+    let mut excluded_sent = 0u64;
     let mut send = |count: u64| {
         let wire = udp_exchange(&b_socket, &a_socket, count, 100);
         sent.0 += wire.0;
         sent.1 += wire.1;
+        excluded_sent += udp_exchange(&b_socket, &excluded_socket, count / 10, 60).0;
     };
     let mut outputs = Vec::new();
+    let mut logs = Vec::new();
 
     // 1. An agent counts, then stops with SIGTERM, leaving its programs attached.
     let agent = start("keep");
@@ -116,6 +123,7 @@ fn stopped_and_killed_agents_lose_and_double_count_nothing() {
         "ingress and egress links stay pinned"
     );
     outputs.push(stopped.stdout);
+    logs.push(stopped.stderr);
 
     // 2. No agent: the pinned programs go on counting.
     send(20);
@@ -152,6 +160,7 @@ fn stopped_and_killed_agents_lose_and_double_count_nothing() {
     let killed = agent.stop();
     assert!(!killed.status.success());
     outputs.push(killed.stdout);
+    logs.push(killed.stderr);
 
     // 4. No agent again.
     send(50);
@@ -162,6 +171,7 @@ fn stopped_and_killed_agents_lose_and_double_count_nothing() {
     let stopped = agent.stop();
     assert!(stopped.status.success(), "{}", stopped.stderr);
     outputs.push(stopped.stdout);
+    logs.push(stopped.stderr);
     assert_eq!(
         links_in(&pin_dir),
         Vec::<String>::new(),
@@ -187,6 +197,23 @@ fn stopped_and_killed_agents_lose_and_double_count_nothing() {
     assert_eq!(counted, sent, "packets per run: {per_run:?}");
     // Each run reported something: the downtime traffic went to the next run.
     assert!(per_run.iter().all(|p| *p > 0), "{per_run:?}");
+    let excluded_reported: u64 = logs
+        .iter()
+        .flat_map(|log| log.lines())
+        .filter(|line| line.contains("interval written"))
+        .filter_map(|line| {
+            line.split("excluded_packets=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(
+        excluded_reported, excluded_sent,
+        "excluded packets reported by all runs vs sent (while no agent ran too)"
+    );
 
     // `flowlog-agent detach` removes what is left (the maps).
     let output = a

@@ -16,7 +16,7 @@ use aya::{
 };
 use flowlog_common::{
     flow::PacketCount,
-    maps::{EPOCH, FLOWS, MAX_SKIP_ENTRIES, SKIP_OVERFLOW, SKIPPED, STATS},
+    maps::{EPOCH, FLOWS, MAX_SKIP_ENTRIES, SKIP_OVERFLOW, SKIPPED, STATS, STATS_REPORTED},
     policy::Rule,
     stats::Stat,
 };
@@ -96,6 +96,9 @@ pub struct Datapath {
     logger: Option<KernelLogger>,
     epochs: epoch::Epochs,
     stats: PerCpuArray<MapData, PacketCount>,
+    /// What the agents reported of `stats` so far; `adopted` when a previous agent left it.
+    stats_reported: Array<MapData, PacketCount>,
+    stats_reported_adopted: bool,
     attached: BTreeMap<u32, AttachedInterface>,
     policy: policy::PolicyTables,
     /// Where maps and links are pinned, if they are.
@@ -126,6 +129,10 @@ impl Datapath {
             return Err(DatapathError::StubObject);
         }
         let pins = pin_dir.map(pins::Pins::prepare).transpose()?;
+        // Checked before loading, which creates it: an agent of a version without it left none.
+        let stats_reported_adopted = pins
+            .as_ref()
+            .is_some_and(|pins| pins.reused && pins.map_path(STATS_REPORTED).exists());
         let mut loader = EbpfLoader::new();
         if let Some(pins) = &pins {
             for name in pins::PINNED_MAPS {
@@ -153,6 +160,7 @@ impl Datapath {
         ];
         let overflow: PerCpuArray<MapData, PacketCount> = take_map(&mut ebpf, SKIP_OVERFLOW)?;
         let stats: PerCpuArray<MapData, PacketCount> = take_map(&mut ebpf, STATS)?;
+        let stats_reported: Array<MapData, PacketCount> = take_map(&mut ebpf, STATS_REPORTED)?;
         let epochs = epoch::Epochs::new(epoch_map, flows, skipped, overflow)?;
         let policy = policy::PolicyTables::take(&mut ebpf)?;
         let first_clock = clock::sample(&ebpf)?;
@@ -161,6 +169,8 @@ impl Datapath {
             logger,
             epochs,
             stats,
+            stats_reported,
+            stats_reported_adopted,
             attached: BTreeMap::new(),
             policy,
             pins,
@@ -315,6 +325,43 @@ impl Datapath {
             std::thread::sleep(std::time::Duration::from_nanos(wanted - elapsed));
         }
         Ok(self.clock()?.ns_per_jiffy)
+    }
+
+    /// The totals of [`Datapath::stats`] that earlier agents reported, if they left them
+    /// (pinned maps adopted): reporting resumes from there, so what was counted while no agent
+    /// ran is reported too.
+    pub fn stats_reported(&self) -> Result<Option<BTreeMap<Stat, PacketCount>>, DatapathError> {
+        if !self.stats_reported_adopted {
+            return Ok(None);
+        }
+        let mut totals = BTreeMap::new();
+        for stat in Stat::ALL {
+            let count = self
+                .stats_reported
+                .get(&(stat as u32), 0)
+                .map_err(|source| DatapathError::Map {
+                    name: STATS_REPORTED,
+                    source,
+                })?;
+            totals.insert(stat, count);
+        }
+        Ok(Some(totals))
+    }
+
+    /// Records the totals this agent has reported (for the next one).
+    pub fn set_stats_reported(
+        &mut self,
+        totals: &BTreeMap<Stat, PacketCount>,
+    ) -> Result<(), DatapathError> {
+        for (stat, count) in totals {
+            self.stats_reported
+                .set(*stat as u32, count, 0)
+                .map_err(|source| DatapathError::Map {
+                    name: STATS_REPORTED,
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// Running totals of the packets the programs did not count as flows.

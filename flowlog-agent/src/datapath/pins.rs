@@ -16,7 +16,7 @@ use std::{
 
 use flowlog_common::maps::{
     ACL_RULES, CONNECTIONS, EPOCH, EXCLUSION_COUNT, EXCLUSIONS, FLOWS, POLICY_ACTIVE,
-    POLICY_CONFIG, SG_RULES, SKIP_OVERFLOW, SKIPPED, STATS,
+    POLICY_CONFIG, SG_RULES, SKIP_OVERFLOW, SKIPPED, STATS, STATS_REPORTED,
 };
 
 use super::DatapathError;
@@ -26,7 +26,7 @@ use crate::sys;
 pub const LAYOUT_VERSION: u32 = 1;
 
 /// The maps that outlive an agent.
-pub const PINNED_MAPS: [&str; 17] = [
+pub const PINNED_MAPS: [&str; 18] = [
     EPOCH,
     FLOWS[0],
     FLOWS[1],
@@ -34,6 +34,7 @@ pub const PINNED_MAPS: [&str; 17] = [
     SKIPPED[1],
     SKIP_OVERFLOW,
     STATS,
+    STATS_REPORTED,
     POLICY_ACTIVE,
     POLICY_CONFIG[0],
     POLICY_CONFIG[1],
