@@ -173,7 +173,8 @@ fn two_flow_logs_share_one_interface_exactly() {
 
 /// SIGHUP with a flow log added: the running one goes on undisturbed and loses nothing; the new
 /// one has exactly the traffic after the reload. Then a bad file: refused, named with its line,
-/// and both flow logs go on.
+/// and both flow logs go on. Then the first one removed: it writes everything it counted before
+/// the reload, and nothing after.
 #[test]
 fn sighup_adds_a_flow_log_without_disturbing_the_other() {
     let topology = Topology::new(false);
@@ -212,6 +213,20 @@ fn sighup_adds_a_flow_log_without_disturbing_the_other() {
     hangup(&agent);
     agent.wait_for_log("configuration not reloaded", 1, Duration::from_secs(10));
     round(&topology, &sink, 10, 4, &mut accept, &mut reject);
+
+    // fl-accepted removed: it writes what it counted up to the reload, then nothing more.
+    fs::write(&config, config_text(&dir, &[&rejected(&dir)])).expect("config");
+    hangup(&agent);
+    agent.wait_for_log("configuration reloaded", 2, Duration::from_secs(10));
+    let mut accept_after_removal = Expected::default();
+    round(
+        &topology,
+        &sink,
+        5,
+        3,
+        &mut accept_after_removal,
+        &mut reject,
+    );
     thread::sleep(Duration::from_millis(300));
     let stopped = agent.stop();
     assert!(stopped.status.success(), "{}", stopped.stderr);
@@ -221,9 +236,10 @@ fn sighup_adds_a_flow_log_without_disturbing_the_other() {
         log.contains("flowlog.toml:3: scope must be \"all\" or a table"),
         "{log}"
     );
-    assert!(
-        !log.contains("stopped by the reload"),
-        "fl-accepted was disturbed:\n{log}"
+    assert_eq!(
+        log.matches("flow log stopped by the reload").count(),
+        1,
+        "fl-accepted is stopped by its removal only:\n{log}"
     );
     assert_eq!(
         log.matches("flow log started by the reload").count(),
@@ -234,7 +250,10 @@ fn sighup_adds_a_flow_log_without_disturbing_the_other() {
     let rejected = read_records(&dir.join("rejected/a0-reject.log"));
     only(&accepted, "ACCEPT", "fl-accepted");
     only(&rejected, "REJECT", "fl-rejected");
-    accept.check(&accepted, "fl-accepted across two SIGHUPs");
+    accept.check(
+        &accepted,
+        "fl-accepted across two SIGHUPs, until its removal",
+    );
     reject.check(&rejected, "fl-rejected after its start");
     // The datagrams dropped before fl-rejected existed are in no flow log.
     let (key, _) = reject_before.0.iter().next().expect("one flow");
@@ -243,6 +262,10 @@ fn sighup_adds_a_flow_log_without_disturbing_the_other() {
         .filter(|r| r.flow == Some(key.1))
         .map(|r| r.packets.unwrap_or(0))
         .sum();
-    assert_eq!(before_and_after, 9 + 4, "only the rejects after the reload");
+    assert_eq!(
+        before_and_after,
+        9 + 4 + 3,
+        "only the rejects after the reload"
+    );
     fs::remove_dir_all(&dir).expect("cleanup");
 }
