@@ -167,34 +167,13 @@ pub async fn run(mut config: RunConfig) -> Result<RunSummary, AgentError> {
             }
             signal = signals.next() => match signal {
                 Signal::Reload => {
-                    if config.args.config.is_some() {
-                        let mut reload = Reload {
-                            datapath: &mut datapath,
-                            flow_logs: &mut flow_logs,
-                            drains: &mut drains,
-                            leftovers: &mut leftovers,
-                        };
-                        match reload.apply(&config).await {
-                            Ok(new) => {
-                                if new.policy.is_some() {
-                                    metrics.policy_reloads.inc();
-                                }
-                                config = new;
-                                metrics.config_reloads.inc();
-                            }
-                            Err(error) => {
-                                tracing::error!("SIGHUP: configuration not reloaded, the previous one stays in force: {error}");
-                                metrics.config_reload_failures.inc();
-                            }
-                        }
-                        publish_sink_metrics(&metrics, &flow_logs);
-                        metrics.interfaces_attached.set(datapath.attached().count() as i64);
-                    } else {
-                        match reload_policy(&mut datapath, &config) {
-                            true => metrics.policy_reloads.inc(),
-                            false => metrics.policy_reload_failures.inc(),
-                        };
-                    }
+                    let reload = Reload {
+                        datapath: &mut datapath,
+                        flow_logs: &mut flow_logs,
+                        drains: &mut drains,
+                        leftovers: &mut leftovers,
+                    };
+                    hangup(&mut config, reload, &metrics).await;
                     continue;
                 }
                 Signal::Stop(name) => {
@@ -296,6 +275,37 @@ impl Drains<'_> {
             last.absorb_owned(drained, &not_flows, drain_time);
         }
     }
+}
+
+/// SIGHUP: with `--config` the whole configuration is read again ([`Reload::apply`]), without
+/// it the policy file.
+async fn hangup(config: &mut RunConfig, mut reload: Reload<'_, '_>, metrics: &Metrics) {
+    if config.args.config.is_none() {
+        match reload_policy(reload.datapath, config) {
+            true => metrics.policy_reloads.inc(),
+            false => metrics.policy_reload_failures.inc(),
+        };
+        return;
+    }
+    match reload.apply(config).await {
+        Ok(new) => {
+            if new.policy.is_some() {
+                metrics.policy_reloads.inc();
+            }
+            *config = new;
+            metrics.config_reloads.inc();
+        }
+        Err(error) => {
+            tracing::error!(
+                "SIGHUP: configuration not reloaded, the previous one stays in force: {error}"
+            );
+            metrics.config_reload_failures.inc();
+        }
+    }
+    publish_sink_metrics(metrics, reload.flow_logs);
+    metrics
+        .interfaces_attached
+        .set(reload.datapath.attached().count() as i64);
 }
 
 /// A SIGHUP with `--config`: the file is read and checked again; if it is good, flow logs
