@@ -370,10 +370,7 @@ impl Reload<'_, '_> {
 
         let (mut kept, mut stopped) = (Vec::new(), Vec::new());
         for flow_log in self.flow_logs.drain(..) {
-            let unchanged = new
-                .flow_logs
-                .iter()
-                .any(|f| f.name() == flow_log.name() && f.same_as(&flow_log.config));
+            let unchanged = new.flow_logs.contains(&flow_log.config);
             if unchanged {
                 kept.push(flow_log);
             } else {

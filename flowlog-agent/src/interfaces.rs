@@ -55,7 +55,7 @@ pub enum SelectorError {
 /// A flow log's scope: exact names, which must exist, globs, which may match nothing
 /// (interfaces come and go), and networks, matching the interfaces that hold an address inside
 /// one. None at all means every non-loopback interface (`all`).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct InterfaceSelector {
     names: Vec<String>,
     globs: Vec<glob::Pattern>,

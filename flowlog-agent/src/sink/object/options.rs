@@ -11,7 +11,7 @@ use crate::config::parse_duration;
 pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/flowlog/spool";
 
 /// Options that apply to object-store sinks (`s3://`, `gs://`, `az://`, `file://`).
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
 pub struct ArchiveArgs {
     /// Object format: gzip text (header line, then records) or Parquet.
     #[arg(long, value_enum, default_value_t = FileFormat::Text)]
