@@ -42,6 +42,20 @@ pub struct Stopped {
     pub stderr: String,
 }
 
+/// The agent binary as a command inside `ns`, started through `wrapper` (a program and its
+/// arguments, e.g. `setpriv` with a capability set) if there is one.
+pub fn agent_command(ns: &NetNs, wrapper: &[&str]) -> std::process::Command {
+    let binary = agent_binary();
+    match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut command = ns.command(program);
+            command.args(rest).arg(&binary);
+            command
+        }
+        None => ns.command(binary.to_str().expect("UTF-8 path")),
+    }
+}
+
 impl Agent {
     /// Starts `flowlog-agent run ARGS` inside `ns` and waits until it has attached to
     /// `attachments` interfaces (or fails, printing what it said).
@@ -72,17 +86,7 @@ impl Agent {
         env: &[(&str, &str)],
         attachments: usize,
     ) -> Self {
-        let binary = agent_binary();
-        let binary = binary.to_str().expect("UTF-8 path");
-        let mut command = match wrapper.split_first() {
-            Some((program, rest)) => {
-                let mut command = ns.command(program);
-                command.args(rest).arg(binary);
-                command
-            }
-            None => ns.command(binary),
-        };
-        let mut child = command
+        let mut child = agent_command(ns, wrapper)
             .arg("run")
             .args(args)
             .envs(env.iter().copied())
@@ -90,7 +94,7 @@ impl Agent {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", binary));
+            .unwrap_or_else(|e| panic!("starting {}: {e}", agent_binary().display()));
         let mut out = child.stdout.take().expect("piped");
         let stdout = thread::spawn(move || {
             let mut text = String::new();

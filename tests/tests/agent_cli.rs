@@ -5,7 +5,7 @@
 use std::{net::TcpListener, process::Output, thread, time::Duration};
 
 use tests::{
-    agent::{Agent, agent_binary},
+    agent::{Agent, agent_command},
     netns::{NetNs, in_netns, veth_pair},
 };
 
@@ -20,16 +20,7 @@ fn namespace() -> (NetNs, NetNs) {
 /// `flowlog-agent SUBCOMMAND ARGS` inside `ns`, started through `wrapper` (a program and its
 /// arguments, e.g. `setpriv`), run to completion.
 fn agent_output(ns: &NetNs, wrapper: &[&str], subcommand: &str, args: &[&str]) -> Output {
-    let binary = agent_binary();
-    let binary = binary.to_str().expect("UTF-8 path");
-    let mut command = match wrapper.split_first() {
-        Some((program, rest)) => {
-            let mut command = ns.command(program);
-            command.args(rest).arg(binary);
-            command
-        }
-        None => ns.command(binary),
-    };
+    let mut command = agent_command(ns, wrapper);
     command.arg(subcommand).args(args).env("NO_COLOR", "1");
     command.output().expect("spawn the agent")
 }
