@@ -5,7 +5,7 @@
 
 use std::{
     fs,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     thread,
     time::Duration,
@@ -59,10 +59,10 @@ fn accepted(dir: &Path) -> String {
     )
 }
 
-/// REJECT records of the interfaces holding an address in 198.18.0.0/24, every 2 s.
+/// REJECT records of the interfaces holding an address in 198.18.0.0/16, every 2 s.
 fn rejected(dir: &Path) -> String {
     format!(
-        "\n[[flow-log]]\nid = \"fl-rejected\"\nscope = {{ cidrs = [\"198.18.0.0/24\"] }}\ntraffic-type = \"REJECT\"\ninterval = \"2s\"\nsinks = [\"dir:{}\"]\n",
+        "\n[[flow-log]]\nid = \"fl-rejected\"\nscope = {{ cidrs = [\"198.18.0.0/16\"] }}\ntraffic-type = \"REJECT\"\ninterval = \"2s\"\nsinks = [\"dir:{}\"]\n",
         dir.join("rejected").display()
     )
 }
@@ -112,10 +112,11 @@ fn round(
 }
 
 /// Two flow logs on the same interface, one ACCEPT-only by name every second, one REJECT-only
-/// by CIDR every 2 s: each has exactly its traffic, none of the other's.
+/// by CIDR every 2 s: each has exactly its traffic, none of the other's. An interface that gains
+/// an address in the CIDR joins the second flow log (and only it).
 #[test]
 fn two_flow_logs_share_one_interface_exactly() {
-    let topology = Topology::new(false);
+    let topology = Topology::new(true);
     let dir = scratch("two-flow-logs");
     fs::write(dir.join("policy.toml"), POLICY).expect("policy");
     let config = dir.join("flowlog.toml");
@@ -127,6 +128,13 @@ fn two_flow_logs_share_one_interface_exactly() {
     let sink = udp_socket(&topology.a, SocketAddr::new(IpAddr::V4(A4), 7000));
 
     let mut agent = Agent::start(&topology.a, &["--config", config.to_str().unwrap()], 1);
+    // The idle `a1` has no address yet: no flow log covers it. Given one in the CIDR, it is
+    // attached for the REJECT flow log.
+    topology
+        .a
+        .add_address("a1", Ipv4Addr::new(198, 18, 5, 1), 24)
+        .expect("address");
+    agent.wait_for_log("attached interface=a1", 1, Duration::from_secs(5));
     let (mut accept, mut reject) = (Expected::default(), Expected::default());
     for _ in 0..3 {
         round(&topology, &sink, 20, 7, &mut accept, &mut reject);
@@ -143,6 +151,13 @@ fn two_flow_logs_share_one_interface_exactly() {
     only(&rejected, "REJECT", "fl-rejected");
     accept.check(&accepted, "fl-accepted");
     reject.check(&rejected, "fl-rejected");
+    // a1 is idle: NODATA records in the REJECT flow log's stream, none in the other's.
+    let idle = read_records(&dir.join("rejected/a1-reject.log"));
+    assert!(
+        !idle.is_empty() && idle.iter().all(|r| r.log_status == "NODATA"),
+        "{idle:?}"
+    );
+    assert!(!dir.join("accepted/a1-accept.log").exists());
     // Each flow log wrote its own intervals: 1 s and 2 s long (the first and last are cut by
     // the start and the stop).
     let longest = |records: &[Record]| records.iter().map(|r| r.end - r.start).max().unwrap_or(0);
