@@ -76,8 +76,17 @@ pub async fn run(mut config: RunConfig) -> Result<RunSummary, AgentError> {
     // Statistics of pinned maps are running totals of earlier agents too: report from what they
     // reported, or else from here on (before anything is attached, so nothing is missed).
     let mut stats = StatsDelta::starting_from(&datapath)?;
+    // Adopted pinned maps keep their size: say so rather than report a capacity they lack.
+    let max_flows = datapath.flow_capacity().unwrap_or(config.max_flows);
+    if max_flows != config.max_flows {
+        tracing::warn!(
+            pinned = max_flows,
+            requested = config.max_flows,
+            "the adopted flow maps keep their size; a new --max-flows takes effect after `flowlog-agent detach`"
+        );
+    }
     let metrics = Arc::new(Metrics::default());
-    metrics.map_capacity.set(i64::from(config.max_flows));
+    metrics.map_capacity.set(i64::from(max_flows));
     if let Some(address) = config.metrics {
         // Flow logs matter more than their metrics: a port that cannot be bound (taken, or no
         // loopback) is reported, not fatal.
@@ -93,8 +102,8 @@ pub async fn run(mut config: RunConfig) -> Result<RunSummary, AgentError> {
         );
     }
     tracing::info!(
-        max_flows = config.max_flows,
-        kernel_memory_mib_max = flow_maps_memory_bytes(config.max_flows) >> 20,
+        max_flows,
+        kernel_memory_mib_max = flow_maps_memory_bytes(max_flows) >> 20,
         "datapath loaded"
     );
     if let Some(logger) = datapath.take_logger() {

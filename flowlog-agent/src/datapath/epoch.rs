@@ -86,6 +86,11 @@ pub(super) struct Epochs {
 }
 
 impl Epochs {
+    /// Entries each flow map holds: as created now, or as an earlier agent created them.
+    pub(super) fn flow_capacity(&self) -> Option<u32> {
+        self.flows[0].info().ok().map(|info| info.max_entries())
+    }
+
     pub(super) fn new(
         index: Array<MapData, u32>,
         flows: [MapData; 2],

@@ -216,6 +216,12 @@ impl Datapath {
         self.pins.as_ref().is_some_and(|pins| pins.reused)
     }
 
+    /// Entries each flow map holds. Pinned maps keep the size they were created with, whatever
+    /// `--max-flows` says now.
+    pub fn flow_capacity(&self) -> Option<u32> {
+        self.epochs.flow_capacity()
+    }
+
     /// Whether any interface is attached through pinned links, which outlive the agent.
     pub fn has_pinned_links(&self) -> bool {
         self.attached.values().any(AttachedInterface::is_pinned)
