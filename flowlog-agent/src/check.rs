@@ -239,8 +239,14 @@ fn describe(interface: &Interface, choice: HookChoice, tc_mode: TcMode) -> Strin
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "virtual".to_owned());
     let hook = interfaces::hook_for(choice, interface);
+    let native_xdp = match sys::xdp_features(interface.ifindex) {
+        Ok(Some(features)) if features & 1 != 0 => "native XDP yes",
+        Ok(Some(_)) => "native XDP no",
+        Ok(None) => "native XDP unknown (the kernel does not say before Linux 6.3)",
+        Err(_) => "native XDP unknown",
+    };
     format!(
-        "ifindex {}, driver {driver}: {hook} ingress, TC egress ({tc_mode})",
+        "ifindex {}, driver {driver}, {native_xdp}; hook: {hook} ingress, TC egress ({tc_mode})",
         interface.ifindex
     )
 }

@@ -262,6 +262,8 @@ fn check_explains_what_works_and_what_does_not() {
         "ok    privileges:",
         "ok    kernel: ",
         "ok    interface a0: ifindex",
+        // veth runs XDP natively (the driver says so over the netdev netlink family).
+        ", driver virtual, native XDP yes; hook: tc ingress, TC egress",
         "ok    sink stdout",
         "ok    sink ipfix+tcp://127.0.0.1:4739: 127.0.0.1:4739: the collector at 127.0.0.1:4739 \
          accepts connections",
