@@ -244,6 +244,76 @@ fn s3_text_objects_hold_exactly_the_traffic_under_aws_keys() {
     fs::remove_dir_all(&work).expect("clean up");
 }
 
+/// An agent killed (SIGKILL) before it sealed its object loses none of the object's records:
+/// they were journaled, and the next start seals them into an object under the AWS layout.
+#[test]
+fn a_killed_agent_loses_no_record_of_its_open_object() {
+    let topology = Topology::new(true);
+    let s3 = S3Server::start(&topology.a, PORT, &[]);
+    create_bucket(&topology.a, &s3.endpoint(), BUCKET);
+    let work = scratch("s3-killed");
+    let spool = work.join("spool");
+    let sink = s3_sink(&s3.endpoint());
+    // An hour-long object: without the journal, everything the first run wrote would be lost.
+    let args = [
+        "--interval",
+        "2s",
+        "--rotate",
+        "1h",
+        "--per-hour-partition",
+        "--interface",
+        "a0",
+        "--interface",
+        "a1",
+        "--sink",
+        "stdout",
+        "--sink",
+        &sink,
+        "--account-id",
+        ACCOUNT,
+        "--region",
+        REGION,
+        "--spool-dir",
+        spool.to_str().unwrap(),
+    ];
+    let mut expected = Expected::default();
+    let mut agent = Agent::start_with_env(&topology.a, &args, CREDENTIALS, 2);
+    send_round(&topology, 0, &mut expected);
+    // Two drains after the traffic, then the kill, well before the next drain.
+    agent.wait_for_log("interval written", 2, Duration::from_secs(10));
+    thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(agent.pid() as libc::pid_t, libc::SIGKILL) };
+    let killed = agent.stop();
+    assert!(!killed.status.success());
+
+    let agent = Agent::start_with_env(&topology.a, &args, CREDENTIALS, 2);
+    assert!(
+        agent
+            .log()
+            .contains("sealed the records a stopped run had journaled"),
+        "{}",
+        agent.log()
+    );
+    send_round(&topology, 1, &mut expected);
+    thread::sleep(Duration::from_millis(300));
+    let stopped = agent.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+
+    let flow_log_id = logged_value(&stopped.stderr, "flow_log_id");
+    let objects = read_bucket(&topology.a, &s3.endpoint(), &work.join("download"));
+    let mut in_objects = Vec::new();
+    for (key, text) in &objects {
+        in_objects.extend(check_text_object(key, text, &flow_log_id, 3600));
+    }
+    // Every record either run wrote to stdout is in an object, once; the traffic exactly.
+    let mut written = stdout_lines(&killed.stdout);
+    written.extend(stdout_lines(&stopped.stdout));
+    assert_eq!(sorted(in_objects.clone()), sorted(written));
+    expected.check(&parse_lines(&in_objects.join("\n")), "objects");
+    fs::remove_dir_all(&work).expect("clean up");
+}
+
 /// The store goes down while the agent runs across several rotations; the agent is restarted
 /// in the middle of the outage; the store comes back. Every record arrives exactly once, under
 /// keys that are never duplicated.

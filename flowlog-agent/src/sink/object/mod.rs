@@ -6,6 +6,7 @@
 //! `--rotate` (aligned to the wall clock, as AWS's 5-minute files are); it is sealed when the
 //! next window begins, when it reaches `--max-object-size`, or at shutdown.
 
+mod journal;
 mod key;
 mod options;
 mod parquet;
@@ -19,6 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use journal::Journal;
 pub use key::{FileFormat, KeyLayout, UtcTime, derived_flow_log_id, parse_flow_log_id};
 pub use options::{ArchiveArgs, ArchiveOptions, DEFAULT_SPOOL_DIR, parse_byte_size, parse_rotate};
 pub use parquet::{ParquetObject, schema as parquet_schema};
@@ -64,6 +66,8 @@ struct OpenObject {
     window_start: u64,
     records: u64,
     encoder: Encoder,
+    /// Its records on disk until it is sealed.
+    journal: Journal,
 }
 
 pub struct ObjectStoreSink {
@@ -74,6 +78,8 @@ pub struct ObjectStoreSink {
     max_object_size: usize,
     open: Option<OpenObject>,
     spool: Arc<Spool>,
+    /// Where the open object's records are journaled.
+    journal_path: std::path::PathBuf,
     uploader: Option<Uploader>,
     /// Bytes of the objects the store accepted.
     bytes_uploaded: Counter,
@@ -120,6 +126,17 @@ impl ObjectStoreSink {
                 error,
             }
         })?;
+        // A run that was killed left its open object's records in the journal: seal them first.
+        let journal_path = options
+            .spool_dir
+            .join(format!("{}.journal", spool_name(&name, &layout)));
+        recover_journal(&name, &journal_path, &layout, &renderer, &spool).map_err(|error| {
+            ObjectSinkError::Spool {
+                sink: name.clone(),
+                path: journal_path.display().to_string(),
+                error,
+            }
+        })?;
         let waiting = spool.pending();
         if !waiting.is_empty() {
             tracing::info!(
@@ -152,6 +169,7 @@ impl ObjectStoreSink {
             max_object_size: options.max_object_size as usize,
             open: None,
             spool,
+            journal_path,
             uploader: Some(uploader),
             bytes_uploaded,
         })
@@ -165,14 +183,15 @@ impl ObjectStoreSink {
         let layout = self.layout.clone();
         let spool = Arc::clone(&self.spool);
         let spooled = tokio::task::spawn_blocking(move || {
-            let bytes = match open.encoder {
-                Encoder::Text(text) => text.finish()?,
-                Encoder::Parquet(parquet) => parquet
-                    .finish()
-                    .map_err(|e| std::io::Error::other(e.to_string()))?,
-            };
+            let mut journal = open.journal;
+            let bytes = finish(open.encoder)?;
             let key = layout.key(open.window_start, content_suffix(&bytes));
-            spool.push(&key, open.records, &bytes)
+            let spooled = spool.push(&key, open.records, &bytes)?;
+            if let Err(error) = journal.clear() {
+                // Harmless but for a duplicate upload under the same key after a crash.
+                tracing::warn!(%error, "cannot remove the journal of a sealed object");
+            }
+            Ok::<_, std::io::Error>(spooled)
         })
         .await
         .map_err(|e| SinkError::Fatal(e.to_string()))??;
@@ -184,17 +203,16 @@ impl ObjectStoreSink {
     }
 
     fn new_object(&self, window_start: u64) -> Result<OpenObject, SinkError> {
-        let encoder = match self.layout.file_format {
-            FileFormat::Text => Encoder::Text(TextObject::new(&self.renderer)),
-            FileFormat::Parquet => Encoder::Parquet(
-                ParquetObject::new(&self.renderer.format)
-                    .map_err(|e| SinkError::Fatal(e.to_string()))?,
-            ),
-        };
+        let mut journal = Journal::new(self.journal_path.clone());
+        if let Err(error) = journal.start(window_start) {
+            // The records are still written; only a kill before sealing would lose them.
+            tracing::warn!(sink = %self.name, %error, "cannot journal the open object");
+        }
         Ok(OpenObject {
             window_start,
             records: 0,
-            encoder,
+            encoder: new_encoder(self.layout.file_format, &self.renderer)?,
+            journal,
         })
     }
 }
@@ -223,8 +241,14 @@ impl Sink for ObjectStoreSink {
         let renderer = self.renderer.clone();
         let max_size = self.max_object_size;
         // Encoding a big interval takes a while: off the async workers.
+        let name = self.name.clone();
         let (open, full) = tokio::task::spawn_blocking(move || {
             let result = append(&mut open, &renderer, &interval.records);
+            if result.is_ok()
+                && let Err(error) = open.journal.append(&interval.records)
+            {
+                tracing::warn!(sink = %name, %error, "cannot journal the open object");
+            }
             let full = encoded_size(&open) >= max_size;
             result.map(|()| (open, full))
         })
@@ -295,6 +319,59 @@ fn append(
     }
     open.records += records.len() as u64;
     Ok(())
+}
+
+fn new_encoder(format: FileFormat, renderer: &LineRenderer) -> Result<Encoder, SinkError> {
+    Ok(match format {
+        FileFormat::Text => Encoder::Text(TextObject::new(renderer)),
+        FileFormat::Parquet => Encoder::Parquet(
+            ParquetObject::new(&renderer.format).map_err(|e| SinkError::Fatal(e.to_string()))?,
+        ),
+    })
+}
+
+fn finish(encoder: Encoder) -> std::io::Result<Vec<u8>> {
+    match encoder {
+        Encoder::Text(text) => text.finish(),
+        Encoder::Parquet(parquet) => parquet
+            .finish()
+            .map_err(|e| std::io::Error::other(e.to_string())),
+    }
+}
+
+/// Seals what a killed run journaled into an object of its window, in the spool. The object
+/// is the one the run would have sealed, under the same key (its name derives from its
+/// content), so a run killed between sealing and removing the journal causes no duplicate.
+fn recover_journal(
+    name: &str,
+    path: &std::path::Path,
+    layout: &KeyLayout,
+    renderer: &LineRenderer,
+    spool: &Spool,
+) -> std::io::Result<()> {
+    let Some((window_start, records)) = Journal::recover(path)? else {
+        return Ok(());
+    };
+    if !records.is_empty() {
+        let mut encoder =
+            new_encoder(layout.file_format, renderer).map_err(std::io::Error::other)?;
+        match &mut encoder {
+            Encoder::Text(text) => text.append(renderer, &records)?,
+            Encoder::Parquet(parquet) => parquet
+                .append(renderer, &records)
+                .map_err(|e| std::io::Error::other(e.to_string()))?,
+        }
+        let bytes = finish(encoder)?;
+        let key = layout.key(window_start, content_suffix(&bytes));
+        spool.push(&key, records.len() as u64, &bytes)?;
+        tracing::info!(
+            sink = %name,
+            records = records.len(),
+            %key,
+            "sealed the records a stopped run had journaled but not sealed"
+        );
+    }
+    Journal::new(path.to_owned()).clear()
 }
 
 fn encoded_size(open: &OpenObject) -> usize {
