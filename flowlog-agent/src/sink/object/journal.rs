@@ -2,21 +2,23 @@
 //! it sealed the object (up to `--rotate` of records) loses nothing, because the next start
 //! seals what the journal holds into an object of the same window.
 //!
-//! One line per record after a header line, fsynced per interval:
+//! Layout: the header `flowlog-journal 2 <window start>\n`, then one frame per interval,
+//! fsynced: a little-endian `u32` length, then the interval's records, each
 //!
 //! ```text
-//! flowlog-journal 1 <window start>
-//! <ifindex> <start> <end> <interface> OK <direction> <src> <dst> <src port> <dst port> <protocol> <packets> <bytes> <verdict> <tcp flags>
-//! <ifindex> <start> <end> <interface> NODATA
-//! <ifindex> <start> <end> <interface> SKIPDATA <packets> <bytes>
+//! kind u8 (0 flow, 1 NODATA, 2 SKIPDATA) | ifindex u32 | start u64 | end u64 | name length u8 | name
+//! flow:     direction u8 | family u8 (4, 6) | src [16] | dst [16] | src port u16 | dst port u16
+//!           | protocol u8 | packets u64 | bytes u64 | verdict u8 | tcp flags u8
+//! SKIPDATA: packets u64 | bytes u64
 //! ```
 //!
-//! Interface names hold no whitespace (the kernel refuses it), so the fields split on spaces.
+//! Binary, because the journal is written for every record an object sink receives: it must
+//! cost far less than encoding the object itself.
 
 use std::{
-    fmt::Write as _,
     fs::{self, File, OpenOptions},
     io::{self, Write},
+    net::{IpAddr, Ipv6Addr},
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     sync::Arc,
@@ -24,17 +26,22 @@ use std::{
 
 use crate::record::{Direction, Flow, FlowRecord, RecordKind, Verdict};
 
-const MAGIC: &str = "flowlog-journal 1";
+const MAGIC: &str = "flowlog-journal 2";
 
 /// The journal of one sink's open object.
 pub struct Journal {
     path: PathBuf,
     file: Option<File>,
+    frame: Vec<u8>,
 }
 
 impl Journal {
     pub fn new(path: PathBuf) -> Self {
-        Self { path, file: None }
+        Self {
+            path,
+            file: None,
+            frame: Vec::new(),
+        }
     }
 
     /// Starts the journal of a new object (replacing what a sealed one left).
@@ -50,16 +57,20 @@ impl Journal {
         Ok(())
     }
 
-    /// Appends an interval's records, durably.
+    /// Appends an interval's records as one frame, durably.
     pub fn append(&mut self, records: &[FlowRecord]) -> io::Result<()> {
         let Some(file) = &mut self.file else {
             return Ok(());
         };
-        let mut text = String::with_capacity(records.len() * 96);
+        self.frame.clear();
+        self.frame.extend_from_slice(&[0; 4]);
         for record in records {
-            encode(record, &mut text);
+            encode(record, &mut self.frame);
         }
-        file.write_all(text.as_bytes())?;
+        let length = u32::try_from(self.frame.len() - 4)
+            .map_err(|_| io::Error::other("an interval of more than 4 GiB"))?;
+        self.frame[..4].copy_from_slice(&length.to_le_bytes());
+        file.write_all(&self.frame)?;
         file.sync_data()
     }
 
@@ -72,82 +83,150 @@ impl Journal {
         }
     }
 
-    /// What a run that was killed left: its object's window and records. A last line cut
+    /// What a run that was killed left: its object's window and records. A last frame cut
     /// short by the kill is skipped (its interval was not acknowledged).
     pub fn recover(path: &Path) -> io::Result<Option<(u64, Vec<FlowRecord>)>> {
-        let text = match fs::read_to_string(path) {
-            Ok(text) => text,
+        let bytes = match fs::read(path) {
+            Ok(bytes) => bytes,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(error),
         };
-        let mut lines = text.split_inclusive('\n');
-        let window_start = lines
-            .next()
-            .and_then(|header| header.trim_end().strip_prefix(MAGIC)?.trim().parse().ok());
-        let Some(window_start) = window_start else {
-            return Err(io::Error::new(
+        let not_a_journal = || {
+            io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("{}: not a flowlog journal", path.display()),
-            ));
+            )
         };
-        let records = lines
-            .filter(|line| line.ends_with('\n'))
-            .filter_map(|line| decode(line.trim_end()))
-            .collect();
+        let header_end = bytes
+            .iter()
+            .position(|b| *b == b'\n')
+            .ok_or_else(not_a_journal)?;
+        let window_start = std::str::from_utf8(&bytes[..header_end])
+            .ok()
+            .and_then(|header| header.strip_prefix(MAGIC)?.trim().parse().ok())
+            .ok_or_else(not_a_journal)?;
+        let mut records = Vec::new();
+        let mut rest = &bytes[header_end + 1..];
+        while let Some(length) = rest.get(..4) {
+            let length = u32::from_le_bytes(length.try_into().expect("4 bytes")) as usize;
+            let Some(frame) = rest.get(4..4 + length) else {
+                break;
+            };
+            let mut reader = Reader(frame);
+            while !reader.0.is_empty() {
+                records.push(decode(&mut reader).ok_or_else(not_a_journal)?);
+            }
+            rest = &rest[4 + length..];
+        }
         Ok(Some((window_start, records)))
     }
 }
 
-fn encode(record: &FlowRecord, out: &mut String) {
-    let _ = write!(
-        out,
-        "{} {} {} {} ",
-        record.ifindex, record.start, record.end, record.interface
-    );
-    let _ = match &record.kind {
-        RecordKind::Flow(flow) => writeln!(
-            out,
-            "OK {} {} {} {} {} {} {} {} {} {}",
-            flow.direction as u8,
-            flow.src_addr,
-            flow.dst_addr,
-            flow.src_port,
-            flow.dst_port,
-            flow.protocol,
-            flow.packets,
-            flow.bytes,
-            flow.verdict as u8,
-            flow.tcp_flags
-        ),
-        RecordKind::NoData => writeln!(out, "NODATA"),
-        RecordKind::SkipData { packets, bytes } => writeln!(out, "SKIPDATA {packets} {bytes}"),
+fn encode(record: &FlowRecord, out: &mut Vec<u8>) {
+    let kind = match record.kind {
+        RecordKind::Flow(_) => 0u8,
+        RecordKind::NoData => 1,
+        RecordKind::SkipData { .. } => 2,
     };
+    out.push(kind);
+    out.extend_from_slice(&record.ifindex.to_le_bytes());
+    out.extend_from_slice(&record.start.to_le_bytes());
+    out.extend_from_slice(&record.end.to_le_bytes());
+    // Interface names are at most 15 bytes (IFNAMSIZ); "ifindex-N" stand-ins are short too.
+    let name = &record.interface.as_bytes()[..record.interface.len().min(255)];
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    match &record.kind {
+        RecordKind::Flow(flow) => {
+            out.push(flow.direction as u8);
+            for address in [flow.src_addr, flow.dst_addr] {
+                let (family, octets) = match address {
+                    IpAddr::V4(v4) => (4u8, v4.to_ipv6_mapped().octets()),
+                    IpAddr::V6(v6) => (6u8, v6.octets()),
+                };
+                out.push(family);
+                out.extend_from_slice(&octets);
+            }
+            out.extend_from_slice(&flow.src_port.to_le_bytes());
+            out.extend_from_slice(&flow.dst_port.to_le_bytes());
+            out.push(flow.protocol);
+            out.extend_from_slice(&flow.packets.to_le_bytes());
+            out.extend_from_slice(&flow.bytes.to_le_bytes());
+            out.push(flow.verdict as u8);
+            out.push(flow.tcp_flags);
+        }
+        RecordKind::NoData => {}
+        RecordKind::SkipData { packets, bytes } => {
+            out.extend_from_slice(&packets.to_le_bytes());
+            out.extend_from_slice(&bytes.to_le_bytes());
+        }
+    }
 }
 
-fn decode(line: &str) -> Option<FlowRecord> {
-    let mut fields = line.split(' ');
-    let mut next = || fields.next();
-    let ifindex = next()?.parse().ok()?;
-    let start = next()?.parse().ok()?;
-    let end = next()?.parse().ok()?;
-    let interface: Arc<str> = Arc::from(next()?);
-    let kind = match next()? {
-        "OK" => RecordKind::Flow(Flow {
-            direction: Direction::try_from(next()?.parse::<u8>().ok()?).ok()?,
-            src_addr: next()?.parse().ok()?,
-            dst_addr: next()?.parse().ok()?,
-            src_port: next()?.parse().ok()?,
-            dst_port: next()?.parse().ok()?,
-            protocol: next()?.parse().ok()?,
-            packets: next()?.parse().ok()?,
-            bytes: next()?.parse().ok()?,
-            verdict: Verdict::try_from(next()?.parse::<u8>().ok()?).ok()?,
-            tcp_flags: next()?.parse().ok()?,
+/// Reads fields off the front of a frame.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_at_checked(N)?;
+        self.0 = rest;
+        head.try_into().ok()
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take::<1>().map(|[b]| b)
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.take().map(u16::from_le_bytes)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        self.take().map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        self.take().map(u64::from_le_bytes)
+    }
+
+    fn address(&mut self) -> Option<IpAddr> {
+        let family = self.u8()?;
+        let octets: [u8; 16] = self.take()?;
+        let v6 = Ipv6Addr::from(octets);
+        match family {
+            4 => v6.to_ipv4_mapped().map(IpAddr::V4),
+            6 => Some(IpAddr::V6(v6)),
+            _ => None,
+        }
+    }
+}
+
+fn decode(reader: &mut Reader<'_>) -> Option<FlowRecord> {
+    let kind = reader.u8()?;
+    let ifindex = reader.u32()?;
+    let start = reader.u64()?;
+    let end = reader.u64()?;
+    let name_length = reader.u8()? as usize;
+    let (name, rest) = reader.0.split_at_checked(name_length)?;
+    reader.0 = rest;
+    let interface: Arc<str> = Arc::from(std::str::from_utf8(name).ok()?);
+    let kind = match kind {
+        0 => RecordKind::Flow(Flow {
+            direction: Direction::try_from(reader.u8()?).ok()?,
+            src_addr: reader.address()?,
+            dst_addr: reader.address()?,
+            src_port: reader.u16()?,
+            dst_port: reader.u16()?,
+            protocol: reader.u8()?,
+            packets: reader.u64()?,
+            bytes: reader.u64()?,
+            verdict: Verdict::try_from(reader.u8()?).ok()?,
+            tcp_flags: reader.u8()?,
         }),
-        "NODATA" => RecordKind::NoData,
-        "SKIPDATA" => RecordKind::SkipData {
-            packets: next()?.parse().ok()?,
-            bytes: next()?.parse().ok()?,
+        1 => RecordKind::NoData,
+        2 => RecordKind::SkipData {
+            packets: reader.u64()?,
+            bytes: reader.u64()?,
         },
         _ => return None,
     };
@@ -207,7 +286,7 @@ mod tests {
     }
 
     #[test]
-    fn what_was_journaled_is_recovered_exactly_and_a_cut_line_is_skipped() {
+    fn what_was_journaled_is_recovered_exactly_and_a_cut_frame_is_skipped() {
         let path = std::env::temp_dir().join(format!("flowlog-journal-{}", std::process::id()));
         let mut journal = Journal::new(path.clone());
         journal.start(1_699_999_800).unwrap();

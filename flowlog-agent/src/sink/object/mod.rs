@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use journal::Journal;
+pub use journal::Journal;
 pub use key::{FileFormat, KeyLayout, UtcTime, derived_flow_log_id, parse_flow_log_id};
 pub use options::{ArchiveArgs, ArchiveOptions, DEFAULT_SPOOL_DIR, parse_byte_size, parse_rotate};
 pub use parquet::{ParquetObject, schema as parquet_schema};

@@ -14,7 +14,7 @@ use flowlog_agent::{
     record::{Direction, Flow, FlowRecord, Metadata, RecordKind, Verdict},
     sink::{
         LineRenderer,
-        object::{ParquetObject, TextObject},
+        object::{Journal, ParquetObject, TextObject},
     },
     sys::thread_cpu_time,
 };
@@ -86,6 +86,7 @@ pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
             )],
         });
     }
+    journal(&records, rounds, report)?;
     let in_flight = rss_records as f64 + peak_object_memory as f64;
     report.record(Outcome {
         figure: format!("memory, {} records in flight", si(count as f64)),
@@ -104,6 +105,44 @@ pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
              {} intervals queued per sink); an object holds at most --max-object-size",
             in_flight / 1048576.0,
             flowlog_agent::sink::QUEUE_INTERVALS
+        )],
+    });
+    Ok(())
+}
+
+/// The open object's journal, which an object sink writes beside the encoder (one text line per
+/// record, fsynced per interval): records per second on one core, and bytes per record. The
+/// sink's rate is about 1 / (1/encoder + 1/journal).
+fn journal(records: &[FlowRecord], rounds: usize, report: &mut Report) -> Result<()> {
+    let path = std::env::temp_dir().join(format!("flowlog-bench-journal-{}", std::process::id()));
+    let (mut cpu, mut wall) = (Vec::new(), Vec::new());
+    let mut bytes = 0;
+    for _ in 0..rounds {
+        let mut journal = Journal::new(path.clone());
+        let (started, cpu_started) = (Instant::now(), thread_cpu_time());
+        journal.start(0).map_err(|e| e.to_string())?;
+        for chunk in records.chunks(records.len() / 10) {
+            journal.append(chunk).map_err(|e| e.to_string())?;
+        }
+        cpu.push((thread_cpu_time() - cpu_started).as_secs_f64());
+        wall.push(started.elapsed().as_secs_f64());
+        bytes = std::fs::metadata(&path).map_err(|e| e.to_string())?.len();
+        journal.clear().map_err(|e| e.to_string())?;
+    }
+    let (cpu, wall) = (median(&cpu), median(&wall));
+    let count = records.len();
+    let rate = count as f64 / wall.max(cpu);
+    report.record(Outcome {
+        figure: "open-object journal".to_owned(),
+        measured: format!("{} records/s on one core ({count} records)", si(rate)),
+        value: rate,
+        goal: Goal::at_least(GOAL_RECORDS_PER_SECOND, "1M records/s"),
+        details: vec![format!(
+            "{:.1} bytes/record on disk, 10 fsyncs ({}); CPU {:.0} ms, wall {:.0} ms; median of {rounds}",
+            bytes as f64 / count as f64,
+            std::env::temp_dir().display(),
+            cpu * 1e3,
+            wall * 1e3,
         )],
     });
     Ok(())
