@@ -314,6 +314,100 @@ fn a_killed_agent_loses_no_record_of_its_open_object() {
     fs::remove_dir_all(&work).expect("clean up");
 }
 
+/// The store never answers and the spool is bounded small: the oldest objects are dropped, each
+/// drop logged with its records, and the records add up: every record written is either in an
+/// object still spooled or in a logged drop, and the sink's final report counts the drops.
+#[test]
+fn a_full_spool_drops_the_oldest_objects_and_accounts_for_every_record() {
+    let topology = Topology::new(true);
+    let work = scratch("spool-bound");
+    let spool = work.join("spool");
+    // Nothing listens there: the agent warns and spools.
+    let sink = s3_sink(&format!("http://127.0.0.1:{PORT}"));
+    const BOUND: u64 = 2000;
+    let bound = BOUND.to_string();
+    let agent = Agent::start_with_env(
+        &topology.a,
+        &[
+            "--interval",
+            "1s",
+            "--rotate",
+            "1s",
+            "--interface",
+            "a0",
+            "--interface",
+            "a1",
+            "--sink",
+            "stdout",
+            "--sink",
+            &sink,
+            "--account-id",
+            ACCOUNT,
+            "--region",
+            REGION,
+            "--spool-dir",
+            spool.to_str().unwrap(),
+            "--spool-max-bytes",
+            &bound,
+        ],
+        CREDENTIALS,
+        2,
+    );
+    let mut expected = Expected::default();
+    for round in 0..6 {
+        send_round(&topology, round, &mut expected);
+        thread::sleep(Duration::from_millis(800));
+    }
+    let stopped = agent.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+
+    // What is still spooled, from the spool files' headers.
+    let dir = spool.read_dir().unwrap().next().unwrap().unwrap().path();
+    let mut spooled_records = 0;
+    let mut spooled_bytes = 0;
+    for entry in fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = fs::read(&path).unwrap();
+        let header =
+            String::from_utf8_lossy(&text[..text.iter().position(|b| *b == b'\n').unwrap()])
+                .into_owned();
+        let records: u64 = header.split(' ').nth(2).unwrap().parse().unwrap();
+        spooled_records += records;
+        spooled_bytes += text.len() as u64;
+    }
+    let drops: Vec<u64> = stopped
+        .stderr
+        .lines()
+        .filter(|line| line.contains("spool full: oldest object dropped"))
+        .map(|line| logged_value(line, "records").parse().unwrap())
+        .collect();
+    assert!(
+        drops.len() >= 2,
+        "the bound was never reached:\n{}",
+        stopped.stderr
+    );
+    // The bound holds, give or take the newest object (never dropped).
+    assert!(spooled_bytes <= 2 * BOUND, "{spooled_bytes} bytes spooled");
+    let written = stdout_lines(&stopped.stdout).len() as u64;
+    let dropped: u64 = drops.iter().sum();
+    assert_eq!(
+        spooled_records + dropped,
+        written,
+        "spooled + dropped vs written"
+    );
+    let finished = stopped
+        .stderr
+        .lines()
+        .find(|line| line.contains("sink finished") && line.contains("s3://"))
+        .expect("the object sink's report");
+    assert_eq!(
+        logged_value(finished, "lost"),
+        dropped.to_string(),
+        "{finished}"
+    );
+    fs::remove_dir_all(&work).expect("clean up");
+}
+
 /// The store goes down while the agent runs across several rotations; the agent is restarted
 /// in the middle of the outage; the store comes back. Every record arrives exactly once, under
 /// keys that are never duplicated.
