@@ -156,6 +156,46 @@ fn read_bucket(ns: &NetNs, endpoint: &str, into: &Path) -> BTreeMap<String, Stri
         .collect()
 }
 
+/// The agent's flags for archiving `a0` and `a1` to `sink` (records on stdout too), with this
+/// interval and rotation, then `extra`.
+fn archive_args(
+    interval: &str,
+    rotate: &str,
+    sink: &str,
+    spool: &Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let spool = spool.to_str().expect("UTF-8 path");
+    [
+        "--interval",
+        interval,
+        "--rotate",
+        rotate,
+        "--interface",
+        "a0",
+        "--interface",
+        "a1",
+        "--sink",
+        "stdout",
+        "--sink",
+        sink,
+        "--account-id",
+        ACCOUNT,
+        "--region",
+        REGION,
+        "--spool-dir",
+        spool,
+    ]
+    .iter()
+    .chain(extra)
+    .map(|arg| (*arg).to_owned())
+    .collect()
+}
+
+fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 fn sorted(mut lines: Vec<String>) -> Vec<String> {
     lines.sort();
     lines
@@ -173,32 +213,8 @@ fn s3_text_objects_hold_exactly_the_traffic_under_aws_keys() {
     let work = scratch("s3-text");
     let spool = work.join("spool");
     let sink = s3_sink(&s3.endpoint());
-    let agent = Agent::start_with_env(
-        &topology.a,
-        &[
-            "--interval",
-            "2s",
-            "--rotate",
-            "4s",
-            "--per-hour-partition",
-            "--interface",
-            "a0",
-            "--interface",
-            "a1",
-            "--sink",
-            "stdout",
-            "--sink",
-            &sink,
-            "--account-id",
-            ACCOUNT,
-            "--region",
-            REGION,
-            "--spool-dir",
-            spool.to_str().unwrap(),
-        ],
-        CREDENTIALS,
-        2,
-    );
+    let args = archive_args("2s", "4s", &sink, &spool, &["--per-hour-partition"]);
+    let agent = Agent::start_with_env(&topology.a, &as_strs(&args), CREDENTIALS, 2);
     let mut expected = Expected::default();
     // About 9 s of traffic: at least two 4 s objects.
     for round in 0..6 {
@@ -255,27 +271,8 @@ fn a_killed_agent_loses_no_record_of_its_open_object() {
     let spool = work.join("spool");
     let sink = s3_sink(&s3.endpoint());
     // An hour-long object: without the journal, everything the first run wrote would be lost.
-    let args = [
-        "--interval",
-        "2s",
-        "--rotate",
-        "1h",
-        "--per-hour-partition",
-        "--interface",
-        "a0",
-        "--interface",
-        "a1",
-        "--sink",
-        "stdout",
-        "--sink",
-        &sink,
-        "--account-id",
-        ACCOUNT,
-        "--region",
-        REGION,
-        "--spool-dir",
-        spool.to_str().unwrap(),
-    ];
+    let args = archive_args("2s", "1h", &sink, &spool, &["--per-hour-partition"]);
+    let args = as_strs(&args);
     let mut expected = Expected::default();
     let mut agent = Agent::start_with_env(&topology.a, &args, CREDENTIALS, 2);
     send_round(&topology, 0, &mut expected);
@@ -314,7 +311,7 @@ fn a_killed_agent_loses_no_record_of_its_open_object() {
     fs::remove_dir_all(&work).expect("clean up");
 }
 
-/// The store never answers and the spool is bounded small: the oldest objects are dropped, each
+/// The store never answers and the spool has the smallest bound: the oldest objects are dropped, each
 /// drop logged with its records, and the records add up: every record written is either in an
 /// object still spooled or in a logged drop, and the sink's final report counts the drops.
 #[test]
@@ -324,37 +321,13 @@ fn a_full_spool_drops_the_oldest_objects_and_accounts_for_every_record() {
     let spool = work.join("spool");
     // Nothing listens there: the agent warns and spools.
     let sink = s3_sink(&format!("http://127.0.0.1:{PORT}"));
-    const BOUND: u64 = 2000;
+    // The smallest bound: a few objects of about 500 bytes exceed it.
+    const BOUND: u64 = 1024;
     let bound = BOUND.to_string();
-    let agent = Agent::start_with_env(
-        &topology.a,
-        &[
-            "--interval",
-            "1s",
-            "--rotate",
-            "1s",
-            "--interface",
-            "a0",
-            "--interface",
-            "a1",
-            "--sink",
-            "stdout",
-            "--sink",
-            &sink,
-            "--account-id",
-            ACCOUNT,
-            "--region",
-            REGION,
-            "--spool-dir",
-            spool.to_str().unwrap(),
-            "--spool-max-bytes",
-            &bound,
-        ],
-        CREDENTIALS,
-        2,
-    );
+    let args = archive_args("1s", "1s", &sink, &spool, &["--spool-max-bytes", &bound]);
+    let agent = Agent::start_with_env(&topology.a, &as_strs(&args), CREDENTIALS, 2);
     let mut expected = Expected::default();
-    for round in 0..6 {
+    for round in 0..8 {
         send_round(&topology, round, &mut expected);
         thread::sleep(Duration::from_millis(800));
     }
@@ -420,27 +393,8 @@ fn an_outage_with_an_agent_restart_loses_and_duplicates_nothing() {
     let endpoint = s3.endpoint();
     create_bucket(&topology.a, &endpoint, BUCKET);
     let sink = s3_sink(&endpoint);
-    let args = [
-        "--interval",
-        "1s",
-        "--rotate",
-        "2s",
-        "--per-hour-partition",
-        "--interface",
-        "a0",
-        "--interface",
-        "a1",
-        "--sink",
-        "stdout",
-        "--sink",
-        &sink,
-        "--account-id",
-        ACCOUNT,
-        "--region",
-        REGION,
-        "--spool-dir",
-        spool.to_str().unwrap(),
-    ];
+    let args = archive_args("1s", "2s", &sink, &spool, &["--per-hour-partition"]);
+    let args = as_strs(&args);
     let mut expected = Expected::default();
     let mut stdout = Vec::new();
 
