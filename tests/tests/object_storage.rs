@@ -109,6 +109,19 @@ fn utc(seconds: u64) -> [String; 5] {
 
 /// Checks one text object's key against the layout AWS writes (with hourly partitions) and its
 /// content (header, then records); returns the record lines.
+/// Rounds `rounds` of [`send_round`], `pause` after each (the agent drains and rotates between).
+fn send_rounds(
+    topology: &Topology,
+    rounds: std::ops::Range<u64>,
+    pause: Duration,
+    expected: &mut Expected,
+) {
+    for round in rounds {
+        send_round(topology, round, expected);
+        thread::sleep(pause);
+    }
+}
+
 fn check_text_object(key: &str, text: &str, flow_log_id: &str, rotate: u64) -> Vec<String> {
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some(HEADER), "{key}: header line");
@@ -217,10 +230,7 @@ fn s3_text_objects_hold_exactly_the_traffic_under_aws_keys() {
     let agent = Agent::start_with_env(&topology.a, &as_strs(&args), CREDENTIALS, 2);
     let mut expected = Expected::default();
     // About 9 s of traffic: at least two 4 s objects.
-    for round in 0..6 {
-        send_round(&topology, round, &mut expected);
-        thread::sleep(Duration::from_millis(1500));
-    }
+    send_rounds(&topology, 0..6, Duration::from_millis(1500), &mut expected);
     let stopped = agent.stop();
     assert!(
         stopped.status.success(),
@@ -327,10 +337,7 @@ fn a_full_spool_drops_the_oldest_objects_and_accounts_for_every_record() {
     let args = archive_args("1s", "1s", &sink, &spool, &["--spool-max-bytes", &bound]);
     let agent = Agent::start_with_env(&topology.a, &as_strs(&args), CREDENTIALS, 2);
     let mut expected = Expected::default();
-    for round in 0..8 {
-        send_round(&topology, round, &mut expected);
-        thread::sleep(Duration::from_millis(800));
-    }
+    send_rounds(&topology, 0..8, Duration::from_millis(800), &mut expected);
     let stopped = agent.stop();
     assert!(stopped.status.success(), "{}", stopped.stderr);
 
@@ -408,10 +415,7 @@ fn an_outage_with_an_agent_restart_loses_and_duplicates_nothing() {
 
     // 2. Outage across several rotations, then the agent restarts while the store is down.
     s3.stop();
-    for round in 1..4 {
-        send_round(&topology, round, &mut expected);
-        thread::sleep(Duration::from_millis(1200));
-    }
+    send_rounds(&topology, 1..4, Duration::from_millis(1200), &mut expected);
     let stopped = agent.stop();
     assert!(
         stopped.status.success(),
@@ -442,10 +446,7 @@ fn an_outage_with_an_agent_restart_loses_and_duplicates_nothing() {
     // The spool gauges count what the previous run left from the start.
     let (_, left_objects) = spool_gauges_match_disk(&topology.a, &spool);
     assert!(left_objects > 0);
-    for round in 4..6 {
-        send_round(&topology, round, &mut expected);
-        thread::sleep(Duration::from_millis(1200));
-    }
+    send_rounds(&topology, 4..6, Duration::from_millis(1200), &mut expected);
     // A new object is sealed when an interval of the next --rotate window arrives.
     let deadline = Instant::now() + Duration::from_secs(6);
     loop {
@@ -611,10 +612,7 @@ fn parquet_objects_read_back_with_pyarrow_and_json_lines_carry_the_records() {
         2,
     );
     let mut expected = Expected::default();
-    for round in 0..3 {
-        send_round(&topology, round, &mut expected);
-        thread::sleep(Duration::from_millis(1500));
-    }
+    send_rounds(&topology, 0..3, Duration::from_millis(1500), &mut expected);
     let stopped = agent.stop();
     assert!(
         stopped.status.success(),
