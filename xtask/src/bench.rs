@@ -1,12 +1,24 @@
-//! `cargo xtask bench [-- ARGS...]`: set up, make sure iperf3 is there, build, then exec
-//! `cargo run --release -p tests --bin flowlog-bench -- ARGS...` (see `run.rs` for why exec).
+//! `cargo xtask bench [-- ARGS...]`: set up, make sure the tools the figures compare with or
+//! drive are there (iperf3; softflowd, pmacct and nfdump for the packet-rate figure), build,
+//! then exec `cargo run --release -p tests --bin flowlog-bench -- ARGS...` (see `run.rs` for why
+//! exec).
 use anyhow::Result;
 
 use crate::{agent, cmd, setup};
 
+/// (binary, Debian package) pairs the bench needs.
+const PACKAGES: [(&str, &str); 4] = [
+    ("iperf3", "iperf3"),
+    ("softflowd", "softflowd"),
+    ("pmacctd", "pmacct"),
+    ("nfcapd", "nfdump"),
+];
+
 pub fn bench(args: &[String]) -> Result<()> {
     setup::setup()?;
-    setup::ensure_debian_package("iperf3", "iperf3")?;
+    for (binary, package) in PACKAGES {
+        setup::ensure_debian_package(binary, package)?;
+    }
     agent::build()?;
     let mut cargo = cmd::cargo();
     cargo
