@@ -10,7 +10,7 @@
 //! core at 60 s is `background + (per-interval cost - background x interval) / 60 s`. The share
 //! at the measured (shorter) interval is printed too: it bounds the 60 s figure from above.
 
-use std::{thread, time::Duration};
+use std::time::Duration;
 
 use crate::{
     agent::{self, Agent},
@@ -25,9 +25,6 @@ use crate::{
 const GOAL_SHARE: f64 = 0.01;
 const DEFAULT_INTERVAL_SECONDS: f64 = 60.0;
 const LOADS: [usize; 3] = [0, 10_000, 100_000];
-/// How long after a boundary the interval's trickle is sent (the drain of the interval that just
-/// ended runs meanwhile).
-const TRICKLE_DELAY: Duration = Duration::from_millis(300);
 
 struct Settings {
     interval_seconds: u64,
@@ -145,8 +142,10 @@ fn measure_load(
     wait_written(agent, first, interval)?;
     let before = process_cpu_ticks(agent.pid()).context("reading the agent's CPU time")?;
     for k in 0..settings.intervals {
+        // Each interval's trickle goes once the previous interval is written, i.e. once the
+        // agent has switched to this interval's map (a busy machine may wake it late).
         let start = first + k * interval;
-        sleep_until(start as f64 + TRICKLE_DELAY.as_secs_f64());
+        wait_written(agent, start, interval)?;
         if flows > 0 {
             let sent = bench.send_first(flows)?;
             if sent != flows as u64 {
@@ -185,13 +184,6 @@ fn measure_load(
 /// The next multiple of `interval` seconds at least one second away.
 fn next_boundary(interval: u64) -> u64 {
     ((unix_now() + 1.0) / interval as f64).ceil() as u64 * interval
-}
-
-fn sleep_until(unix_seconds: f64) {
-    let left = unix_seconds - unix_now();
-    if left > 0.0 {
-        thread::sleep(Duration::from_secs_f64(left));
-    }
 }
 
 /// Waits until the agent logs that the interval ending at `end` is written.

@@ -66,27 +66,46 @@ pub struct CpuPin {
 impl CpuPin {
     /// Pins to the highest CPU the thread may run on (CPU 0 usually takes most interrupts).
     pub fn highest_allowed() -> Result<Self> {
-        // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
-        let mut original: libc::cpu_set_t = unsafe { mem::zeroed() };
-        // SAFETY: pid 0 is the calling thread; the kernel writes at most `size_of` bytes into
-        // `original`, which lives across the call.
-        let rc =
-            unsafe { libc::sched_getaffinity(0, mem::size_of::<libc::cpu_set_t>(), &mut original) };
-        if rc != 0 {
-            return Err(format!("sched_getaffinity: {}", io::Error::last_os_error()));
-        }
-        let cpu = (0..libc::CPU_SETSIZE as usize)
-            .rev()
-            // SAFETY: CPU_ISSET only reads the set, and `cpu` is below CPU_SETSIZE.
-            .find(|&cpu| unsafe { libc::CPU_ISSET(cpu, &original) })
+        let cpu = *allowed_cpus()?
+            .last()
             .context("the thread may run on no CPU")?;
-        // SAFETY: as above, all-zero is the empty set.
+        Self::to(cpu)
+    }
+
+    /// Pins to `cpu`, which must be one the thread may run on.
+    pub fn to(cpu: usize) -> Result<Self> {
+        let original = current_affinity()?;
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(format!("no CPU {cpu}"));
+        }
+        // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
         let mut only: libc::cpu_set_t = unsafe { mem::zeroed() };
-        // SAFETY: CPU_SET writes one bit, below CPU_SETSIZE, of a set we own.
+        // SAFETY: CPU_SET writes one bit, below CPU_SETSIZE (checked above), of a set we own.
         unsafe { libc::CPU_SET(cpu, &mut only) };
         set_affinity(&only).context(format!("pinning the thread to CPU {cpu}"))?;
         Ok(Self { cpu, original })
     }
+}
+
+/// The CPUs the calling thread may run on, in ascending order.
+pub fn allowed_cpus() -> Result<Vec<usize>> {
+    let set = current_affinity()?;
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET only reads the set, and `cpu` is below CPU_SETSIZE.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+fn current_affinity() -> Result<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
+    // SAFETY: pid 0 is the calling thread; the kernel writes at most `size_of` bytes into
+    // `set`, which lives across the call.
+    let rc = unsafe { libc::sched_getaffinity(0, mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Err(format!("sched_getaffinity: {}", io::Error::last_os_error()));
+    }
+    Ok(set)
 }
 
 impl Drop for CpuPin {

@@ -6,6 +6,7 @@ use std::{
     net::Ipv4Addr,
     ops::Range,
     path::{Path, PathBuf},
+    thread,
     time::Duration,
 };
 
@@ -19,7 +20,10 @@ use crate::{
         flows::{Destination, FlowSet, IP_LEN},
         sender::{PacketSocket, Sent},
     },
-    support::{Context, CpuPin, Result, TempDir, VethEnd, thread_user_system_time, veth_topology},
+    support::{
+        Context, CpuPin, Result, TempDir, VethEnd, allowed_cpus, thread_user_system_time,
+        veth_topology,
+    },
 };
 
 pub const GENERATOR_IF: &str = "fbrg0";
@@ -45,8 +49,9 @@ pub struct Round {
     pub sending: LinkCounters,
     /// UDP in the receiving namespace: `no_ports` is every frame that got through the stack.
     pub udp: UdpCounters,
-    /// The sending thread's CPU time over the round: user, then kernel.
+    /// The sending threads' CPU time over the round: user, then kernel.
     pub cpu: (Duration, Duration),
+    pub senders: usize,
 }
 
 impl Round {
@@ -62,9 +67,10 @@ impl Round {
         self.sent.packets as f64 / (self.cpu.0 + self.cpu.1).as_secs_f64()
     }
 
-    /// Share of the sending time the thread was on a CPU.
+    /// Share of the sending time the sending threads were on a CPU.
     pub fn busy_share(&self) -> f64 {
-        (self.cpu.0 + self.cpu.1).as_secs_f64() / self.sent.elapsed.as_secs_f64()
+        (self.cpu.0 + self.cpu.1).as_secs_f64()
+            / (self.sent.elapsed.as_secs_f64() * self.senders as f64)
     }
 
     pub fn kernel_share(&self) -> f64 {
@@ -89,12 +95,15 @@ impl Sending {
     }
 }
 
-/// The two namespaces, the flows, and the generator's socket, for every round.
+/// The two namespaces, the flows, and the generator's sockets, for every round.
 pub struct RateBench {
     generator_ns: NetNs,
     receiver_ns: NetNs,
     flows: FlowSet,
-    socket: PacketSocket,
+    /// One socket per CPU the bench may run on, highest CPU first; a round sends from the first
+    /// `senders` of them, each on a thread pinned to its CPU.
+    sockets: Vec<(usize, PacketSocket)>,
+    senders: usize,
     dir: TempDir,
 }
 
@@ -130,14 +139,37 @@ impl RateBench {
             port: CLOSED_PORT,
         };
         let flows = FlowSet::new(count, destination);
-        let socket = PacketSocket::open(&generator_ns, GENERATOR_IF)?;
+        let sockets = allowed_cpus()?
+            .into_iter()
+            .rev()
+            .map(|cpu| Ok((cpu, PacketSocket::open(&generator_ns, GENERATOR_IF)?)))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             generator_ns,
             receiver_ns,
             flows,
-            socket,
+            sockets,
+            senders: 1,
             dir: TempDir::new(label)?,
         })
+    }
+
+    /// The CPUs the bench may run on, hence the most sending threads.
+    pub fn cpus(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// Sends from `senders` threads (at most one per CPU) from now on.
+    pub fn set_senders(&mut self, senders: usize) {
+        self.senders = senders.clamp(1, self.sockets.len());
+    }
+
+    /// The CPUs the sending threads are pinned to.
+    pub fn sender_cpus(&self) -> Vec<usize> {
+        self.sockets[..self.senders]
+            .iter()
+            .map(|(cpu, _)| *cpu)
+            .collect()
     }
 
     pub fn receiver_ns(&self) -> &NetNs {
@@ -152,28 +184,54 @@ impl RateBench {
         self.dir.path()
     }
 
-    /// Sends the frames of `flows` in order `cycles` times from a thread pinned to one CPU,
-    /// reading the kernel's counters around.
+    /// Sends the frames of `flows` in order `cycles` times, split between the sending threads
+    /// (each flow from one thread), reading the kernel's counters around.
     pub fn round(&self, flows: Range<usize>, cycles: u64) -> Result<Round> {
         let received_before = LinkCounters::read(&self.receiver_ns, RECEIVER_IF)?;
         let sending_before = LinkCounters::read(&self.generator_ns, GENERATOR_IF)?;
         let udp_before = UdpCounters::read(&self.receiver_ns)?;
-        let (sent, cpu) = {
-            // Pinned only while sending: the agent and the exporters are started unpinned.
-            let _pin = CpuPin::highest_allowed()?;
-            let (user, system) = thread_user_system_time();
-            let sent = self
-                .socket
-                .send_cycles(&self.flows, flows, cycles, SEND_LIMIT)?;
-            let (user_after, system_after) = thread_user_system_time();
-            (sent, (user_after - user, system_after - system))
-        };
+        let parts = split(flows, self.senders);
+        let results: Vec<Result<(Sent, (Duration, Duration))>> = thread::scope(|scope| {
+            let threads: Vec<_> = self.sockets[..self.senders]
+                .iter()
+                .zip(parts)
+                .map(|((cpu, socket), part)| {
+                    scope.spawn(move || {
+                        // Only the sending threads are pinned: the agent and the exporters are
+                        // started from the main thread, which is not.
+                        let _pin = CpuPin::to(*cpu)?;
+                        let (user, system) = thread_user_system_time();
+                        let sent = socket.send_cycles(&self.flows, part, cycles, SEND_LIMIT)?;
+                        let (user_after, system_after) = thread_user_system_time();
+                        Ok((sent, (user_after - user, system_after - system)))
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|thread| {
+                    thread
+                        .join()
+                        .unwrap_or_else(|_| Err("a sending thread panicked".into()))
+                })
+                .collect()
+        });
+        let mut sent = Sent::default();
+        let mut cpu = (Duration::ZERO, Duration::ZERO);
+        for result in results {
+            let (thread_sent, (user, system)) = result?;
+            sent.packets += thread_sent.packets;
+            sent.cut_short += thread_sent.cut_short;
+            sent.elapsed = sent.elapsed.max(thread_sent.elapsed);
+            cpu = (cpu.0 + user, cpu.1 + system);
+        }
         let round = Round {
             sent,
             received: received_before.since(LinkCounters::read(&self.receiver_ns, RECEIVER_IF)?),
             sending: sending_before.since(LinkCounters::read(&self.generator_ns, GENERATOR_IF)?),
             udp: udp_before.since(UdpCounters::read(&self.receiver_ns)?),
             cpu,
+            senders: self.senders,
         };
         if round.received.rx_packets != round.sent.packets {
             return Err(format!(
@@ -196,7 +254,8 @@ impl RateBench {
     /// Sends `count` frames of the filler flow.
     pub fn send_filler(&self, count: u64) -> Result<()> {
         let filler = self.flows.filler();
-        self.socket
+        self.sockets[0]
+            .1
             .send_cycles(&self.flows, filler..filler + 1, count, SEND_LIMIT)
             .map(drop)
     }
@@ -204,8 +263,8 @@ impl RateBench {
     /// Sends the frame of each of the first `count` flows once, from the calling thread
     /// (unpinned): the idle figure's trickle.
     pub fn send_first(&self, count: usize) -> Result<u64> {
-        let sent = self
-            .socket
+        let sent = self.sockets[0]
+            .1
             .send_cycles(&self.flows, 0..count, 1, SEND_LIMIT)?;
         Ok(sent.packets)
     }
@@ -286,6 +345,14 @@ impl RoundAgent {
     }
 }
 
+/// `range` cut in `parts` contiguous pieces of (nearly) equal length.
+fn split(range: Range<usize>, parts: usize) -> Vec<Range<usize>> {
+    let (start, len) = (range.start, range.len());
+    (0..parts)
+        .map(|i| start + len * i / parts..start + len * (i + 1) / parts)
+        .collect()
+}
+
 /// The MAC address of `ifname` in `ns`.
 fn mac_address(ns: &NetNs, ifname: &str) -> Result<[u8; 6]> {
     let line = ns
@@ -311,6 +378,13 @@ fn parse_mac(text: &str) -> Option<[u8; 6]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn splits_ranges_evenly() {
+        assert_eq!(split(0..10, 1), vec![0..10]);
+        assert_eq!(split(0..10, 2), vec![0..5, 5..10]);
+        assert_eq!(split(5..12, 3), vec![5..7, 7..9, 9..12]);
+    }
 
     #[test]
     fn parses_mac_addresses() {

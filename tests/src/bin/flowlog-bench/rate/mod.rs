@@ -14,8 +14,10 @@
 //!   records hold exactly the packets of each flow; then one pair with 1,000 of the flows, whose
 //!   flow-map entries stay in the CPU's caches, to tell the cost of the program from the cost of
 //!   reaching 100k entries in memory;
-//! - one round per libpcap exporter (softflowd, pmacct), with the agent attached as well: what
-//!   each reports against what was sent, beside flowlog's records of the same packets;
+//! - two rounds per libpcap exporter (softflowd, pmacct), with the agent attached as well: what
+//!   each reports against what was sent, beside flowlog's records of the same packets; first
+//!   with one CPU delivering, then with every CPU delivering (one sending thread each), where
+//!   the exporter has to share the CPUs with the receive path;
 //! - a drop round: the agent enforcing a policy whose ACL denies the traffic, every packet
 //!   counted as REJECT and none reaching UDP.
 
@@ -24,6 +26,7 @@ mod counters;
 mod coverage;
 mod exporters;
 mod flows;
+mod pairs;
 mod sender;
 
 use std::fs;
@@ -31,12 +34,13 @@ use std::fs;
 use crate::{
     agent,
     report::{Goal, Outcome, Report},
-    support::{CpuPin, Result, median, si},
+    support::{Result, si},
 };
 pub use bench::{RECEIVER_IF, RateBench};
 use bench::{Round, Sending};
 use coverage::Comparison;
 use exporters::Exporter;
+use pairs::{HotPair, Pairs, median_of};
 
 const GOAL_RATE_RATIO: f64 = 0.95;
 const FLOWS: usize = 100_000;
@@ -66,14 +70,15 @@ pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
     for program in ["softflowd", "softflowctl", "pmacctd", "nfcapd", "nfdump"] {
         which(program)?;
     }
-    let bench = RateBench::new(FLOWS, "rate")?;
+    let mut bench = RateBench::new(FLOWS, "rate")?;
     eprintln!(
-        "rate: {FLOWS} flows of 64-byte UDP frames, {} frames per round, generator on CPU {}; \
+        "rate: {FLOWS} flows of 64-byte UDP frames, {} frames per round, generator on CPU {:?}; \
          {} pairs of rounds without/with the agent, one with {HOT_FLOWS} flows, then \
-         softflowd, pmacct, and a drop round",
+         softflowd and pmacct (one CPU delivering, then {}), and a drop round",
         Sending::per_flow(settings.cycles) * FLOWS as u64,
-        CpuPin::highest_allowed()?.cpu,
-        settings.pairs
+        bench.sender_cpus(),
+        settings.pairs,
+        bench.cpus()
     );
     // Once unmeasured, so caches and allocators are warm in every measured round.
     bench.send(1)?;
@@ -90,22 +95,20 @@ pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
     pairs.record_rate(report, &hot);
     pairs.record_exactness(report);
 
-    let without = median(
-        &pairs
-            .without
-            .iter()
-            .map(Round::delivered_per_second)
-            .collect::<Vec<_>>(),
-    );
-    let with = median(
-        &pairs
-            .with
-            .iter()
-            .map(|s| s.steady.delivered_per_second())
-            .collect::<Vec<_>>(),
-    );
+    let without = median_of(&pairs.without, Round::delivered_per_second);
+    let steady: Vec<Round> = pairs.with.iter().map(|s| s.steady).collect();
+    let with = median_of(&steady, Round::delivered_per_second);
     for exporter in Exporter::ALL {
-        exporter_round(&bench, report, exporter, settings.cycles, [without, with])?;
+        // One CPU delivering, as in the rounds above; then every CPU, as on a host whose NIC
+        // spreads packets over its queues: the exporter shares the CPUs with the receive path.
+        let mut rounds = Vec::new();
+        for senders in [1, bench.cpus()] {
+            bench.set_senders(senders);
+            let round = exporter_round(&bench, exporter, settings.cycles);
+            bench.set_senders(1);
+            rounds.push(round?);
+        }
+        record_exporter(report, exporter, &rounds, [without, with]);
     }
     drop_round(&bench, report, settings.cycles, [without, with])
 }
@@ -123,227 +126,32 @@ fn which(program: &str) -> Result<()> {
     }
 }
 
-/// The rounds without and with the agent, with flowlog's records of each.
-#[derive(Default)]
-struct Pairs {
-    without: Vec<Round>,
-    with: Vec<Sending>,
-    flowlog: Vec<Comparison>,
+/// What one round with an exporter found.
+struct ExporterRound {
+    /// The CPUs that delivered the packets.
+    cpus: Vec<usize>,
+    rate: f64,
+    theirs: Comparison,
+    flowlog: Comparison,
+    details: Vec<String>,
 }
 
-impl Pairs {
-    fn run(&mut self, bench: &RateBench, with_agent: bool, cycles: u64, label: &str) -> Result<()> {
-        if !with_agent {
-            let round = bench.send(cycles)?.steady;
-            eprintln!(
-                "rate: {label}: without agent: {} packets/s",
-                si(round.delivered_per_second())
-            );
-            self.without.push(round);
-            return Ok(());
-        }
-        let agent = bench.start_agent("agent", None)?;
-        let sending = bench.send(cycles);
-        let records = agent.stop()?;
-        let sending = sending?;
-        let comparison = bench.compare(&records, Sending::per_flow(cycles), false);
-        eprintln!(
-            "rate: {label}: with agent: {} packets/s (first cycle {}); flowlog: {}",
-            si(sending.steady.delivered_per_second()),
-            si(sending.first.delivered_per_second()),
-            comparison.describe()
-        );
-        self.with.push(sending);
-        self.flowlog.push(comparison);
-        Ok(())
-    }
-
-    fn record_rate(&self, report: &mut Report, hot: &HotPair) {
-        let steady: Vec<Round> = self.with.iter().map(|s| s.steady).collect();
-        let first: Vec<Round> = self.with.iter().map(|s| s.first).collect();
-        let rates = |rounds: &[Round]| {
-            rounds
-                .iter()
-                .map(Round::delivered_per_second)
-                .collect::<Vec<_>>()
-        };
-        let (with_rates, without_rates) = (rates(&steady), rates(&self.without));
-        let (with, without) = (median(&with_rates), median(&without_rates));
-        let ratio = with / without;
-        let pair_ratios: Vec<String> = with_rates
-            .iter()
-            .zip(&without_rates)
-            .map(|(w, wo)| format!("{:.3}", w / wo))
-            .collect();
-        let list = |values: &[f64]| values.iter().map(|v| si(*v)).collect::<Vec<_>>().join(" ");
-        let per_cpu = |rounds: &[Round]| {
-            median(&rounds.iter().map(Round::per_cpu_second).collect::<Vec<_>>())
-        };
-        let (with_cpu, without_cpu) = (per_cpu(&steady), per_cpu(&self.without));
-        let first_rate = median(&rates(&first));
-        let extra_ns = |with_cpu: f64, without_cpu: f64| (1.0 / with_cpu - 1.0 / without_cpu) * 1e9;
-        let refused: u64 = steady
-            .iter()
-            .chain(&first)
-            .chain(&self.without)
-            .map(|r| r.sending.tx_dropped)
-            .sum();
-        report.record(Outcome {
-            figure: "packet rate, agent vs none".into(),
-            measured: format!(
-                "{} packets/s with agent vs {} without = {ratio:.3}",
-                si(with),
-                si(without)
-            ),
-            value: ratio,
-            goal: Goal::at_least(GOAL_RATE_RATIO, &format!("{GOAL_RATE_RATIO}")),
-            details: vec![
-                format!(
-                    "{FLOWS} flows; packets/s delivered (the receiving veth's rx counter over \
-                     the sending time), with: {}; without: {}; ratio within each pair: {}",
-                    list(&with_rates),
-                    list(&without_rates),
-                    pair_ratios.join(" ")
-                ),
-                format!(
-                    "per CPU-second of the sending thread (which runs the receive path too): {} \
-                     packets with agent vs {} without = {:.3}, i.e. {:.0} ns more per packet",
-                    si(with_cpu),
-                    si(without_cpu),
-                    with_cpu / without_cpu,
-                    extra_ns(with_cpu, without_cpu)
-                ),
-                format!(
-                    "with {HOT_FLOWS} flows (their entries stay in cache): {} vs {} packets/s = \
-                     {:.3}; per CPU-second {:.3}, {:.0} ns more per packet",
-                    si(hot.with.delivered_per_second()),
-                    si(hot.without.delivered_per_second()),
-                    hot.with.delivered_per_second() / hot.without.delivered_per_second(),
-                    hot.with.per_cpu_second() / hot.without.per_cpu_second(),
-                    extra_ns(hot.with.per_cpu_second(), hot.without.per_cpu_second())
-                ),
-                format!(
-                    "each agent's first cycle, where every packet creates its flow's entry (as \
-                     the first packet of each flow does after every drain): {} packets/s = \
-                     {:.3} of the rate without the agent",
-                    si(first_rate),
-                    first_rate / without
-                ),
-                format!(
-                    "the sending thread was on a CPU {:.0}% of the time, {:.0}% of it in the \
-                     kernel; the veth refused {refused} frames over all rounds (each sent again)",
-                    median(
-                        &self
-                            .without
-                            .iter()
-                            .map(Round::busy_share)
-                            .collect::<Vec<_>>()
-                    ) * 100.0,
-                    median(
-                        &self
-                            .without
-                            .iter()
-                            .map(Round::kernel_share)
-                            .collect::<Vec<_>>()
-                    ) * 100.0
-                ),
-            ],
-        });
-    }
-
-    fn record_exactness(&self, report: &mut Report) {
-        let exact = self.flowlog.iter().filter(|c| c.exact()).count();
-        let sent: u64 = self.flowlog.iter().map(|c| c.packets_sent).sum();
-        let counted: u64 = self.flowlog.iter().map(|c| c.packets_reported).sum();
-        let shown = self
-            .flowlog
-            .iter()
-            .find(|c| !c.exact())
-            .or(self.flowlog.first())
-            .map(Comparison::describe)
-            .unwrap_or_default();
-        let rounds = self.with.iter().flat_map(|s| [s.first, s.steady]);
-        let received: u64 = rounds.clone().map(|r| r.received.rx_packets).sum();
-        let no_ports: u64 = rounds.map(|r| r.udp.no_ports).sum();
-        report.record(Outcome {
-            figure: "packet-rate exactness flowlog".into(),
-            measured: format!(
-                "{exact} of {} rounds exact: {counted} of {sent} packets, each of the {FLOWS} \
-                 flows of each round checked",
-                self.flowlog.len()
-            ),
-            value: if exact == self.flowlog.len() {
-                1.0
-            } else {
-                ratio_below_one(counted, sent)
-            },
-            goal: Goal::at_least(1.0, "1 (every packet, every flow)"),
-            details: vec![
-                format!("the first inexact round (else the first): {shown}"),
-                format!(
-                    "the kernel agrees: the receiving veth received {received} packets and UDP \
-                     counted {no_ports} for the closed port in these rounds; the generator sent \
-                     {sent}"
-                ),
-            ],
-        });
-    }
-}
-
-/// One pair of rounds with [`HOT_FLOWS`] flows and as many packets as the others.
-struct HotPair {
-    without: Round,
-    with: Round,
-}
-
-impl HotPair {
-    fn run(bench: &RateBench, cycles: u64) -> Result<Self> {
-        let hot = 0..HOT_FLOWS;
-        let hot_cycles = cycles * (FLOWS / HOT_FLOWS) as u64;
-        let without = bench.round(hot.clone(), hot_cycles)?;
-        let agent = bench.start_agent("hot", None)?;
-        let with = bench
-            .round(hot.clone(), 1)
-            .and_then(|_| bench.round(hot.clone(), hot_cycles));
-        let records = agent.stop()?;
-        let with = with?;
-        let comparison = Comparison::new(bench.flows(), hot, hot_cycles + 1, &records.accepted);
-        if !comparison.exact() {
-            return Err(format!(
-                "with {HOT_FLOWS} flows, flowlog counted {}",
-                comparison.describe()
-            ));
-        }
-        eprintln!(
-            "rate: {HOT_FLOWS} flows: without agent {} packets/s, with {}",
-            si(without.delivered_per_second()),
-            si(with.delivered_per_second())
-        );
-        Ok(Self { without, with })
-    }
-}
-
-/// One round with the agent and `exporter` on the receiving veth; `rates` are the medians
-/// without and with the agent alone.
-fn exporter_round(
-    bench: &RateBench,
-    report: &mut Report,
-    exporter: Exporter,
-    cycles: u64,
-    [without, with]: [f64; 2],
-) -> Result<()> {
+/// One round with the agent and `exporter` on the receiving veth, the bench's current senders
+/// delivering.
+fn exporter_round(bench: &RateBench, exporter: Exporter, cycles: u64) -> Result<ExporterRound> {
     let name = exporter.name();
-    let dir = bench.dir().join(name);
+    let cpus = bench.sender_cpus();
+    let label = format!("{name}-{}", cpus.len());
+    let dir = bench.dir().join(&label);
     fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let agent = bench.start_agent(&format!("with-{name}"), None)?;
+    let agent = bench.start_agent(&format!("flowlog-{label}"), None)?;
     let running = exporter.start(bench.receiver_ns(), RECEIVER_IF, &dir)?;
     let sending = bench
         .send(cycles)
         .and_then(|sending| bench.send_filler(FILLER_FRAMES).map(|()| sending));
     let outcome = running.finish();
-    let records = agent.stop()?;
+    let mut records = agent.stop()?;
     let (sending, mut outcome) = (sending?, outcome?);
-    let mut records = records;
     let filler = bench.flows().tuple(bench.flows().filler());
     let (filler_flowlog, filler_theirs) = (
         records.accepted.take(&filler),
@@ -354,7 +162,7 @@ fn exporter_round(
     let theirs = Comparison::new(bench.flows(), 0..FLOWS, per_flow, &outcome.reported);
     let rate = sending.steady.delivered_per_second();
     eprintln!(
-        "rate: {name} round: {} packets/s; {name}: {}",
+        "rate: {name}, CPUs {cpus:?} delivering: {} packets/s; {name}: {}",
         si(rate),
         theirs.describe()
     );
@@ -362,34 +170,75 @@ fn exporter_round(
         format!("{name}: {}", theirs.describe()),
         format!("flowlog, on the same packets: {}", flowlog.describe()),
         format!(
-            "{} packets/s delivered with {name} and flowlog attached = {:.3} of the rate with \
-             flowlog alone, {:.3} of the rate with neither (libpcap's capture runs in the \
-             receive path, on the delivering CPU)",
-            si(rate),
-            rate / with,
-            rate / without
+            "after the round, {FILLER_FRAMES} frames of another flow (not counted above; {name} \
+             reported {filler_theirs} of them, flowlog {filler_flowlog}) so that libpcap hands \
+             over its last ring block, which here waits for the block to fill"
         ),
     ];
-    details.push(format!(
-        "after the round, {FILLER_FRAMES} frames of another flow (not counted above; {name} \
-         reported {filler_theirs} of them, flowlog {filler_flowlog}) so that libpcap hands \
-         over its last ring block: here it waits for a block to fill"
-    ));
     details.extend(outcome.details);
+    Ok(ExporterRound {
+        cpus,
+        rate,
+        theirs,
+        flowlog,
+        details,
+    })
+}
+
+/// An exporter's coverage over its rounds, beside flowlog's; `rates` are the medians without
+/// and with the agent alone (one CPU delivering).
+fn record_exporter(
+    report: &mut Report,
+    exporter: Exporter,
+    rounds: &[ExporterRound],
+    [without, with]: [f64; 2],
+) {
+    let name = exporter.name();
+    let delivering = |round: &ExporterRound| match round.cpus.len() {
+        1 => "one CPU delivering".to_string(),
+        n => format!("{n} CPUs delivering"),
+    };
+    let measured = rounds
+        .iter()
+        .map(|round| {
+            format!(
+                "{}: {:.4} at {} packets/s",
+                delivering(round),
+                round.theirs.coverage(),
+                si(round.rate)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let flowlog_exact = rounds.iter().all(|round| round.flowlog.exact());
+    let mut details = Vec::new();
+    for round in rounds {
+        details.push(format!("{} (CPUs {:?}):", delivering(round), round.cpus));
+        details.extend(round.details.iter().map(|detail| format!("  {detail}")));
+        if round.cpus.len() == 1 {
+            details.push(format!(
+                "  {} packets/s delivered with {name} and flowlog attached = {:.3} of the rate \
+                 with flowlog alone, {:.3} of the rate with neither: libpcap copies every \
+                 packet in the receive path, on the delivering CPU",
+                si(round.rate),
+                round.rate / with,
+                round.rate / without
+            ));
+        }
+    }
     report.record(Outcome {
         figure: format!("packet-rate coverage {name}"),
         measured: format!(
-            "{:.4} of packets ({} of {}) vs flowlog {:.6}",
-            theirs.coverage(),
-            theirs.packets_reported,
-            theirs.packets_sent,
-            flowlog.coverage()
+            "{measured}; flowlog {} in the same rounds",
+            if flowlog_exact { "exact" } else { "NOT exact" }
         ),
-        value: exact_value(&theirs),
+        value: rounds
+            .iter()
+            .map(|round| exact_value(&round.theirs))
+            .fold(1.0, f64::min),
         goal: Goal::at_least(1.0, "1 (every packet)"),
         details,
     });
-    Ok(())
 }
 
 /// Frames of the filler flow sent after an exporter's round: more than a libpcap ring block
