@@ -16,16 +16,14 @@ use crate::{
     cli::OnExit,
     collector,
     config::RunConfig,
-    datapath::{
-        Datapath, DatapathConfig, DatapathError, DrainedEpoch, Hook, HookChoice, KernelLogger,
-        TcMode, TcModeChoice,
-    },
+    datapath::{Datapath, DatapathError, DrainedEpoch, KernelLogger, owner::ForeignProgram},
     flow_log::{FlowLog, next_multiple},
     interfaces::{self, Interface},
     metrics::{self, KindLabels, Metrics},
     policy::{Exclusion, Policy},
     privileges::{self, MissingCapability},
     sink::{SinkReport, object::ObjectSinkError},
+    startup::{self, Plan, Started},
     sys,
 };
 
@@ -54,6 +52,15 @@ pub enum AgentError {
         address: std::net::SocketAddr,
         error: io::Error,
     },
+    #[error(
+        "flowlog programs this agent does not own are attached (another --pin-dir, or an agent without pins left them): {}; remove them with `flowlog-agent detach --pin-dir DIR` for their pin directory, or start with --take-over to replace them",
+        .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    Foreign(Vec<ForeignProgram>),
+    #[error("interface {interface}: {message}")]
+    Hook { interface: String, message: String },
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// What a run did, for the last log line and for tests.
@@ -65,36 +72,15 @@ pub struct RunSummary {
 }
 
 pub async fn run(mut config: RunConfig) -> Result<RunSummary, AgentError> {
-    privileges::check()?;
-    let datapath_config = DatapathConfig {
-        max_flows: config.max_flows,
-    };
-    let mut datapath = match &config.pin_dir {
-        Some(dir) => Datapath::load_pinned(datapath_config, dir)?,
-        None => Datapath::load(datapath_config)?,
-    };
+    // Everything is resolved and checked before the kernel is touched (see `startup`).
+    let mut plan = Plan::make(&config)?;
+    let datapath = plan.datapath_mut();
     // Statistics of pinned maps are running totals of earlier agents too: report from what they
     // reported, or else from here on (before anything is attached, so nothing is missed).
-    let mut stats = StatsDelta::starting_from(&datapath)?;
-    // Adopted pinned maps keep their size: say so rather than report a capacity they lack.
+    let mut stats = StatsDelta::starting_from(datapath)?;
     let max_flows = datapath.flow_capacity().unwrap_or(config.max_flows);
-    if max_flows != config.max_flows {
-        tracing::warn!(
-            pinned = max_flows,
-            requested = config.max_flows,
-            "the adopted flow maps keep their size; a new --max-flows takes effect after `flowlog-agent detach`"
-        );
-    }
     let metrics = Arc::new(Metrics::default());
     metrics.map_capacity.set(i64::from(max_flows));
-    if let Some(address) = config.metrics {
-        // Flow logs matter more than their metrics: a port that cannot be bound (taken, or no
-        // loopback) is reported, not fatal.
-        match metrics::serve(address, Arc::clone(&metrics)).await {
-            Ok(bound) => tracing::info!("metrics at http://{bound}/metrics"),
-            Err(error) => tracing::error!(%address, %error, "metrics not served"),
-        }
-    }
     if datapath.reused_pinned_maps() {
         tracing::info!(
             pin_dir = %config.pin_dir.as_deref().unwrap_or(Path::new("")).display(),
@@ -109,30 +95,53 @@ pub async fn run(mut config: RunConfig) -> Result<RunSummary, AgentError> {
     if let Some(logger) = datapath.take_logger() {
         spawn_kernel_log_reader(logger);
     }
-    // Both before attaching: no packet is ever decided without the configured policy.
-    let exclusions = Exclusion::compile(&config.exclusions).map_err(AgentError::Exclusions)?;
-    datapath.set_exclusions(&exclusions)?;
-    if let Some((path, policy)) = &config.policy {
-        publish_policy(&mut datapath, path, policy)?;
-    }
-    let interfaces = select_interfaces(&config)?;
     let now = SystemTime::now();
     let mut flow_logs = Vec::new();
     for flow_log in &config.flow_logs {
         flow_logs.push(FlowLog::start(flow_log.clone(), now).await?);
     }
-    publish_sink_metrics(&metrics, &flow_logs);
     let mut signals = Signals::install().map_err(AgentError::Signals)?;
-
     // Subscribed before the first listing, so no interface can appear unseen in between.
     let mut links = LinkWatcher::new().map_err(AgentError::LinkWatch)?;
-    attach_all(&mut datapath, &interfaces, config.hook, config.tc_mode)?;
+    if let Some(address) = config.metrics {
+        // Flow logs matter more than their metrics: a port that cannot be bound (taken, or no
+        // loopback) is reported, not fatal.
+        match metrics::serve(address, Arc::clone(&metrics)).await {
+            Ok(bound) => tracing::info!("metrics at http://{bound}/metrics"),
+            Err(error) => tracing::error!(%address, %error, "metrics not served"),
+        }
+    }
+    publish_sink_metrics(&metrics, &flow_logs);
+
+    let Started {
+        mut datapath,
+        committed,
+        vanished,
+    } = plan.commit()?;
+    let attached: Vec<Interface> = interfaces::list()
+        .map_err(AgentError::ListInterfaces)?
+        .into_iter()
+        .filter(|i| datapath.attached().any(|a| a.ifindex == i.ifindex))
+        .collect();
     for flow_log in &mut flow_logs {
-        flow_log.follow(&interfaces);
+        flow_log.follow(&attached);
+        for interface in &vanished {
+            if flow_log.add_vanished(interface.ifindex, &interface.name) {
+                tracing::info!(
+                    flow_log = flow_log.name(),
+                    interface = %interface.name,
+                    ifindex = interface.ifindex,
+                    "interface deleted while no agent ran: what was counted on it is written under its name"
+                );
+            }
+        }
     }
     metrics
         .interfaces_attached
         .set(datapath.attached().count() as i64);
+    if !committed.stale_links.is_empty() {
+        tracing::info!(links = ?committed.stale_links, "removed pinned links of interfaces no longer logged");
+    }
 
     // Everything that needs more than the running set is done: programs loaded, bpffs mounted,
     // sinks and the metrics port open.
@@ -140,17 +149,24 @@ pub async fn run(mut config: RunConfig) -> Result<RunSummary, AgentError> {
         Ok(kept) => tracing::info!(kept, "dropped every other capability"),
         Err(error) => tracing::warn!(%error, "could not drop capabilities"),
     }
-    let stale = datapath.remove_stale_links()?;
-    if !stale.is_empty() {
-        tracing::info!(links = ?stale, "removed pinned links of interfaces no longer logged");
-    }
     // A previous agent's undrained epoch (it was killed, or stopped with its programs kept)
-    // joins the first interval.
+    // joins the first interval, and so do flow maps replaced by maps of another size.
     let mut leftovers = if datapath.reused_pinned_maps() {
         Some(tokio::task::block_in_place(|| datapath.drain_leftovers())?)
     } else {
         None
     };
+    if let Some((capacity, replaced)) = committed.replaced_flows {
+        tracing::info!(
+            from = capacity,
+            to = max_flows,
+            "flow maps resized: the previous agent's counts carry over"
+        );
+        match &mut leftovers {
+            Some(leftovers) => leftovers.absorb(replaced),
+            None => leftovers = Some(replaced),
+        }
+    }
 
     let mut summary = RunSummary::default();
     let mut drains = Drains {
@@ -461,48 +477,6 @@ fn publish_sink_metrics(metrics: &Metrics, flow_logs: &[FlowLog]) {
     metrics.flow_logs.set(flow_logs.len() as i64);
 }
 
-fn select_interfaces(config: &RunConfig) -> Result<Vec<Interface>, AgentError> {
-    let available = interfaces::list().map_err(AgentError::ListInterfaces)?;
-    let mut selected: Vec<Interface> = Vec::new();
-    for flow_log in &config.flow_logs {
-        let selection = flow_log.scope.select(&available);
-        if !selection.missing.is_empty() {
-            return Err(AgentError::NoSuchInterface(selection.missing));
-        }
-        for glob in &selection.unmatched_globs {
-            tracing::warn!(flow_log = flow_log.name(), glob = %glob, "interface glob matches no interface");
-        }
-        for interface in selection.matched {
-            if !selected.iter().any(|s| s.ifindex == interface.ifindex) {
-                selected.push(interface);
-            }
-        }
-    }
-    if selected.is_empty() {
-        tracing::warn!("no interface selected: every interval will be empty");
-    }
-    Ok(selected)
-}
-
-fn attach_all(
-    datapath: &mut Datapath,
-    interfaces: &[Interface],
-    choice: HookChoice,
-    tc_choice: TcModeChoice,
-) -> Result<(), AgentError> {
-    let tc_mode = tc_choice.resolve();
-    if tc_choice == TcModeChoice::Auto && tc_mode == TcMode::Clsact {
-        tracing::warn!(
-            "this kernel has no TCX (Linux 6.6+): falling back to clsact for TC programs"
-        );
-    }
-    for interface in interfaces {
-        let hook = attach_one(datapath, interface, choice, tc_mode)?;
-        tracing::info!(interface = %interface.name, ifindex = interface.ifindex, %hook, %tc_mode, "attached");
-    }
-    Ok(())
-}
-
 /// Interfaces come and go (containers, VMs), and gain and lose addresses: attaches every
 /// interface a flow log's scope selects that is not attached yet, detaches the ones that are
 /// gone or selected by none, and tells each flow log which of the attached ones are its own. A
@@ -538,7 +512,8 @@ fn follow_interfaces(datapath: &mut Datapath, flow_logs: &mut [FlowLog], config:
         if datapath.attached().any(|a| a.ifindex == interface.ifindex) {
             continue;
         }
-        match attach_one(datapath, interface, config.hook, tc_mode) {
+        let hook = interfaces::hook_for(config.hook, interface);
+        match startup::attach_one(datapath, interface, hook, config.hook, tc_mode) {
             Ok(hook) => {
                 tracing::info!(interface = %interface.name, ifindex = interface.ifindex, %hook, %tc_mode, "attached");
             }
@@ -586,27 +561,6 @@ impl LinkWatcher {
 
     fn stop(&mut self) {
         self.socket = None;
-    }
-}
-
-/// Attaches with the hook the operator chose; `auto` tries native XDP where it pays and falls
-/// back to TC if the driver refuses.
-fn attach_one(
-    datapath: &mut Datapath,
-    interface: &Interface,
-    choice: HookChoice,
-    tc_mode: TcMode,
-) -> Result<Hook, DatapathError> {
-    let hook = interfaces::hook_for(choice, interface);
-    let attached = datapath.attach(&interface.name, interface.ifindex, hook, tc_mode);
-    match attached {
-        Ok(_) => Ok(hook),
-        Err(error) if choice == HookChoice::Auto && hook == Hook::Xdp => {
-            tracing::info!(interface = %interface.name, %error, "native XDP unavailable; using TC");
-            datapath.attach(&interface.name, interface.ifindex, Hook::Tc, tc_mode)?;
-            Ok(Hook::Tc)
-        }
-        Err(error) => Err(error),
     }
 }
 
@@ -685,14 +639,7 @@ impl StatsDelta {
 fn publish_policy(datapath: &mut Datapath, path: &Path, policy: &Policy) -> Result<(), AgentError> {
     let compiled = policy.compile(datapath.ns_per_jiffy()?);
     let generation = datapath.set_policy(Some(&compiled))?;
-    tracing::info!(
-        policy = %path.display(),
-        generation,
-        mode = if policy.audit { "audit" } else { "enforce" },
-        acl_rules = compiled.acl_rules.len(),
-        security_group_rules = compiled.sg_rules.len(),
-        "policy in force"
-    );
+    startup::log_policy(path, policy.audit, &compiled, generation);
     Ok(())
 }
 

@@ -100,6 +100,7 @@ pub async fn check(config: &RunConfig) -> Report {
         Err(error) => report.add(Level::Fail, "programs", error.to_string()),
     }
     interfaces_found(&mut report, config);
+    ownership(&mut report, config);
     for flow_log in &config.flow_logs {
         for spec in &flow_log.sinks {
             sink(&mut report, flow_log, spec).await;
@@ -230,6 +231,50 @@ fn interfaces_found(report: &mut Report, config: &RunConfig) {
                 "its scope selects no interface yet (it follows interfaces as they appear)",
             );
         }
+    }
+}
+
+/// flowlog programs another owner left on the interfaces `run` would attach to (it refuses
+/// them unless told to take them over), and whether an agent runs with the pin directory now.
+fn ownership(report: &mut Report, config: &RunConfig) {
+    let (in_use, own) = match &config.pin_dir {
+        Some(dir) => crate::datapath::inspect_pins(dir),
+        None => (false, Vec::new()),
+    };
+    if in_use {
+        report.add(
+            Level::Warn,
+            "pinning",
+            "a running agent holds the pin directory: `run` is refused until it stops",
+        );
+    }
+    let Ok(available) = interfaces::list() else {
+        return;
+    };
+    let covered: Vec<Interface> = available.into_iter().filter(|i| config.covers(i)).collect();
+    match crate::datapath::owner::find(&covered, &own) {
+        Ok(foreign) => {
+            for program in foreign {
+                let (level, consequence) = if config.take_over {
+                    (Level::Warn, "--take-over replaces it")
+                } else {
+                    (
+                        Level::Fail,
+                        "run refuses to stack on it: `flowlog-agent detach --pin-dir DIR` for its pin directory, or --take-over",
+                    )
+                };
+                report.add(
+                    level,
+                    format!("interface {}", program.interface),
+                    format!("{program} is not this pin directory's; {consequence}"),
+                );
+            }
+        }
+        Err(error) => report.add(
+            Level::Warn,
+            "ownership",
+            format!("cannot list attached programs: {error}"),
+        ),
     }
 }
 

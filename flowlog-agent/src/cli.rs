@@ -170,6 +170,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_pin: bool,
 
+    /// Replace flowlog programs this agent does not own on the selected interfaces (left by an
+    /// agent with another --pin-dir, or without pins) instead of refusing to start; what they
+    /// counted is discarded.
+    #[arg(long)]
+    pub take_over: bool,
+
     /// On SIGINT/SIGTERM: `keep` pinned programs attached (counting, and enforcing the policy,
     /// until the next agent), or `detach` them and write every count.
     #[arg(long, value_enum, default_value_t = OnExit::Keep)]

@@ -109,6 +109,24 @@ impl FlowLog {
         }
     }
 
+    /// An interface a previous agent counted on that was deleted while no agent ran: if the
+    /// scope would have selected it by its name, what was counted on it is this flow log's and
+    /// is written under that name in the first interval. Returns whether it is.
+    pub fn add_vanished(&mut self, ifindex: u32, name: &str) -> bool {
+        let interface = Interface {
+            name: name.to_owned(),
+            ifindex,
+            loopback: false,
+            addresses: Vec::new(),
+        };
+        if !self.config.scope.matches(&interface) || self.builder.covers(ifindex) {
+            return false;
+        }
+        self.builder.interface_attached(ifindex, name);
+        self.builder.interface_detached(ifindex);
+        true
+    }
+
     /// Whether counts on this interface belong to the flow log.
     pub fn covers(&self, ifindex: u32) -> bool {
         self.builder.covers(ifindex)

@@ -1,5 +1,7 @@
 //! The few system calls neither aya 0.14 nor std wrap. All of the agent's `unsafe` lives here.
 
+pub mod attachments;
+
 use std::{
     io, mem,
     os::fd::{AsRawFd, BorrowedFd},
@@ -299,6 +301,7 @@ pub fn thread_cpu_time() -> Duration {
 }
 
 /// `enum bpf_cmd` values for pinned objects and link updates.
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_UPDATE: libc::c_long = 29;
 
@@ -346,6 +349,32 @@ pub fn bpf_obj_get(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
     }
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Pins a BPF object (a link, here) at `path` on a BPF filesystem.
+pub fn bpf_obj_pin(object: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut attr = ObjAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: object.as_raw_fd() as u32,
+        ..ObjAttr::default()
+    };
+    // SAFETY: `attr` points at a NUL-terminated path and holds a descriptor, both valid until
+    // the call returns.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            &mut attr as *mut ObjAttr,
+            mem::size_of::<ObjAttr>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Atomically replaces the program of a link (TCX and XDP links support it): no packet sees

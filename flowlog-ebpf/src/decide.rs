@@ -13,6 +13,7 @@ use flowlog_common::{
     policy::{
         CACHED_ALLOW, CACHED_DENY, CACHED_UNKNOWN, ConnKey, ConnState, MAX_ACL_RULES,
         MAX_EXCLUSIONS, MAX_SG_RULES, MODE_AUDIT, PolicyConfig, RULE_ALLOW, Rule, timeout_class,
+        word_generation,
     },
 };
 use flowlog_ebpf::{
@@ -43,10 +44,11 @@ const ACCEPT: Decision = Decision {
 #[inline(always)]
 pub fn decide(key: &FlowKey, parsed: &Parsed, now: u64) -> Decision {
     let word = POLICY_ACTIVE.get(0).copied().unwrap_or(0);
-    if word == 0 {
+    // No live slot: no policy (the generation above the slot bits is kept for the next one).
+    if word & 3 == 0 {
         return ACCEPT;
     }
-    let generation = word >> 2;
+    let generation = word_generation(word);
     // One call site per slot, so each rule lookup sees one constant map.
     if word & 3 == 1 {
         decide_with(

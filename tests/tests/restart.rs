@@ -6,14 +6,14 @@ use std::{
     collections::BTreeMap,
     fs,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
-    process::Command,
+    path::Path,
     thread,
     time::Duration,
 };
 
 use tests::{
     agent::{Agent, agent_binary},
+    bpffs::Bpffs,
     netns::{NetNs, veth_pair},
     records::{FlowTuple, parse_lines, totals},
     traffic::{udp_exchange, udp_socket},
@@ -21,31 +21,6 @@ use tests::{
 
 const A4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const B4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-
-/// A BPF filesystem mounted for the test (the agents run in their own mount namespaces under
-/// `ip netns exec`, which see host mounts made before they start). Unmounted on drop.
-struct Bpffs(PathBuf);
-
-impl Bpffs {
-    fn mount() -> Self {
-        let path = PathBuf::from(format!("/tmp/flowlog-bpffs-{}", std::process::id()));
-        fs::create_dir_all(&path).expect("mount point");
-        let status = Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&path)
-            .status()
-            .expect("mount");
-        assert!(status.success(), "mounting bpffs on {}", path.display());
-        Bpffs(path)
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let _ = fs::remove_dir(&self.0);
-    }
-}
 
 fn links_in(pin_dir: &Path) -> Vec<String> {
     fs::read_dir(pin_dir.join("v1/links"))

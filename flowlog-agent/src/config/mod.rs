@@ -48,6 +48,8 @@ pub struct RunConfig {
     pub exclusions: Vec<Exclusion>,
     /// Where maps and links are pinned; `None` with `--no-pin`.
     pub pin_dir: Option<PathBuf>,
+    /// Replace flowlog programs of another owner on the selected interfaces (`--take-over`).
+    pub take_over: bool,
     pub on_exit: OnExit,
     /// Where metrics are served, if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
@@ -242,6 +244,7 @@ impl RunConfig {
             policy,
             exclusions,
             pin_dir: pin.then_some(pin_dir),
+            take_over: args.take_over,
             on_exit: agent
                 .on_exit
                 .filter(|_| !pick("on_exit"))

@@ -10,7 +10,7 @@ use std::{
 use aya::{
     Ebpf,
     programs::{
-        LinkOrder, ProgramError, ProgramFd, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::FdLink,
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
         xdp::XdpLinkId,
@@ -132,6 +132,31 @@ enum ProgramLink {
     Xdp(XdpLinkId),
     /// A link pinned at this path: the pin holds it; removing the pin detaches it.
     Pinned(PathBuf),
+    /// A link a previous agent pinned at this path, to be taken over when the start commits
+    /// ([`adopt_pending`]); until then it runs the previous agent's program, untouched.
+    Adopting(PathBuf),
+}
+
+/// Where a link is pinned: `<links dir>/<if>-<ifindex>-<point>` (no dots: bpffs refuses them,
+/// and interface names may have them, eth0.100).
+fn pin_path(links: &Path, interface: &str, ifindex: u32, point: &str) -> PathBuf {
+    let name = interface.replace('.', "_");
+    links.join(format!("{name}-{ifindex}-{point}"))
+}
+
+/// The link a previous agent pinned for this interface and hook point, found by ifindex so a
+/// renamed interface keeps its link.
+fn pinned_link(links: &Path, ifindex: u32, point: &str) -> Option<PathBuf> {
+    let suffix = format!("-{ifindex}-{point}");
+    std::fs::read_dir(links)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.ends_with(&suffix))
+        })
 }
 
 pub(super) fn load_programs(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
@@ -156,27 +181,36 @@ pub(super) fn load_programs(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
     Ok(())
 }
 
+/// How the programs hook into an interface, and where its links are pinned.
+#[derive(Clone, Copy)]
+pub(super) struct AttachPoint<'a> {
+    pub interface: &'a str,
+    pub ifindex: u32,
+    pub hook: Hook,
+    pub tc_mode: TcMode,
+    /// The links directory, when links are pinned.
+    pub pins: Option<&'a Path>,
+    /// Whether links a previous agent pinned are taken over now, or only when the start commits.
+    pub adopt_now: bool,
+}
+
 /// Attaches the programs to one interface. With `pins` (a links directory) and TCX, the links
 /// are pinned there; a link already pinned for the interface and hook (left by a previous agent)
 /// is adopted: its program is replaced in one step, so no packet is missed or counted twice.
 pub(super) fn attach(
     ebpf: &mut Ebpf,
-    interface: &str,
-    ifindex: u32,
-    hook: Hook,
-    tc_mode: TcMode,
-    pins: Option<&Path>,
+    point: AttachPoint<'_>,
 ) -> Result<AttachedInterface, DatapathError> {
+    let AttachPoint {
+        interface,
+        ifindex,
+        hook,
+        tc_mode,
+        ..
+    } = point;
     let error = |what: &str, source: ProgramError| DatapathError::Attach {
         interface: interface.to_owned(),
         message: describe_attach_error(what, &source),
-    };
-    // clsact filters are not links: they cannot be pinned, and are detached with the agent.
-    let pins = pins.filter(|_| tc_mode == TcMode::Tcx);
-    // bpffs refuses names with dots (reserved), and interface names may have them (eth0.100).
-    let pin_path = |point: &str| {
-        let name = interface.replace('.', "_");
-        pins.map(|dir| dir.join(format!("{name}-{ifindex}-{point}")))
     };
     if tc_mode == TcMode::Clsact {
         match tc::qdisc_add_clsact(interface) {
@@ -190,33 +224,18 @@ pub(super) fn attach(
             }
         }
     }
-    let egress = attach_tc(
-        ebpf,
-        programs::TC_EGRESS,
-        interface,
-        TcAttachType::Egress,
-        tc_mode,
-        pin_path("tc_eg"),
-    )
-    .map_err(|e| error("TC egress", e))?;
-    let ingress = match hook {
-        Hook::Tc => attach_tc(
-            ebpf,
-            programs::TC_INGRESS,
-            interface,
-            TcAttachType::Ingress,
-            tc_mode,
-            pin_path("tc_in"),
-        )
-        .map_err(|e| error("TC ingress", e)),
-        Hook::Xdp => attach_xdp(ebpf, ifindex, pin_path("xdp")).map_err(|e| error("native XDP", e)),
+    let egress =
+        attach_link(ebpf, point, LinkPoint::TcEgress).map_err(|e| error("TC egress", e))?;
+    let ingress_point = match hook {
+        Hook::Tc => LinkPoint::TcIngress,
+        Hook::Xdp => LinkPoint::Xdp,
     };
-    let ingress = match ingress {
+    let ingress = match attach_link(ebpf, point, ingress_point) {
         Ok(link) => link,
         Err(e) => {
-            // Leave nothing half attached.
+            // Leave nothing half attached (an adopted link is not touched until commit).
             let _ = release(ebpf, programs::TC_EGRESS, egress);
-            return Err(e);
+            return Err(error(ingress_point.describe(), e));
         }
     };
     Ok(AttachedInterface {
@@ -227,6 +246,114 @@ pub(super) fn attach(
         ingress,
         egress,
     })
+}
+
+/// One hook point of an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LinkPoint {
+    TcIngress,
+    TcEgress,
+    Xdp,
+}
+
+impl LinkPoint {
+    fn program(self) -> &'static str {
+        match self {
+            LinkPoint::TcIngress => programs::TC_INGRESS,
+            LinkPoint::TcEgress => programs::TC_EGRESS,
+            LinkPoint::Xdp => programs::XDP_INGRESS,
+        }
+    }
+
+    /// The last part of a pinned link's name.
+    fn pin_name(self) -> &'static str {
+        match self {
+            LinkPoint::TcIngress => "tc_in",
+            LinkPoint::TcEgress => "tc_eg",
+            LinkPoint::Xdp => "xdp",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            LinkPoint::TcIngress => "TC ingress",
+            LinkPoint::TcEgress => "TC egress",
+            LinkPoint::Xdp => "native XDP",
+        }
+    }
+}
+
+/// Attaches one program: adopts the link a previous agent pinned for this point (now, or
+/// later at commit), or attaches a new one, pinned if links are.
+fn attach_link(
+    ebpf: &mut Ebpf,
+    point: AttachPoint<'_>,
+    link_point: LinkPoint,
+) -> Result<ProgramLink, ProgramError> {
+    // clsact filters are not links: they cannot be pinned, and are detached with the agent.
+    // With clsact filters nothing of the interface is pinned, so nothing of it stays behind
+    // half counting.
+    let links = point.pins.filter(|_| point.tc_mode == TcMode::Tcx);
+    let Some(links) = links else {
+        return attach_new(ebpf, point, link_point, None);
+    };
+    let wanted = pin_path(links, point.interface, point.ifindex, link_point.pin_name());
+    if let Some(existing) = pinned_link(links, point.ifindex, link_point.pin_name()) {
+        if !point.adopt_now {
+            return Ok(ProgramLink::Adopting(existing));
+        }
+        if let Some(adopted) = adopt(ebpf, link_point, &existing, &wanted) {
+            return Ok(adopted);
+        }
+    }
+    attach_new(ebpf, point, link_point, Some(wanted))
+}
+
+/// Takes over the links of `attached` that wait for the start to commit; a link that cannot be
+/// taken over (its interface went away meanwhile) is replaced by a new one.
+pub(super) fn adopt_pending(
+    ebpf: &mut Ebpf,
+    attached: &mut AttachedInterface,
+    links: &Path,
+) -> Result<(), DatapathError> {
+    let ingress_point = match attached.hook {
+        Hook::Tc => LinkPoint::TcIngress,
+        Hook::Xdp => LinkPoint::Xdp,
+    };
+    for (link, link_point) in [
+        (&mut attached.egress, LinkPoint::TcEgress),
+        (&mut attached.ingress, ingress_point),
+    ] {
+        let ProgramLink::Adopting(existing) = link else {
+            continue;
+        };
+        let wanted = pin_path(
+            links,
+            &attached.name,
+            attached.ifindex,
+            link_point.pin_name(),
+        );
+        *link = match adopt(ebpf, link_point, existing, &wanted) {
+            Some(adopted) => adopted,
+            None => {
+                let point = AttachPoint {
+                    interface: &attached.name,
+                    ifindex: attached.ifindex,
+                    hook: attached.hook,
+                    tc_mode: attached.tc_mode,
+                    pins: Some(links),
+                    adopt_now: true,
+                };
+                attach_new(ebpf, point, link_point, Some(wanted)).map_err(|e| {
+                    DatapathError::Attach {
+                        interface: attached.name.clone(),
+                        message: describe_attach_error(link_point.describe(), &e),
+                    }
+                })?
+            }
+        };
+    }
+    Ok(())
 }
 
 pub(super) fn detach(ebpf: &mut Ebpf, attached: AttachedInterface) -> Result<(), DatapathError> {
@@ -258,50 +385,90 @@ fn release(ebpf: &mut Ebpf, program: &'static str, link: ProgramLink) -> Result<
                 io_error,
             })
         }),
+        // Never taken over: it still belongs to the previous agent.
+        ProgramLink::Adopting(_) => Ok(()),
     }
 }
 
-/// Replaces the program of the link pinned at `path` with `program`, if there is such a link and
-/// it is still attached. A link that cannot be updated (its interface went away) is unpinned.
-fn adopt(program: &ProgramFd, path: &Path) -> bool {
-    if !path.exists() {
-        return false;
-    }
-    let updated =
-        sys::bpf_obj_get(path).and_then(|link| sys::bpf_link_update(link.as_fd(), program.as_fd()));
-    match updated {
-        Ok(()) => true,
+/// Replaces the program of the link pinned at `existing` with this agent's program for
+/// `link_point`, and pins it under `wanted` (the interface's name may have changed). `None` if
+/// there is no such link any more or it is no longer attached (its interface went away), in
+/// which case its pin is removed.
+fn adopt(
+    ebpf: &mut Ebpf,
+    link_point: LinkPoint,
+    existing: &Path,
+    wanted: &Path,
+) -> Option<ProgramLink> {
+    let program = match link_point {
+        LinkPoint::Xdp => xdp(ebpf, link_point.program()).ok()?.fd().ok()?,
+        _ => classifier(ebpf, link_point.program()).ok()?.fd().ok()?,
+    };
+    let link = match sys::bpf_obj_get(existing)
+        .and_then(|link| sys::bpf_link_update(link.as_fd(), program.as_fd()).map(|()| link))
+    {
+        Ok(link) => link,
         Err(error) => {
-            tracing::warn!(pin = %path.display(), %error, "stale pinned link removed");
-            let _ = std::fs::remove_file(path);
-            false
+            tracing::warn!(pin = %existing.display(), %error, "stale pinned link removed");
+            let _ = std::fs::remove_file(existing);
+            return None;
+        }
+    };
+    if existing != wanted {
+        // Pinned under the new name first, so the link is held throughout.
+        match sys::bpf_obj_pin(link.as_fd(), wanted) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(existing);
+                return Some(ProgramLink::Pinned(wanted.to_owned()));
+            }
+            Err(error) => {
+                tracing::warn!(pin = %existing.display(), %error, "pinned link kept under its old name");
+            }
         }
     }
+    Some(ProgramLink::Pinned(existing.to_owned()))
 }
 
-fn attach_xdp(
+/// Attaches a new link for `link_point`, pinned at `pin` if given.
+fn attach_new(
     ebpf: &mut Ebpf,
-    ifindex: u32,
+    point: AttachPoint<'_>,
+    link_point: LinkPoint,
     pin: Option<PathBuf>,
 ) -> Result<ProgramLink, ProgramError> {
-    let program = xdp(ebpf, programs::XDP_INGRESS).map_err(|_| ProgramError::NotLoaded)?;
-    if let Some(path) = &pin
-        && adopt(program.fd()?, path)
-    {
-        return Ok(ProgramLink::Pinned(path.clone()));
-    }
-    let id = program.attach_to_if_index(ifindex, XdpMode::Driver)?;
-    match pin {
-        None => Ok(ProgramLink::Xdp(id)),
-        Some(path) => {
-            let link: FdLink = program
-                .take_link(id)?
-                .try_into()
-                .map_err(|_| ProgramError::NotAttached)?;
-            link.pin(&path).map_err(pin_error)?;
-            Ok(ProgramLink::Pinned(path))
+    let taken = match link_point {
+        LinkPoint::Xdp => {
+            let program = xdp(ebpf, programs::XDP_INGRESS).map_err(|_| ProgramError::NotLoaded)?;
+            let id = program.attach_to_if_index(point.ifindex, XdpMode::Driver)?;
+            match &pin {
+                None => return Ok(ProgramLink::Xdp(id)),
+                Some(_) => program.take_link(id)?.try_into(),
+            }
         }
-    }
+        LinkPoint::TcIngress | LinkPoint::TcEgress => {
+            let attach_type = match link_point {
+                LinkPoint::TcIngress => TcAttachType::Ingress,
+                _ => TcAttachType::Egress,
+            };
+            let options = match point.tc_mode {
+                // Last in the chain: earlier programs' drops are theirs; we count what goes
+                // through.
+                TcMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
+                TcMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
+            };
+            let program =
+                classifier(ebpf, link_point.program()).map_err(|_| ProgramError::NotLoaded)?;
+            let id = program.attach_with_options(point.interface, attach_type, options)?;
+            match &pin {
+                None => return Ok(ProgramLink::Tc(id)),
+                Some(_) => program.take_link(id)?.try_into(),
+            }
+        }
+    };
+    let link: FdLink = taken.map_err(|_| ProgramError::NotAttached)?;
+    let path = pin.expect("pinned links only reach here");
+    link.pin(&path).map_err(pin_error)?;
+    Ok(ProgramLink::Pinned(path))
 }
 
 fn pin_error(error: aya::pin::PinError) -> ProgramError {
@@ -309,39 +476,6 @@ fn pin_error(error: aya::pin::PinError) -> ProgramError {
         call: "pinning a link",
         io_error: io::Error::other(error.to_string()),
     })
-}
-
-fn attach_tc(
-    ebpf: &mut Ebpf,
-    program: &'static str,
-    interface: &str,
-    attach_type: TcAttachType,
-    tc_mode: TcMode,
-    pin: Option<PathBuf>,
-) -> Result<ProgramLink, ProgramError> {
-    let options = match tc_mode {
-        // Last in the chain: earlier programs' drops are theirs; we count what goes through.
-        TcMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
-        TcMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
-    };
-    let classifier = classifier(ebpf, program).map_err(|_| ProgramError::NotLoaded)?;
-    if let Some(path) = &pin
-        && adopt(classifier.fd()?, path)
-    {
-        return Ok(ProgramLink::Pinned(path.clone()));
-    }
-    let id = classifier.attach_with_options(interface, attach_type, options)?;
-    match pin {
-        None => Ok(ProgramLink::Tc(id)),
-        Some(path) => {
-            let link: FdLink = classifier
-                .take_link(id)?
-                .try_into()
-                .map_err(|_| ProgramError::NotAttached)?;
-            link.pin(&path).map_err(pin_error)?;
-            Ok(ProgramLink::Pinned(path))
-        }
-    }
 }
 
 fn classifier<'a>(

@@ -4,8 +4,10 @@
 mod attach;
 mod clock;
 mod epoch;
+pub mod owner;
 mod pins;
 mod policy;
+mod start;
 
 use std::{collections::BTreeMap, io, path::Path};
 
@@ -24,7 +26,8 @@ use flowlog_common::{
 pub use attach::{AttachedInterface, Hook, HookChoice, TcMode, TcModeChoice};
 pub use clock::{ClockSample, JiffiesClock};
 pub use epoch::DrainedEpoch;
-pub use pins::{LAYOUT_VERSION, remove_pins};
+pub use pins::{LAYOUT_VERSION, PinnedLinkName, inspect as inspect_pins, remove_pins};
+pub use start::CommittedStart;
 
 use crate::policy::CompiledPolicy;
 
@@ -103,6 +106,8 @@ pub struct Datapath {
     policy: policy::PolicyTables,
     /// Where maps and links are pinned, if they are.
     pins: Option<pins::Pins>,
+    /// What a start that has not committed yet must finish or undo; `None` once it committed.
+    start: Option<start::StartState>,
     /// The clock sample taken at load, against which the tick length is measured.
     first_clock: ClockSample,
 }
@@ -133,10 +138,25 @@ impl Datapath {
         let stats_reported_adopted = pins
             .as_ref()
             .is_some_and(|pins| pins.reused && pins.map_path(STATS_REPORTED).exists());
+        // Maps a previous agent pinned are adopted with their counts; the others are created
+        // now and pinned only when the start commits, so a refused start pins nothing. Flow maps
+        // of another capacity (`--max-flows` changed) are replaced: the new programs count into
+        // new ones, and the old ones are drained when the start commits.
+        let mut start = start::StartState::default();
         let mut loader = EbpfLoader::new();
         if let Some(pins) = &pins {
+            let pinned_capacity = pins.pinned_flow_capacity()?;
+            let resize = pinned_capacity.is_some_and(|capacity| capacity != config.max_flows);
+            if resize {
+                start.replace_flows(pins, pinned_capacity.unwrap_or_default())?;
+            }
             for name in pins::PINNED_MAPS {
-                loader.map_pin_path(name, pins.map_path(name));
+                let path = pins.map_path(name);
+                if path.exists() && !(resize && FLOWS.contains(&name)) {
+                    loader.map_pin_path(name, path);
+                } else {
+                    start.pin_when_committed(name);
+                }
             }
         }
         for name in FLOWS {
@@ -146,6 +166,7 @@ impl Datapath {
             loader.map_max_entries(name, MAX_SKIP_ENTRIES);
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
+        start.hold_unpinned_maps(&ebpf)?;
         attach::load_programs(&mut ebpf)?;
         let logger = Some(aya_log::EbpfLogger::init(&mut ebpf)?);
 
@@ -173,6 +194,7 @@ impl Datapath {
             stats_reported_adopted,
             attached: BTreeMap::new(),
             policy,
+            start: pins.is_some().then_some(start),
             pins,
             first_clock,
         })
@@ -189,7 +211,8 @@ impl Datapath {
         &mut self.ebpf
     }
 
-    /// Attaches the counting programs to one interface.
+    /// Attaches the counting programs to one interface. While a start has not committed, links
+    /// a previous agent pinned for the interface are only noted, and taken over at commit.
     pub fn attach(
         &mut self,
         interface: &str,
@@ -198,8 +221,15 @@ impl Datapath {
         tc_mode: TcMode,
     ) -> Result<&AttachedInterface, DatapathError> {
         let links = self.pins.as_ref().map(|pins| pins.links_dir());
-        let links = links.as_deref();
-        let attached = attach::attach(&mut self.ebpf, interface, ifindex, hook, tc_mode, links)?;
+        let point = attach::AttachPoint {
+            interface,
+            ifindex,
+            hook,
+            tc_mode,
+            pins: links.as_deref(),
+            adopt_now: self.start.is_none(),
+        };
+        let attached = attach::attach(&mut self.ebpf, point)?;
         Ok(self.attached.entry(ifindex).or_insert(attached))
     }
 
@@ -216,8 +246,7 @@ impl Datapath {
         self.pins.as_ref().is_some_and(|pins| pins.reused)
     }
 
-    /// Entries each flow map holds. Pinned maps keep the size they were created with, whatever
-    /// `--max-flows` says now.
+    /// Entries each flow map holds.
     pub fn flow_capacity(&self) -> Option<u32> {
         self.epochs.flow_capacity()
     }
@@ -242,8 +271,8 @@ impl Datapath {
     }
 
     /// Removes pinned links this agent did not attach or adopt (interfaces gone or no longer
-    /// selected, or an ingress hook that changed). Call after attaching everything.
-    pub fn remove_stale_links(&mut self) -> Result<Vec<String>, DatapathError> {
+    /// selected, or an ingress hook that changed). Called when a start commits.
+    fn remove_stale_links(&mut self) -> Result<Vec<String>, DatapathError> {
         let Some(pins) = &self.pins else {
             return Ok(Vec::new());
         };
