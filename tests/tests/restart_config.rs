@@ -683,3 +683,71 @@ impl Host {
         }
     }
 }
+
+/// The number of BPF filters under `a0`'s clsact qdisc, ingress and egress.
+fn clsact_filters(host: &Host) -> (usize, usize) {
+    let count = |direction: &str| {
+        let output = host
+            .a
+            .exec("tc", &["filter", "show", "dev", "a0", direction])
+            .expect("tc");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|line| line.contains(" bpf ") && line.contains(" handle "))
+            .count()
+    };
+    (count("ingress"), count("egress"))
+}
+
+/// With clsact filters (kernels without TCX) the programs stay attached too: a killed agent's
+/// filters and a stopped agent's are taken over in place by the next agent of the same pin
+/// directory (one filter per direction, never two), and every count is written once.
+#[test]
+fn clsact_filters_are_taken_over_in_place_after_a_kill_and_a_stop() {
+    let mut host = Host::new(false);
+    let pins = host.pin_dir("pins");
+    let args = ["--pin-dir", &pins, "--tc-mode", "clsact"];
+    let mut agent = host.start(&args, 1);
+    host.send(false, 6000, 7000, 4, Fate::Accept);
+    agent.wait_for_log("interval written", 1, Duration::from_secs(10));
+    // Between two drains, once the sink has written the interval (a killed agent loses what
+    // it drained but had not written yet).
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(agent.pid() as libc::pid_t, libc::SIGKILL) };
+    let killed = agent.stop();
+    host.outputs.push(killed.stdout);
+    host.logs.push(killed.stderr);
+    assert_eq!(
+        clsact_filters(&host),
+        (1, 1),
+        "the killed agent's filters stay"
+    );
+    host.send(false, 6000, 7000, 5, Fate::Accept);
+
+    let agent = host.start(&args, 1);
+    assert_eq!(
+        clsact_filters(&host),
+        (1, 1),
+        "taken over in place, not stacked"
+    );
+    host.send(false, 6000, 7000, 6, Fate::Accept);
+    let stopped = host.stop(agent);
+    assert!(
+        stopped.stderr.contains("programs stay attached"),
+        "{}",
+        stopped.stderr
+    );
+    assert_eq!(
+        clsact_filters(&host),
+        (1, 1),
+        "a stopped agent's filters stay"
+    );
+    host.send(false, 6000, 7000, 7, Fate::Accept);
+
+    let agent = host.start(&[&args[..], &["--on-exit", "detach"]].concat(), 1);
+    host.send(false, 6000, 7000, 8, Fate::Accept);
+    host.stop(agent);
+    assert_eq!(clsact_filters(&host), (0, 0), "detached");
+    host.check();
+}

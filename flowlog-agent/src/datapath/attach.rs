@@ -108,12 +108,15 @@ pub struct AttachedInterface {
     pub tc_mode: TcMode,
     ingress: ProgramLink,
     egress: ProgramLink,
+    /// Attached with a pin directory: the programs may stay attached when the agent stops
+    /// (links pinned; clsact filters recognized by the programs pinned there).
+    outlives_agent: bool,
 }
 
 impl AttachedInterface {
-    /// Whether its programs are attached through pinned links, which outlive the agent.
+    /// Whether its programs may stay attached after the agent, for the next one to adopt.
     pub fn is_pinned(&self) -> bool {
-        matches!(self.egress, ProgramLink::Pinned(_))
+        self.outlives_agent
     }
 
     pub(super) fn pinned_paths(&self) -> impl Iterator<Item = &Path> {
@@ -135,6 +138,12 @@ enum ProgramLink {
     /// A link a previous agent pinned at this path, to be taken over when the start commits
     /// ([`adopt_pending`]); until then it runs the previous agent's program, untouched.
     Adopting(PathBuf),
+    /// A clsact filter a previous agent of this pin directory left, to be taken over in place
+    /// (same priority and handle) when the start commits.
+    AdoptingFilter {
+        priority: u16,
+        handle: u32,
+    },
 }
 
 /// Where a link is pinned: `<links dir>/<if>-<ifindex>-<point>` (no dots: bpffs refuses them,
@@ -192,6 +201,9 @@ pub(super) struct AttachPoint<'a> {
     pub pins: Option<&'a Path>,
     /// Whether links a previous agent pinned are taken over now, or only when the start commits.
     pub adopt_now: bool,
+    /// The programs a previous agent of this pin directory left (behind its links, or pinned
+    /// for its clsact filters): their clsact filters are taken over, not stacked on.
+    pub own_programs: &'a [u32],
 }
 
 /// Attaches the programs to one interface. With `pins` (a links directory) and TCX, the links
@@ -215,7 +227,10 @@ pub(super) fn attach(
     if tc_mode == TcMode::Clsact {
         match tc::qdisc_add_clsact(interface) {
             Ok(()) => {}
+            // Already there (another tool's, or the filters a previous agent left in it).
             Err(tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(tc::TcError::AlreadyAttached) => {}
             Err(e) => {
                 return Err(DatapathError::Attach {
                     interface: interface.to_owned(),
@@ -245,6 +260,7 @@ pub(super) fn attach(
         tc_mode,
         ingress,
         egress,
+        outlives_agent: point.pins.is_some(),
     })
 }
 
@@ -274,6 +290,13 @@ impl LinkPoint {
         }
     }
 
+    fn tc_attach_type(self) -> TcAttachType {
+        match self {
+            LinkPoint::TcIngress => TcAttachType::Ingress,
+            _ => TcAttachType::Egress,
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             LinkPoint::TcIngress => "TC ingress",
@@ -283,20 +306,27 @@ impl LinkPoint {
     }
 }
 
-/// Attaches one program: adopts the link a previous agent pinned for this point (now, or
-/// later at commit), or attaches a new one, pinned if links are.
+/// Attaches one program: adopts what a previous agent left for this point (its pinned link, or
+/// its clsact filter; now, or later at commit), or attaches a new one, pinned if links are.
 fn attach_link(
     ebpf: &mut Ebpf,
     point: AttachPoint<'_>,
     link_point: LinkPoint,
 ) -> Result<ProgramLink, ProgramError> {
-    // clsact filters are not links: they cannot be pinned, and are detached with the agent.
-    // With clsact filters nothing of the interface is pinned, so nothing of it stays behind
-    // half counting.
-    let links = point.pins.filter(|_| point.tc_mode == TcMode::Tcx);
-    let Some(links) = links else {
+    let Some(links) = point.pins else {
         return attach_new(ebpf, point, link_point, None);
     };
+    if link_point != LinkPoint::Xdp && point.tc_mode == TcMode::Clsact {
+        // Filters are not links: they cannot be pinned. A previous agent's filter is known by
+        // its program, which it pinned.
+        if let Some((priority, handle)) = own_filter(point, link_point == LinkPoint::TcIngress) {
+            if !point.adopt_now {
+                return Ok(ProgramLink::AdoptingFilter { priority, handle });
+            }
+            return adopt_filter(ebpf, point.interface, link_point, priority, handle);
+        }
+        return attach_new(ebpf, point, link_point, None);
+    }
     let wanted = pin_path(links, point.interface, point.ifindex, link_point.pin_name());
     if let Some(existing) = pinned_link(links, point.ifindex, link_point.pin_name()) {
         if !point.adopt_now {
@@ -307,6 +337,57 @@ fn attach_link(
         }
     }
     attach_new(ebpf, point, link_point, Some(wanted))
+}
+
+/// The priority and handle of a clsact filter on this interface and direction that runs one of
+/// `point.own_programs`.
+fn own_filter(point: AttachPoint<'_>, ingress: bool) -> Option<(u16, u32)> {
+    if point.own_programs.is_empty() {
+        return None;
+    }
+    sys::attachments::clsact_filters(point.ifindex)
+        .ok()?
+        .into_iter()
+        .find(|f| f.ingress == ingress && point.own_programs.contains(&f.program_id))
+        .map(|f| (f.priority, f.handle))
+}
+
+/// Replaces the program of a clsact filter in place (a netlink change at the same priority and
+/// handle, which cls_bpf applies atomically).
+fn adopt_filter(
+    ebpf: &mut Ebpf,
+    interface: &str,
+    link_point: LinkPoint,
+    priority: u16,
+    handle: u32,
+) -> Result<ProgramLink, ProgramError> {
+    let attach_type = link_point.tc_attach_type();
+    let link =
+        tc::SchedClassifierLink::attached(interface, attach_type, priority, handle.into(), None)
+            .map_err(|io_error| {
+                ProgramError::SyscallError(aya::sys::SyscallError {
+                    call: "clsact filter",
+                    io_error,
+                })
+            })?;
+    let program = classifier(ebpf, link_point.program()).map_err(|_| ProgramError::NotLoaded)?;
+    let id = program.attach_to_link(link)?;
+    Ok(ProgramLink::Tc(id))
+}
+
+/// Removes a clsact filter by its priority and handle (a previous agent's, not taken over).
+pub(super) fn remove_filter(interface: &str, ingress: bool, priority: u16, handle: u32) {
+    let attach_type = if ingress {
+        TcAttachType::Ingress
+    } else {
+        TcAttachType::Egress
+    };
+    // Dropping a link built for a known filter detaches that filter.
+    if let Ok(link) =
+        tc::SchedClassifierLink::attached(interface, attach_type, priority, handle.into(), None)
+    {
+        drop(link);
+    }
 }
 
 /// Takes over the links of `attached` that wait for the start to commit; a link that cannot be
@@ -324,6 +405,24 @@ pub(super) fn adopt_pending(
         (&mut attached.egress, LinkPoint::TcEgress),
         (&mut attached.ingress, ingress_point),
     ] {
+        if let ProgramLink::AdoptingFilter { priority, handle } = *link {
+            let point = AttachPoint {
+                interface: &attached.name,
+                ifindex: attached.ifindex,
+                hook: attached.hook,
+                tc_mode: attached.tc_mode,
+                pins: Some(links),
+                adopt_now: true,
+                own_programs: &[],
+            };
+            *link = adopt_filter(ebpf, &attached.name, link_point, priority, handle)
+                .or_else(|_| attach_new(ebpf, point, link_point, None))
+                .map_err(|e| DatapathError::Attach {
+                    interface: attached.name.clone(),
+                    message: describe_attach_error(link_point.describe(), &e),
+                })?;
+            continue;
+        }
         let ProgramLink::Adopting(existing) = link else {
             continue;
         };
@@ -343,6 +442,7 @@ pub(super) fn adopt_pending(
                     tc_mode: attached.tc_mode,
                     pins: Some(links),
                     adopt_now: true,
+                    own_programs: &[],
                 };
                 attach_new(ebpf, point, link_point, Some(wanted)).map_err(|e| {
                     DatapathError::Attach {
@@ -354,6 +454,26 @@ pub(super) fn adopt_pending(
         };
     }
     Ok(())
+}
+
+/// Leaves the programs of `attached` attached after the agent: pinned links are held by their
+/// pins; a clsact filter's link is forgotten, so aya does not detach it.
+pub(super) fn leave_attached(ebpf: &mut Ebpf, attached: AttachedInterface) {
+    let ingress_program = match attached.hook {
+        Hook::Tc => programs::TC_INGRESS,
+        Hook::Xdp => programs::XDP_INGRESS,
+    };
+    for (program, link) in [
+        (programs::TC_EGRESS, attached.egress),
+        (ingress_program, attached.ingress),
+    ] {
+        if let ProgramLink::Tc(id) = link
+            && let Ok(classifier) = classifier(ebpf, program)
+            && let Ok(link) = classifier.take_link(id)
+        {
+            std::mem::forget(link);
+        }
+    }
 }
 
 pub(super) fn detach(ebpf: &mut Ebpf, attached: AttachedInterface) -> Result<(), DatapathError> {
@@ -386,7 +506,7 @@ fn release(ebpf: &mut Ebpf, program: &'static str, link: ProgramLink) -> Result<
             })
         }),
         // Never taken over: it still belongs to the previous agent.
-        ProgramLink::Adopting(_) => Ok(()),
+        ProgramLink::Adopting(_) | ProgramLink::AdoptingFilter { .. } => Ok(()),
     }
 }
 
@@ -446,10 +566,7 @@ fn attach_new(
             }
         }
         LinkPoint::TcIngress | LinkPoint::TcEgress => {
-            let attach_type = match link_point {
-                LinkPoint::TcIngress => TcAttachType::Ingress,
-                _ => TcAttachType::Egress,
-            };
+            let attach_type = link_point.tc_attach_type();
             let options = match point.tc_mode {
                 // Last in the chain: earlier programs' drops are theirs; we count what goes
                 // through.
@@ -459,9 +576,10 @@ fn attach_new(
             let program =
                 classifier(ebpf, link_point.program()).map_err(|_| ProgramError::NotLoaded)?;
             let id = program.attach_with_options(point.interface, attach_type, options)?;
+            // A clsact filter is no link: it cannot be pinned.
             match &pin {
-                None => return Ok(ProgramLink::Tc(id)),
-                Some(_) => program.take_link(id)?.try_into(),
+                Some(_) if point.tc_mode == TcMode::Tcx => program.take_link(id)?.try_into(),
+                _ => return Ok(ProgramLink::Tc(id)),
             }
         }
     };

@@ -150,6 +150,7 @@ impl Datapath {
             if resize {
                 start.replace_flows(pins, pinned_capacity.unwrap_or_default())?;
             }
+            start.set_own_programs(pins.own_programs());
             for name in pins::PINNED_MAPS {
                 let path = pins.map_path(name);
                 if path.exists() && !(resize && FLOWS.contains(&name)) {
@@ -228,6 +229,10 @@ impl Datapath {
             tc_mode,
             pins: links.as_deref(),
             adopt_now: self.start.is_none(),
+            own_programs: self
+                .start
+                .as_ref()
+                .map_or(&[], |start| start.own_programs()),
         };
         let attached = attach::attach(&mut self.ebpf, point)?;
         Ok(self.attached.entry(ifindex).or_insert(attached))
@@ -286,7 +291,17 @@ impl Datapath {
 
     /// Forgets the pinned links without detaching them: they keep counting after the agent exits.
     pub fn leave_pinned_attached(&mut self) {
-        self.attached.retain(|_, a| !a.is_pinned());
+        let kept: Vec<u32> = self
+            .attached
+            .values()
+            .filter(|a| a.is_pinned())
+            .map(|a| a.ifindex)
+            .collect();
+        for ifindex in kept {
+            if let Some(attached) = self.attached.remove(&ifindex) {
+                attach::leave_attached(&mut self.ebpf, attached);
+            }
+        }
     }
 
     /// Drains the epoch the programs are not counting into, without switching: what a previous

@@ -101,14 +101,15 @@ impl Pins {
         }
         let root = dir.join(format!("v{LAYOUT_VERSION}"));
         // Innermost last, so a refused start removes them in reverse.
-        let mut created: Vec<PathBuf> = [root.join("maps"), root.join("links")]
-            .iter()
-            .flat_map(|path| path.ancestors().map(Path::to_path_buf).collect::<Vec<_>>())
-            .filter(|path| path.starts_with(dir) && !path.exists())
-            .collect();
+        let mut created: Vec<PathBuf> =
+            [root.join("maps"), root.join("links"), root.join("programs")]
+                .iter()
+                .flat_map(|path| path.ancestors().map(Path::to_path_buf).collect::<Vec<_>>())
+                .filter(|path| path.starts_with(dir) && !path.exists())
+                .collect();
         created.sort();
         created.dedup();
-        for sub in ["maps", "links"] {
+        for sub in ["maps", "links", "programs"] {
             let path = root.join(sub);
             fs::create_dir_all(&path).map_err(|e| error(&path, "creating", e))?;
         }
@@ -136,6 +137,16 @@ impl Pins {
 
     pub(super) fn links_dir(&self) -> PathBuf {
         self.root.join("links")
+    }
+
+    pub(super) fn program_path(&self, name: &str) -> PathBuf {
+        self.root.join("programs").join(name)
+    }
+
+    /// The programs a previous agent left running: behind its pinned links, and pinned for
+    /// its clsact filters.
+    pub(super) fn own_programs(&self) -> Vec<u32> {
+        own_programs(&self.root)
     }
 
     /// The links pinned now, by the names they were pinned under.
@@ -202,18 +213,23 @@ impl Pins {
     }
 }
 
-/// The programs behind the links pinned in a links directory.
-pub(super) fn link_programs(links: &Path) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir(links) else {
-        return Vec::new();
+/// The programs behind the links pinned under `root`, and the programs pinned there.
+fn own_programs(root: &Path) -> Vec<u32> {
+    let pinned = |sub: &str| {
+        fs::read_dir(root.join(sub))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter_map(|entry| sys::bpf_obj_get(&entry.path()).ok())
+            .collect::<Vec<_>>()
     };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|entry| {
-            let link = sys::bpf_obj_get(&entry.path()).ok()?;
-            Some(sys::attachments::link_info(link.as_fd()).ok()?.program_id)
-        })
-        .collect()
+    let links = pinned("links")
+        .into_iter()
+        .filter_map(|link| Some(sys::attachments::link_info(link.as_fd()).ok()?.program_id));
+    let programs = pinned("programs")
+        .into_iter()
+        .filter_map(|program| sys::attachments::program_id(program.as_fd()).ok());
+    links.chain(programs).collect()
 }
 
 /// What a pin directory holds, for `check`: whether an agent runs with it now, and the programs
@@ -224,7 +240,7 @@ pub fn inspect(dir: &Path) -> (bool, Vec<u32>) {
         sys::lock_directory(&root),
         Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK)
     );
-    (in_use, link_programs(&root.join("links")))
+    (in_use, own_programs(&root))
 }
 
 fn lock_error(dir: &Path, root: &Path, e: io::Error) -> DatapathError {
@@ -256,7 +272,22 @@ pub fn remove_pins(dir: &Path) -> Result<usize, DatapathError> {
             });
         }
     };
-    for sub in ["links", "maps"] {
+    // clsact filters are not held by pins: remove those running this directory's programs.
+    let programs = own_programs(&root);
+    for link in sys::list_links().map_err(|e| error(dir, "listing interfaces for", e))? {
+        for filter in sys::attachments::clsact_filters(link.ifindex).unwrap_or_default() {
+            if programs.contains(&filter.program_id) {
+                super::attach::remove_filter(
+                    &link.name,
+                    filter.ingress,
+                    filter.priority,
+                    filter.handle,
+                );
+                removed += 1;
+            }
+        }
+    }
+    for sub in ["links", "maps", "programs"] {
         let path = root.join(sub);
         let Ok(entries) = fs::read_dir(&path) else {
             continue;

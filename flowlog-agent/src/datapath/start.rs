@@ -24,6 +24,9 @@ pub(super) struct StartState {
     unpinned: Vec<(&'static str, OwnedFd)>,
     /// The flow maps a previous agent pinned, when this start replaces them.
     replaced_flows: Option<ReplacedFlows>,
+    /// The programs a previous agent of this pin directory left running: behind its pinned
+    /// links, and pinned for its clsact filters.
+    own_programs: Vec<u32>,
 }
 
 struct ReplacedFlows {
@@ -42,6 +45,14 @@ pub struct CommittedStart {
 }
 
 impl StartState {
+    pub(super) fn set_own_programs(&mut self, programs: Vec<u32>) {
+        self.own_programs = programs;
+    }
+
+    pub(super) fn own_programs(&self) -> &[u32] {
+        &self.own_programs
+    }
+
     pub(super) fn pin_when_committed(&mut self, name: &'static str) {
         self.to_pin.push(name);
     }
@@ -167,7 +178,30 @@ impl Datapath {
             }
         }
         pins.keep();
+        // Pinned so the next agent knows its clsact filters (links carry their own identity).
+        for name in [super::programs::TC_INGRESS, super::programs::TC_EGRESS] {
+            let path = pins.program_path(name);
+            let _ = std::fs::remove_file(&path);
+            let pinned = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::Program {
+                    name,
+                    source: aya::programs::ProgramError::NotLoaded,
+                })
+                .and_then(|program| {
+                    program
+                        .pin(&path)
+                        .map_err(|error| DatapathError::Pins(format!("pinning {name}: {error}")))
+                });
+            if let Err(error) = pinned {
+                tracing::error!(%error, "program not pinned: a restart will not recognize its clsact filters");
+            }
+        }
         committed.stale_links = self.remove_stale_links()?;
+        committed
+            .stale_links
+            .extend(remove_stale_filters(&start.own_programs));
         if let Some(replaced) = start.replaced_flows {
             // Every program counting into the old maps was replaced or removed above; after a
             // grace period none runs any more, and both old epochs are complete.
@@ -186,12 +220,36 @@ impl Datapath {
             .unwrap_or_default()
     }
 
-    /// The programs running behind the links pinned in this agent's pin directory: a previous
-    /// agent's, which this one takes over.
-    pub fn pinned_link_programs(&self) -> Vec<u32> {
-        let Some(pins) = &self.pins else {
-            return Vec::new();
-        };
-        super::pins::link_programs(&pins.links_dir())
+    /// The programs a previous agent of this pin directory left running (behind its pinned
+    /// links, and pinned for its clsact filters): this agent takes them over.
+    pub fn own_programs(&self) -> &[u32] {
+        self.start
+            .as_ref()
+            .map_or(&[], |start| start.own_programs())
     }
+}
+
+/// Removes clsact filters still running a previous agent's program (interfaces this agent does
+/// not attach to); returns what it removed.
+fn remove_stale_filters(own_programs: &[u32]) -> Vec<String> {
+    if own_programs.is_empty() {
+        return Vec::new();
+    }
+    let Ok(links) = crate::sys::list_links() else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for link in links {
+        let Ok(filters) = crate::sys::attachments::clsact_filters(link.ifindex) else {
+            continue;
+        };
+        for filter in filters {
+            if own_programs.contains(&filter.program_id) {
+                attach::remove_filter(&link.name, filter.ingress, filter.priority, filter.handle);
+                let direction = if filter.ingress { "ingress" } else { "egress" };
+                removed.push(format!("{} clsact {direction}", link.name));
+            }
+        }
+    }
+    removed
 }

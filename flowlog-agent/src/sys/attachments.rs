@@ -88,6 +88,14 @@ pub fn program_name(id: u32) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&name[..end]).into_owned())
 }
 
+/// The id of the program behind `fd`.
+pub fn program_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    // `struct bpf_prog_info`: type, id, ...
+    let mut info = [0u8; 8];
+    object_info(fd, &mut info)?;
+    Ok(u32_at(&info, 4))
+}
+
 /// What the kernel says of a BPF link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinkInfo {
@@ -188,6 +196,8 @@ pub fn xdp_program(ifindex: u32) -> io::Result<Option<u32>> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TcFilter {
     pub ingress: bool,
+    pub priority: u16,
+    pub handle: u32,
     /// The name the attacher gave the filter (aya gives the program's name).
     pub name: String,
     pub program_id: u32,
@@ -213,6 +223,13 @@ pub fn clsact_filters(ifindex: u32) -> io::Result<Vec<TcFilter>> {
             Err(error) => return Err(error),
         };
         for message in answers {
+            let word = |offset: usize| {
+                message
+                    .get(offset..offset + 4)
+                    .map_or(0, |b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
+            };
+            // struct tcmsg: handle at 8, info (priority << 16 | protocol) at 16.
+            let (handle, info) = (word(8), word(16));
             let attributes = message.get(20..).unwrap_or_default();
             if netlink_attribute(attributes, TCA_KIND).as_deref() != Some(b"bpf\0") {
                 continue;
@@ -231,6 +248,8 @@ pub fn clsact_filters(ifindex: u32) -> io::Result<Vec<TcFilter>> {
                 .unwrap_or(0);
             filters.push(TcFilter {
                 ingress,
+                priority: (info >> 16) as u16,
+                handle,
                 name,
                 program_id,
             });
