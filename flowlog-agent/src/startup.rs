@@ -101,8 +101,8 @@ impl Plan {
         // From here on an error drops the plan, which undoes the load (pin directories created).
         let datapath = plan.datapath.as_ref().expect("not committed");
         let attaching: Vec<Interface> = plan.interfaces.iter().map(|(i, _)| i.clone()).collect();
-        plan.foreign = owner::find(&attaching, &datapath.own_programs())
-            .map_err(AgentError::ListInterfaces)?;
+        plan.foreign =
+            owner::find(&attaching, datapath.own_programs()).map_err(AgentError::ListInterfaces)?;
         if !plan.foreign.is_empty() && !plan.take_over {
             return Err(AgentError::Foreign(plan.foreign.clone()));
         }

@@ -604,20 +604,7 @@ pub fn xdp_features(ifindex: u32) -> io::Result<Option<u64>> {
     const NETDEV_A_DEV_IFINDEX: u16 = 1;
     const NETDEV_A_DEV_XDP_FEATURES: u16 = 3;
 
-    use std::os::fd::FromRawFd;
-    // SAFETY: socket(2) with constant arguments; the descriptor is owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_GENERIC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor nothing else owns.
-    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let socket = netlink_socket(libc::NETLINK_GENERIC)?;
     let family = genl_request(
         &socket,
         GENL_ID_CTRL,
@@ -643,6 +630,63 @@ pub fn xdp_features(ifindex: u32) -> io::Result<Option<u64>> {
         .and_then(|value| Some(u64::from_ne_bytes(value.get(..8)?.try_into().ok()?))))
 }
 
+/// A blocking netlink socket of `protocol` (`NETLINK_ROUTE`, `NETLINK_GENERIC`) to talk to the
+/// kernel.
+fn netlink_socket(protocol: libc::c_int) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) with constant arguments; the descriptor is owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends one netlink message to the kernel.
+fn netlink_send(socket: &std::os::fd::OwnedFd, message: &[u8]) -> io::Result<()> {
+    // SAFETY: a zeroed sockaddr_nl addresses the kernel; send reads `message` for the call.
+    let mut kernel: libc::sockaddr_nl = unsafe { mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    let sent = unsafe {
+        libc::sendto(
+            socket.as_raw_fd(),
+            message.as_ptr().cast(),
+            message.len(),
+            0,
+            (&kernel as *const libc::sockaddr_nl).cast(),
+            mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives one netlink datagram into `buffer`; returns its length.
+fn netlink_receive(socket: &std::os::fd::OwnedFd, buffer: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: recv writes at most `buffer.len()` bytes into the buffer.
+    let received = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            0,
+        )
+    };
+    if received < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(received as usize)
+}
+
 /// Sends one generic netlink request with one attribute and returns the attributes of the
 /// answer; `None` if the kernel answered ENOENT or EOPNOTSUPP (no such family or device).
 fn genl_request(
@@ -665,36 +709,10 @@ fn genl_request(
     message.extend_from_slice(&attribute.to_ne_bytes());
     message.extend_from_slice(value);
     message.resize(total, 0);
-    // SAFETY: a zeroed sockaddr_nl addresses the kernel; send reads `message` for the call.
-    let mut kernel: libc::sockaddr_nl = unsafe { mem::zeroed() };
-    kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    let sent = unsafe {
-        libc::sendto(
-            socket.as_raw_fd(),
-            message.as_ptr().cast(),
-            message.len(),
-            0,
-            (&kernel as *const libc::sockaddr_nl).cast(),
-            mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    netlink_send(socket, &message)?;
     let mut buffer = vec![0u8; 16384];
-    // SAFETY: recv writes at most `buffer.len()` bytes into the buffer.
-    let received = unsafe {
-        libc::recv(
-            socket.as_raw_fd(),
-            buffer.as_mut_ptr().cast(),
-            buffer.len(),
-            0,
-        )
-    };
-    if received < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let answer = &buffer[..received as usize];
+    let received = netlink_receive(socket, &mut buffer)?;
+    let answer = &buffer[..received];
     let short = || io::Error::new(io::ErrorKind::InvalidData, "short netlink answer");
     let kind = u16::from_ne_bytes(answer.get(4..6).ok_or_else(short)?.try_into().unwrap());
     if kind == libc::NLMSG_ERROR as u16 {

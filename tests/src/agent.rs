@@ -56,6 +56,23 @@ pub fn agent_command(ns: &NetNs, wrapper: &[&str]) -> std::process::Command {
     }
 }
 
+/// The sum of `field` (`excluded_packets`, ...) over the `interval written` lines of `logs`.
+pub fn interval_total<S: AsRef<str>>(logs: &[S], field: &str) -> u64 {
+    let key = format!("{field}=");
+    logs.iter()
+        .flat_map(|log| log.as_ref().lines())
+        .filter(|line| line.contains("interval written"))
+        .filter_map(|line| {
+            line.split(key.as_str())
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 /// Runs `command` to completion with its output captured, killing it (and failing the test) if
 /// it has not exited within `timeout`: a start that should be refused must not hang a test.
 pub fn output_within(command: &mut std::process::Command, timeout: Duration) -> Output {

@@ -12,7 +12,7 @@ use std::{
 };
 
 use tests::{
-    agent::{Agent, agent_binary},
+    agent::{Agent, agent_binary, interval_total},
     bpffs::Bpffs,
     netns::{NetNs, veth_pair},
     records::{FlowTuple, parse_lines, totals},
@@ -172,19 +172,7 @@ fn stopped_and_killed_agents_lose_and_double_count_nothing() {
     assert_eq!(counted, sent, "packets per run: {per_run:?}");
     // Each run reported something: the downtime traffic went to the next run.
     assert!(per_run.iter().all(|p| *p > 0), "{per_run:?}");
-    let excluded_reported: u64 = logs
-        .iter()
-        .flat_map(|log| log.lines())
-        .filter(|line| line.contains("interval written"))
-        .filter_map(|line| {
-            line.split("excluded_packets=")
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
+    let excluded_reported = interval_total(&logs, "excluded_packets");
     assert_eq!(
         excluded_reported, excluded_sent,
         "excluded packets reported by all runs vs sent (while no agent ran too)"

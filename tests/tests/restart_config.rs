@@ -16,7 +16,7 @@ use std::{
 };
 
 use tests::{
-    agent::{Agent, Stopped, agent_command, output_within},
+    agent::{Agent, Stopped, agent_command, interval_total, output_within},
     bpffs::Bpffs,
     foreign::attach_other_xdp,
     netns::{NetNs, veth_pair},
@@ -212,27 +212,11 @@ impl Host {
             .collect();
         assert_eq!(seen, self.expected, "records of every run vs what was sent");
         assert_eq!(
-            excluded_reported(&self.logs),
+            interval_total(&self.logs, "excluded_packets"),
             self.excluded_sent,
             "excluded packets reported vs sent"
         );
     }
-}
-
-/// The `excluded_packets` of every `interval written` line.
-fn excluded_reported(logs: &[String]) -> u64 {
-    logs.iter()
-        .flat_map(|log| log.lines())
-        .filter(|line| line.contains("interval written"))
-        .filter_map(|line| {
-            line.split("excluded_packets=")
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
 }
 
 fn write_file(name: &str, text: &str) -> PathBuf {

@@ -401,57 +401,37 @@ pub(super) fn adopt_pending(
         Hook::Tc => LinkPoint::TcIngress,
         Hook::Xdp => LinkPoint::Xdp,
     };
+    let point = AttachPoint {
+        interface: &attached.name,
+        ifindex: attached.ifindex,
+        hook: attached.hook,
+        tc_mode: attached.tc_mode,
+        pins: Some(links),
+        adopt_now: true,
+        own_programs: &[],
+    };
     for (link, link_point) in [
         (&mut attached.egress, LinkPoint::TcEgress),
         (&mut attached.ingress, ingress_point),
     ] {
-        if let ProgramLink::AdoptingFilter { priority, handle } = *link {
-            let point = AttachPoint {
-                interface: &attached.name,
-                ifindex: attached.ifindex,
-                hook: attached.hook,
-                tc_mode: attached.tc_mode,
-                pins: Some(links),
-                adopt_now: true,
-                own_programs: &[],
-            };
-            *link = adopt_filter(ebpf, &attached.name, link_point, priority, handle)
-                .or_else(|_| attach_new(ebpf, point, link_point, None))
-                .map_err(|e| DatapathError::Attach {
-                    interface: attached.name.clone(),
-                    message: describe_attach_error(link_point.describe(), &e),
-                })?;
-            continue;
-        }
-        let ProgramLink::Adopting(existing) = link else {
-            continue;
-        };
-        let wanted = pin_path(
-            links,
-            &attached.name,
-            attached.ifindex,
-            link_point.pin_name(),
-        );
-        *link = match adopt(ebpf, link_point, existing, &wanted) {
-            Some(adopted) => adopted,
-            None => {
-                let point = AttachPoint {
-                    interface: &attached.name,
-                    ifindex: attached.ifindex,
-                    hook: attached.hook,
-                    tc_mode: attached.tc_mode,
-                    pins: Some(links),
-                    adopt_now: true,
-                    own_programs: &[],
-                };
-                attach_new(ebpf, point, link_point, Some(wanted)).map_err(|e| {
-                    DatapathError::Attach {
-                        interface: attached.name.clone(),
-                        message: describe_attach_error(link_point.describe(), &e),
-                    }
-                })?
+        let adopted = match link {
+            ProgramLink::AdoptingFilter { priority, handle } => {
+                adopt_filter(ebpf, point.interface, link_point, *priority, *handle)
+                    .or_else(|_| attach_new(ebpf, point, link_point, None))
             }
+            ProgramLink::Adopting(existing) => {
+                let wanted = pin_path(links, point.interface, point.ifindex, link_point.pin_name());
+                match adopt(ebpf, link_point, existing, &wanted) {
+                    Some(adopted) => Ok(adopted),
+                    None => attach_new(ebpf, point, link_point, Some(wanted)),
+                }
+            }
+            _ => continue,
         };
+        *link = adopted.map_err(|e| DatapathError::Attach {
+            interface: point.interface.to_owned(),
+            message: describe_attach_error(link_point.describe(), &e),
+        })?;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
-use super::netlink_attribute;
+use super::{netlink_attribute, netlink_receive, netlink_send, netlink_socket};
 
 /// `enum bpf_cmd` values (include/uapi/linux/bpf.h).
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
@@ -261,19 +261,7 @@ pub fn clsact_filters(ifindex: u32) -> io::Result<Vec<TcFilter>> {
 /// Sends one rtnetlink request (`header` is the family header after the `nlmsghdr`) and returns
 /// the payload of every answer, until the dump ends or the kernel acknowledges.
 fn rtnetlink(kind: u16, flags: u16, header: &[u8]) -> io::Result<Vec<Vec<u8>>> {
-    // SAFETY: socket(2) with constant arguments; the descriptor is owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor nothing else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = netlink_socket(libc::NETLINK_ROUTE)?;
     let total = 16 + header.len();
     let mut message = Vec::with_capacity(total);
     message.extend_from_slice(&(total as u32).to_ne_bytes());
@@ -282,35 +270,13 @@ fn rtnetlink(kind: u16, flags: u16, header: &[u8]) -> io::Result<Vec<Vec<u8>>> {
     message.extend_from_slice(&1u32.to_ne_bytes()); // sequence
     message.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
     message.extend_from_slice(header);
-    // SAFETY: send reads `message` for the duration of the call.
-    let sent = unsafe {
-        libc::send(
-            socket.as_raw_fd(),
-            message.as_ptr().cast(),
-            message.len(),
-            0,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    netlink_send(&socket, &message)?;
     let mut payloads = Vec::new();
     let mut buffer = vec![0u8; 65536];
     // Bounded: a dump of one interface's filters is a few messages.
     for _ in 0..1024 {
-        // SAFETY: recv writes at most `buffer.len()` bytes into the buffer.
-        let received = unsafe {
-            libc::recv(
-                socket.as_raw_fd(),
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-                0,
-            )
-        };
-        if received < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut rest = &buffer[..received as usize];
+        let received = netlink_receive(&socket, &mut buffer)?;
+        let mut rest = &buffer[..received];
         while rest.len() >= 16 {
             let length = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
             let kind = u16::from_ne_bytes([rest[4], rest[5]]);
