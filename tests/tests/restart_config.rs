@@ -576,75 +576,31 @@ fn restarts_with_changing_configurations_apply_each_exactly() {
     let p1 = deny_udp_policy("seq1", 7001, "");
     let p2 = deny_udp_policy("seq2", 7002, "");
     // (arguments, fate of UDP to 7001, 7002, 6001, 6002) per step.
-    let steps: Vec<(Vec<&str>, [Fate; 4])> = vec![
+    let (p1, p2) = (p1.to_str().unwrap(), p2.to_str().unwrap());
+    let (x1, x2) = ("198.18.0.0/24/udp:6001", "198.18.0.0/24/udp:6002");
+    use Fate::{Accept as A, Excluded as X, RejectAcl as R};
+    // The arguments after `--pin-dir`, and the fate of UDP to 7001, 7002, 6001, 6002.
+    let steps: Vec<(&str, Vec<&str>, [Fate; 4])> = vec![
+        (&pins, vec!["--policy", p1, "--exclude", x1], [R, A, X, A]),
+        (&pins, vec![], [A, A, A, A]),
+        (&pins, vec!["--policy", p2, "--exclude", x2], [A, R, A, X]),
+        (&pins, vec!["--policy", p1, "--hook", "xdp"], [R, A, A, A]),
         (
-            vec![
-                "--pin-dir",
-                &pins,
-                "--policy",
-                p1.to_str().unwrap(),
-                "--exclude",
-                "198.18.0.0/24/udp:6001",
-            ],
-            [Fate::RejectAcl, Fate::Accept, Fate::Excluded, Fate::Accept],
+            &pins,
+            vec!["--max-flows", "65536", "--exclude", x1],
+            [A, A, X, A],
         ),
-        (
-            vec!["--pin-dir", &pins],
-            [Fate::Accept, Fate::Accept, Fate::Accept, Fate::Accept],
-        ),
-        (
-            vec![
-                "--pin-dir",
-                &pins,
-                "--policy",
-                p2.to_str().unwrap(),
-                "--exclude",
-                "198.18.0.0/24/udp:6002",
-            ],
-            [Fate::Accept, Fate::RejectAcl, Fate::Accept, Fate::Excluded],
-        ),
-        (
-            vec![
-                "--pin-dir",
-                &pins,
-                "--policy",
-                p1.to_str().unwrap(),
-                "--hook",
-                "xdp",
-            ],
-            [Fate::RejectAcl, Fate::Accept, Fate::Accept, Fate::Accept],
-        ),
-        (
-            vec![
-                "--pin-dir",
-                &pins,
-                "--max-flows",
-                "65536",
-                "--exclude",
-                "198.18.0.0/24/udp:6001",
-            ],
-            [Fate::Accept, Fate::Accept, Fate::Excluded, Fate::Accept],
-        ),
-        (
-            vec![
-                "--pin-dir",
-                &other,
-                "--take-over",
-                "--policy",
-                p2.to_str().unwrap(),
-            ],
-            [Fate::Accept, Fate::RejectAcl, Fate::Accept, Fate::Accept],
-        ),
+        (&other, vec!["--take-over", "--policy", p2], [A, R, A, A]),
     ];
     let mut previous: Option<[Fate; 4]> = None;
     let last = steps.len() - 1;
-    for (i, (args, fates)) in steps.iter().enumerate() {
+    for (i, (pin_dir, args, fates)) in steps.iter().enumerate() {
         if let Some(before) = previous {
             // No agent: the programs left behind decide with the previous configuration.
             host.round(&before, 2, 6500);
         }
         let on_exit = if i == last { "detach" } else { "keep" };
-        let args = [&args[..], &["--on-exit", on_exit]].concat();
+        let args = [&["--pin-dir", pin_dir][..], args, &["--on-exit", on_exit]].concat();
         let agent = host.start(&args, 1);
         host.round(fates, 3 + i as u64, 6600);
         host.stop(agent);
