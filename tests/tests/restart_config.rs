@@ -575,7 +575,6 @@ fn restarts_with_changing_configurations_apply_each_exactly() {
     let (pins, other) = (host.pin_dir("pins"), host.pin_dir("other"));
     let p1 = deny_udp_policy("seq1", 7001, "");
     let p2 = deny_udp_policy("seq2", 7002, "");
-    // (arguments, fate of UDP to 7001, 7002, 6001, 6002) per step.
     let (p1, p2) = (p1.to_str().unwrap(), p2.to_str().unwrap());
     let (x1, x2) = ("198.18.0.0/24/udp:6001", "198.18.0.0/24/udp:6002");
     use Fate::{Accept as A, Excluded as X, RejectAcl as R};
