@@ -198,6 +198,11 @@ impl Metrics {
                  (collectors), objects the store accepted (object stores)",
                 live.bytes_written.clone(),
             );
+            sub.register(
+                "sink_records_waiting",
+                "Records in a sink's queue or being retried, waiting to be written",
+                live.records_waiting.clone(),
+            );
             if let Some(spool) = &live.spool {
                 sub.register(
                     "sink_spool_bytes",
