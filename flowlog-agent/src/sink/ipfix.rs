@@ -38,7 +38,7 @@ use tokio::{
 pub use encoder::{
     DataRecord, FlowData, MessageEncoder, SkippedData, forwarding_status, ie as information_element,
 };
-pub use spec::{DEFAULT_MTU, DEFAULT_PORT, IpfixSpec, IpfixSpecError, Transport};
+pub use spec::{DEFAULT_MTU, DEFAULT_PORT, IpfixSpec, IpfixSpecError, OPTIONS, Transport};
 
 use super::{Sink, SinkError};
 use crate::record::{IntervalRecords, RecordKind};

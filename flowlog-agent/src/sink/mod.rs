@@ -19,6 +19,7 @@ mod driver;
 pub mod ipfix;
 mod log_stream;
 pub mod object;
+pub mod secrets;
 mod spec;
 mod stdout;
 
@@ -34,7 +35,7 @@ pub use driver::{
 pub use ipfix::IpfixSink;
 pub use log_stream::LogStreamSink;
 pub use object::{ObjectStoreSink, SpoolGauges};
-pub use spec::{DEFAULT_LOG_DIR, SinkSpec, SinkSpecError, default_sinks};
+pub use spec::{DEFAULT_LOG_DIR, SinkParser, SinkSpec, SinkSpecError, default_sinks};
 pub use stdout::StdoutSink;
 
 use crate::{

@@ -3,6 +3,7 @@
 use std::{fmt, path::PathBuf, str::FromStr};
 
 use super::ipfix::{IpfixSpec, IpfixSpecError};
+use super::secrets::redact;
 use super::{
     Envelope,
     object::{ObjectUrl, ObjectUrlError},
@@ -87,7 +88,41 @@ impl FromStr for SinkSpec {
         if let Some(ipfix) = IpfixSpec::parse(text) {
             return Ok(SinkSpec::Ipfix(ipfix?));
         }
-        Err(SinkSpecError::Unknown(text.to_owned()))
+        Err(SinkSpecError::Unknown(redact(text)))
+    }
+}
+
+/// `--sink`'s value parser: its errors show the value redacted ([`redact`]), where clap's own
+/// would repeat it as typed, secrets included.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SinkParser;
+
+impl clap::builder::TypedValueParser for SinkParser {
+    type Value = SinkSpec;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<SinkSpec, clap::Error> {
+        let flag = arg.map_or_else(|| "--sink".to_owned(), ToString::to_string);
+        let refuse = |message: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("{message}\n"),
+            )
+            .with_cmd(command)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| refuse(format!("invalid value for '{flag}': not UTF-8")))?;
+        text.parse().map_err(|error: SinkSpecError| {
+            refuse(format!(
+                "invalid value {:?} for '{flag}': {error}",
+                redact(text)
+            ))
+        })
     }
 }
 
