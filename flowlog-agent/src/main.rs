@@ -36,6 +36,9 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run(args) => {
             let config = RunConfig::from_args(*args)?;
+            for warning in config.file_warnings() {
+                tracing::warn!("{warning}");
+            }
             // One mode policy for every file the agent creates (files::FILE_MODE, DIR_MODE).
             flowlog_agent::sys::set_umask(flowlog_agent::files::UMASK);
             // A log stream per interface and a metrics connection each take a descriptor.

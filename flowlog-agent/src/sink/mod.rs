@@ -35,7 +35,9 @@ pub use driver::{
 pub use ipfix::IpfixSink;
 pub use log_stream::LogStreamSink;
 pub use object::{ObjectStoreSink, SpoolGauges};
-pub use spec::{DEFAULT_LOG_DIR, SinkParser, SinkSpec, SinkSpecError, default_sinks};
+pub use spec::{
+    DEFAULT_LOG_DIR, SinkParser, SinkSpec, SinkSpecError, check_duplicate_sinks, default_sinks,
+};
 pub use stdout::StdoutSink;
 
 use crate::{
