@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod collector;
+pub mod faults;
 pub mod frames;
 pub mod metrics;
 pub mod netns;
