@@ -199,6 +199,18 @@ fn a_full_spool_disk_keeps_the_object_and_loses_nothing() {
     }
     let missing = check_subset(&delivered, &reference, &sink);
     assert_eq!(missing, 0, "every record reached the archive");
+    // One mode policy, also for what object_store's local store creates: files 0640,
+    // directories 0750.
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for object in files_under(&archive) {
+        assert_eq!(mode(&object), 0o640, "{}", object.display());
+        assert_eq!(
+            mode(object.parent().unwrap()),
+            0o750,
+            "{}",
+            object.display()
+        );
+    }
     assert_eq!(
         sink_totals(&stopped.stderr, &sink),
         (reference.len() as u64, 0)
@@ -467,6 +479,17 @@ fn log_streams_of_two_thousand_departed_interfaces_are_closed() {
     );
     agent.wait_for_log("interval written", 2, Duration::from_secs(5));
     let pid = agent.pid();
+    // The agent raised its soft limit on open files to the hard one it inherited.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) writes one rlimit into ours.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    assert_eq!(open_files_limit(pid), limit.rlim_max);
     let (base_total, base_streams) = descriptors(pid, &streams);
     assert_eq!(base_streams, 1, "the anchor's stream");
     let mut most_streams = 0;
