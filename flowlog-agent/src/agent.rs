@@ -14,7 +14,7 @@ use flowlog_common::{flow::PacketCount, maps::flow_maps_memory_bytes, stats::Sta
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::OnExit,
+    cli::RunArgs,
     collector,
     config::RunConfig,
     datapath::{Datapath, DatapathError, DrainedEpoch, KernelLogger, owner::ForeignProgram},
@@ -26,6 +26,7 @@ use crate::{
     sink::{SHUTDOWN_DEADLINE, SinkReport, object::ObjectSinkError},
     startup::{self, Plan, Started},
     sys,
+    values::OnExit,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +73,8 @@ pub struct RunSummary {
     pub sinks: Vec<(String, SinkReport)>,
 }
 
-pub async fn run(mut config: RunConfig) -> Result<RunSummary, AgentError> {
+/// Runs the agent on `config`, resolved from `args` (which SIGHUP resolves again with the file).
+pub async fn run(args: RunArgs, mut config: RunConfig) -> Result<RunSummary, AgentError> {
     // Everything is resolved and checked before the kernel is touched (see `startup`).
     let mut plan = Plan::make(&config)?;
     let datapath = plan.datapath_mut();
@@ -195,6 +197,7 @@ pub async fn run(mut config: RunConfig) -> Result<RunSummary, AgentError> {
             signal = signals.next() => match signal {
                 Signal::Reload => {
                     let reload = Reload {
+                        args: &args,
                         datapath: &mut datapath,
                         flow_logs: &mut flow_logs,
                         drains: &mut drains,
@@ -342,7 +345,7 @@ async fn hangup(config: &mut RunConfig, mut reload: Reload<'_, '_>, metrics: &Me
     for flow_log in reload.flow_logs.iter() {
         flow_log.reopen_files();
     }
-    if config.args.config.is_none() {
+    if config.config_file.is_none() {
         match reload_policy(reload.datapath, config) {
             true => metrics.policy_reloads.inc(),
             false => metrics.policy_reload_failures.inc(),
@@ -375,6 +378,7 @@ async fn hangup(config: &mut RunConfig, mut reload: Reload<'_, '_>, metrics: &Me
 /// start, and the others go on undisturbed (one drain is taken now, which they add to their
 /// interval in progress).
 struct Reload<'a, 'd> {
+    args: &'a RunArgs,
     datapath: &'a mut Datapath,
     flow_logs: &'a mut Vec<FlowLog>,
     drains: &'a mut Drains<'d>,
@@ -383,7 +387,7 @@ struct Reload<'a, 'd> {
 
 impl Reload<'_, '_> {
     async fn apply(&mut self, old: &RunConfig) -> Result<RunConfig, String> {
-        let mut new = old.reload().map_err(|error| error.to_string())?;
+        let mut new = RunConfig::from_args(self.args).map_err(|error| error.to_string())?;
         keep_restart_only_settings(old, &mut new);
         let available =
             interfaces::list().map_err(|error| format!("listing interfaces: {error}"))?;
@@ -466,7 +470,7 @@ impl Reload<'_, '_> {
         *self.flow_logs = kept;
         follow_interfaces(self.datapath, self.flow_logs, &new);
         tracing::info!(
-            config = %new.args.config.as_deref().unwrap_or(Path::new("")).display(),
+            config = %new.config_file.as_deref().unwrap_or(Path::new("")).display(),
             flow_logs = self.flow_logs.len(),
             "configuration reloaded"
         );

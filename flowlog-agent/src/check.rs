@@ -63,7 +63,7 @@ impl Report {
 pub async fn check(config: &RunConfig) -> Report {
     let mut report = Report::default();
     let names: Vec<&str> = config.flow_logs.iter().map(|f| f.name()).collect();
-    let source = match &config.args.config {
+    let source = match &config.config_file {
         Some(path) => format!("{} and the flags", path.display()),
         None => "the flags".to_owned(),
     };

@@ -18,7 +18,6 @@ use flowlog_common::{
 
 use crate::{
     agent::AgentError,
-    cli::TrafficType,
     collector::{IntervalBuilder, unix_seconds},
     config::FlowLogConfig,
     datapath::DrainedEpoch,
@@ -29,6 +28,7 @@ use crate::{
         self, Envelope, IpfixSink, LineRenderer, LogStreamSink, ObjectStoreSink, SinkHandle,
         SinkReport, SinkSpec, StdoutSink,
     },
+    values::TrafficType,
 };
 
 pub struct FlowLog {

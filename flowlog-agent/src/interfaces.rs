@@ -44,12 +44,30 @@ pub fn list() -> io::Result<Vec<Interface>> {
     Ok(interfaces)
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// A scope entry refused; shown as the flag (`--interface ...`), [`SelectorError::describe`]
+/// for the file's words.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SelectorError {
-    #[error("--interface {pattern:?}: {reason}")]
     BadGlob { pattern: String, reason: String },
-    #[error("--interface {0:?}: empty interface name")]
     Empty(String),
+}
+
+impl std::fmt::Display for SelectorError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "--interface {}", self.describe())
+    }
+}
+
+impl std::error::Error for SelectorError {}
+
+impl SelectorError {
+    /// The refused value and why, without naming where it was written.
+    pub fn describe(&self) -> String {
+        match self {
+            SelectorError::BadGlob { pattern, reason } => format!("{pattern:?}: {reason}"),
+            SelectorError::Empty(name) => format!("{name:?}: empty interface name"),
+        }
+    }
 }
 
 /// A flow log's scope: exact names, which must exist, globs, which may match nothing

@@ -18,3 +18,4 @@ pub mod record;
 pub mod sink;
 pub mod startup;
 pub mod sys;
+pub mod values;
