@@ -9,7 +9,7 @@ use aya::util::KernelVersion;
 
 use crate::{
     config::{FlowLogConfig, RunConfig},
-    datapath::{Datapath, DatapathConfig, HookChoice, TcMode},
+    datapath::{Datapath, DatapathConfig, HookChoice, TcMode, hook},
     interfaces::{self, Interface},
     privileges,
     sink::{ObjectStoreSink, SinkSpec, ipfix},
@@ -286,13 +286,8 @@ fn describe(interface: &Interface, choice: HookChoice, tc_mode: TcMode) -> Strin
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "virtual".to_owned());
-    let hook = interfaces::hook_for(choice, interface);
-    let native_xdp = match sys::xdp_features(interface.ifindex) {
-        Ok(Some(features)) if features & 1 != 0 => "native XDP yes",
-        Ok(Some(_)) => "native XDP no",
-        Ok(None) => "native XDP unknown (the kernel does not say before Linux 6.3)",
-        Err(_) => "native XDP unknown",
-    };
+    let hook = hook::for_interface(choice, interface);
+    let native_xdp = hook::native_xdp(interface.ifindex);
     format!(
         "ifindex {}, driver {driver}, {native_xdp}; hook: {hook} ingress, TC egress ({tc_mode})",
         interface.ifindex

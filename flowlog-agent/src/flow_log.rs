@@ -17,7 +17,6 @@ use flowlog_common::{
 };
 
 use crate::{
-    agent::AgentError,
     collector::{IntervalBuilder, unix_seconds},
     config::FlowLogConfig,
     datapath::DrainedEpoch,
@@ -26,7 +25,7 @@ use crate::{
     record::{IntervalRecords, RecordKind},
     sink::{
         self, Envelope, IpfixSink, LineRenderer, LogStreamSink, ObjectStoreSink, SinkHandle,
-        SinkReport, SinkSpec, StdoutSink,
+        SinkReport, SinkSpec, StartError, StdoutSink,
     },
     values::TrafficType,
 };
@@ -52,7 +51,7 @@ struct DrainTotals {
 
 impl FlowLog {
     /// Starts the flow log's sinks; its first interval begins `now`.
-    pub async fn start(config: FlowLogConfig, now: SystemTime) -> Result<Self, AgentError> {
+    pub async fn start(config: FlowLogConfig, now: SystemTime) -> Result<Self, StartError> {
         let sinks = start_sinks(&config).await?;
         let due = next_multiple(unix_seconds(now), config.interval.as_secs());
         Ok(Self {
@@ -290,13 +289,13 @@ pub fn next_multiple(now: u64, period: u64) -> u64 {
     (now / period + 1) * period
 }
 
-async fn start_sinks(config: &FlowLogConfig) -> Result<Vec<SinkHandle>, AgentError> {
+async fn start_sinks(config: &FlowLogConfig) -> Result<Vec<SinkHandle>, StartError> {
     let renderer = LineRenderer::new(Arc::clone(&config.format), Arc::clone(&config.metadata));
     let traffic_type = config.traffic_type.file_name_part();
     let log_streams = |directory: &std::path::PathBuf, renderer: &LineRenderer| {
         LogStreamSink::new(directory.clone(), traffic_type, renderer.clone())
             .map(sink::spawn)
-            .map_err(|error| AgentError::Sink {
+            .map_err(|error| StartError::Io {
                 sink: spec_name(directory, renderer),
                 error,
             })

@@ -16,6 +16,5 @@ pub mod policy;
 pub mod privileges;
 pub mod record;
 pub mod sink;
-pub mod startup;
 pub mod sys;
 pub mod values;

@@ -4,6 +4,7 @@
 mod attach;
 mod clock;
 mod epoch;
+pub mod hook;
 pub mod owner;
 mod pins;
 mod policy;
@@ -23,9 +24,10 @@ use flowlog_common::{
     stats::Stat,
 };
 
-pub use attach::{AttachedInterface, Hook, HookChoice, TcMode, TcModeChoice};
+pub use attach::AttachedInterface;
 pub use clock::{ClockSample, JiffiesClock};
 pub use epoch::DrainedEpoch;
+pub use hook::{Hook, HookChoice, TcMode, TcModeChoice};
 pub use pins::{LAYOUT_VERSION, PinnedLinkName, inspect as inspect_pins, remove_pins};
 pub use start::CommittedStart;
 

@@ -45,6 +45,15 @@ use crate::{
     record::{FlowRecord, IntervalRecords, Metadata},
 };
 
+/// A sink that could not start (the agent, or a reload, refuses to run it).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("sink {sink}: {error}")]
+    Io { sink: String, error: std::io::Error },
+    #[error(transparent)]
+    Object(#[from] object::ObjectSinkError),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// May clear by itself (a full disk, a collector away, a directory being recreated): the
