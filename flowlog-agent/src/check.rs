@@ -12,7 +12,7 @@ use crate::{
     datapath::{Datapath, DatapathConfig, HookChoice, TcMode, hook},
     interfaces::{self, Interface},
     privileges,
-    sink::{ObjectStoreSink, SinkSpec, ipfix},
+    sink::SinkSpec,
     sys,
 };
 
@@ -299,45 +299,8 @@ async fn sink(report: &mut Report, flow_log: &FlowLogConfig, spec: &SinkSpec) {
         Some(id) => format!("flow log {id} sink {spec}"),
         None => format!("sink {spec}"),
     };
-    match spec {
-        SinkSpec::Stdout | SinkSpec::JsonStdout(_) => {
-            report.add(Level::Ok, subject, "standard output")
-        }
-        SinkSpec::LogStreams(dir) | SinkSpec::JsonLogStreams(_, dir) => {
-            let existing = dir.ancestors().find(|p| p.exists());
-            let writable = existing.is_some_and(|p| {
-                let probe = p.join(format!(".flowlog-check-{}", std::process::id()));
-                let ok = std::fs::write(&probe, b"").is_ok();
-                let _ = std::fs::remove_file(&probe);
-                ok
-            });
-            if writable {
-                report.add(
-                    Level::Ok,
-                    subject,
-                    format!("{} can be written", dir.display()),
-                );
-            } else {
-                report.add(
-                    Level::Fail,
-                    subject,
-                    format!("{} cannot be created or written", dir.display()),
-                );
-            }
-        }
-        SinkSpec::ObjectStore(url) => {
-            match ObjectStoreSink::check(url, &flow_log.key_layout(url)).await {
-                Ok(()) => report.add(
-                    Level::Ok,
-                    subject,
-                    "configured, and the destination answered (or spooling covers it)",
-                ),
-                Err(error) => report.add(Level::Fail, subject, error.to_string()),
-            }
-        }
-        SinkSpec::Ipfix(spec) => match ipfix::probe(spec).await {
-            Ok(detail) => report.add(Level::Ok, subject, detail),
-            Err(detail) => report.add(Level::Fail, subject, detail),
-        },
+    match spec.health_check(&flow_log.sink_context()).await {
+        Ok(detail) => report.add(Level::Ok, subject, detail),
+        Err(detail) => report.add(Level::Fail, subject, detail),
     }
 }

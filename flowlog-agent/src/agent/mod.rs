@@ -201,9 +201,10 @@ impl Agent {
         }
         if let Some((last, others)) = self.flow_logs.split_last_mut() {
             for flow_log in others {
-                flow_log.absorb(&drained, &not_flows, drain_time);
+                flow_log.interval().absorb(&drained, &not_flows, drain_time);
             }
-            last.absorb_owned(drained, &not_flows, drain_time);
+            last.interval()
+                .absorb_owned(drained, &not_flows, drain_time);
         }
     }
 

@@ -28,7 +28,7 @@ use crate::{
     policy::{Exclusion, Policy, PolicyError},
     record::Metadata,
     sink::{
-        SinkSpec, check_duplicate_sinks,
+        LineRenderer, SinkContext, SinkSpec, check_duplicate_sinks,
         object::{ArchiveOptions, KeyLayout, ObjectUrl, derived_flow_log_id},
     },
     values::{
@@ -334,6 +334,18 @@ impl FlowLogConfig {
         };
         flow_log.object_keys_complete()?;
         Ok(flow_log)
+    }
+
+    /// What its sinks need of the flow log: its renderer, traffic type, object options and key
+    /// layout.
+    pub fn sink_context(&self) -> SinkContext {
+        let this = self.clone();
+        SinkContext {
+            renderer: LineRenderer::new(Arc::clone(&self.format), Arc::clone(&self.metadata)),
+            traffic_type: self.traffic_type,
+            archive: self.archive.clone(),
+            key_layout: Box::new(move |url| this.key_layout(url)),
+        }
     }
 
     /// How the flow log is named in logs, metrics and errors.

@@ -21,6 +21,7 @@ mod log_stream;
 pub mod object;
 pub mod secrets;
 mod spec;
+mod start;
 mod stdout;
 
 use std::{future::Future, sync::Arc};
@@ -38,6 +39,7 @@ pub use object::{ObjectStoreSink, SpoolGauges};
 pub use spec::{
     DEFAULT_LOG_DIR, SinkParser, SinkSpec, SinkSpecError, check_duplicate_sinks, default_sinks,
 };
+pub use start::{Health, SinkContext};
 pub use stdout::StdoutSink;
 
 use crate::{
