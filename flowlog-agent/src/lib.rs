@@ -4,7 +4,7 @@
 pub mod agent;
 pub mod check;
 pub mod cli;
-pub mod collector;
+pub mod interval;
 pub mod config;
 pub mod datapath;
 pub mod files;

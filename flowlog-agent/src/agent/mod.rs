@@ -23,7 +23,7 @@ pub use start::{Plan, Started, VanishedInterface, attach_one};
 
 use crate::{
     cli::RunArgs,
-    collector,
+    interval,
     config::RunConfig,
     datapath::{Datapath, DatapathError, DrainedEpoch, KernelLogger, owner::ForeignProgram},
     flow_log::{FlowLog, next_multiple},
@@ -110,7 +110,7 @@ impl Agent {
             let tick = self.config.tick();
             let now = SystemTime::now();
             let wait = until_next_boundary(now, tick);
-            let boundary = next_multiple(collector::unix_seconds(now), tick.as_secs());
+            let boundary = next_multiple(interval::unix_seconds(now), tick.as_secs());
             tokio::select! {
                 _ = tokio::time::sleep(wait) => self.end_interval(boundary)?,
                 changed = inputs.links.changed() => {

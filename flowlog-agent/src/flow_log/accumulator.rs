@@ -17,7 +17,7 @@ use flowlog_common::{
 };
 
 use crate::{
-    collector::{IntervalBuilder, unix_seconds},
+    interval::{IntervalBuilder, unix_seconds},
     datapath::DrainedEpoch,
     interfaces::{Interface, InterfaceSelector},
     record::IntervalRecords,

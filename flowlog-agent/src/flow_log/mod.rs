@@ -96,7 +96,7 @@ impl FlowLog {
             };
             // A full queue is logged and counted by the handle; the drain never waits for a sink.
             match sink.offer(&interval) {
-                Ok(()) => metrics.sink_records_offered.get_or_create(&labels).inc(),
+                Ok(()) => metrics.sink_intervals_offered.get_or_create(&labels).inc(),
                 Err(_) => metrics.sink_intervals_dropped.get_or_create(&labels).inc(),
             };
         }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use ::tests::frames::FrameBuilder;
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use flowlog_agent::{
-    collector::IntervalBuilder,
+    interval::IntervalBuilder,
     datapath::{Datapath, DatapathConfig, programs},
     format::RecordFormat,
     record::{Metadata, RecordKind},
