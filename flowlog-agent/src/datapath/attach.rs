@@ -18,7 +18,7 @@ use aya::{
     util::KernelVersion,
 };
 
-use super::{DatapathError, programs};
+use super::{CountingProgram, DatapathError, ProgramSet, programs};
 use crate::sys;
 
 /// How the operator asked interfaces to be hooked (`--hook`).
@@ -134,10 +134,12 @@ enum ProgramLink {
     Pinned(PathBuf),
 }
 
-pub(super) fn load_programs(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
+/// Loads (verifies) the counting programs of `set` and the helper programs; the other build's
+/// programs stay unloaded (an older kernel refuses them).
+pub(super) fn load_programs(ebpf: &mut Ebpf, set: ProgramSet) -> Result<(), DatapathError> {
     for name in [
-        programs::TC_INGRESS,
-        programs::TC_EGRESS,
+        set.name(CountingProgram::TcIngress),
+        set.name(CountingProgram::TcEgress),
         programs::REFERENCE_TC,
     ] {
         classifier(ebpf, name)?
@@ -145,7 +147,7 @@ pub(super) fn load_programs(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
             .map_err(|source| DatapathError::Program { name, source })?;
     }
     for name in [
-        programs::XDP_INGRESS,
+        set.name(CountingProgram::Xdp),
         programs::REFERENCE_XDP,
         programs::CLOCK,
     ] {
@@ -161,6 +163,7 @@ pub(super) fn load_programs(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
 /// is adopted: its program is replaced in one step, so no packet is missed or counted twice.
 pub(super) fn attach(
     ebpf: &mut Ebpf,
+    set: ProgramSet,
     interface: &str,
     ifindex: u32,
     hook: Hook,
@@ -192,7 +195,7 @@ pub(super) fn attach(
     }
     let egress = attach_tc(
         ebpf,
-        programs::TC_EGRESS,
+        set.name(CountingProgram::TcEgress),
         interface,
         TcAttachType::Egress,
         tc_mode,
@@ -202,20 +205,26 @@ pub(super) fn attach(
     let ingress = match hook {
         Hook::Tc => attach_tc(
             ebpf,
-            programs::TC_INGRESS,
+            set.name(CountingProgram::TcIngress),
             interface,
             TcAttachType::Ingress,
             tc_mode,
             pin_path("tc_in"),
         )
         .map_err(|e| error("TC ingress", e)),
-        Hook::Xdp => attach_xdp(ebpf, ifindex, pin_path("xdp")).map_err(|e| error("native XDP", e)),
+        Hook::Xdp => attach_xdp(
+            ebpf,
+            set.name(CountingProgram::Xdp),
+            ifindex,
+            pin_path("xdp"),
+        )
+        .map_err(|e| error("native XDP", e)),
     };
     let ingress = match ingress {
         Ok(link) => link,
         Err(e) => {
             // Leave nothing half attached.
-            let _ = release(ebpf, programs::TC_EGRESS, egress);
+            let _ = release(ebpf, set.name(CountingProgram::TcEgress), egress);
             return Err(e);
         }
     };
@@ -229,16 +238,20 @@ pub(super) fn attach(
     })
 }
 
-pub(super) fn detach(ebpf: &mut Ebpf, attached: AttachedInterface) -> Result<(), DatapathError> {
+pub(super) fn detach(
+    ebpf: &mut Ebpf,
+    set: ProgramSet,
+    attached: AttachedInterface,
+) -> Result<(), DatapathError> {
     let error = |source| DatapathError::Attach {
         interface: attached.name.clone(),
         message: format!("detaching: {source}"),
     };
-    let ingress_program = match attached.hook {
-        Hook::Tc => programs::TC_INGRESS,
-        Hook::Xdp => programs::XDP_INGRESS,
-    };
-    let egress = release(ebpf, programs::TC_EGRESS, attached.egress);
+    let ingress_program = set.name(match attached.hook {
+        Hook::Tc => CountingProgram::TcIngress,
+        Hook::Xdp => CountingProgram::Xdp,
+    });
+    let egress = release(ebpf, set.name(CountingProgram::TcEgress), attached.egress);
     let ingress = release(ebpf, ingress_program, attached.ingress);
     egress.and(ingress).map_err(error)
 }
@@ -281,10 +294,11 @@ fn adopt(program: &ProgramFd, path: &Path) -> bool {
 
 fn attach_xdp(
     ebpf: &mut Ebpf,
+    program: &'static str,
     ifindex: u32,
     pin: Option<PathBuf>,
 ) -> Result<ProgramLink, ProgramError> {
-    let program = xdp(ebpf, programs::XDP_INGRESS).map_err(|_| ProgramError::NotLoaded)?;
+    let program = xdp(ebpf, program).map_err(|_| ProgramError::NotLoaded)?;
     if let Some(path) = &pin
         && adopt(program.fd()?, path)
     {

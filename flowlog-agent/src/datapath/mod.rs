@@ -4,6 +4,7 @@
 mod attach;
 mod clock;
 mod epoch;
+mod kernel;
 mod pins;
 mod policy;
 
@@ -24,6 +25,7 @@ use flowlog_common::{
 pub use attach::{AttachedInterface, Hook, HookChoice, TcMode, TcModeChoice};
 pub use clock::{ClockSample, JiffiesClock};
 pub use epoch::DrainedEpoch;
+pub use kernel::{CountingProgram, ProgramSet, has_tcx, why_no_policy};
 pub use pins::{LAYOUT_VERSION, remove_pins};
 
 use crate::policy::CompiledPolicy;
@@ -39,6 +41,11 @@ pub mod programs {
     pub const TC_INGRESS: &str = "flowlog_tc_in";
     pub const TC_EGRESS: &str = "flowlog_tc_eg";
     pub const XDP_INGRESS: &str = "flowlog_xdp";
+    /// The same programs with bounded loops instead of `bpf_loop`, and no policy, for kernels
+    /// before 5.17 ([`super::ProgramSet::BoundedLoops`]).
+    pub const TC_INGRESS_BOUNDED: &str = "flowlog_tc_in_b";
+    pub const TC_EGRESS_BOUNDED: &str = "flowlog_tc_eg_b";
+    pub const XDP_INGRESS_BOUNDED: &str = "flowlog_xdp_b";
     /// Benchmark references: one per-CPU hash update per packet.
     pub const REFERENCE_TC: &str = "flowlog_ref_tc";
     pub const REFERENCE_XDP: &str = "flowlog_ref_xdp";
@@ -75,6 +82,10 @@ pub enum DatapathError {
     Attach { interface: String, message: String },
     #[error("starting the eBPF log reader: {0}")]
     Logger(#[from] aya_log::Error),
+    #[error(
+        "the policy cannot run on this kernel ({kernel}): {why}; run without a policy, or on Linux 6.5 or later"
+    )]
+    PolicyUnsupported { kernel: String, why: &'static str },
     #[error("{call}: {source}")]
     Syscall {
         call: &'static str,
@@ -100,6 +111,8 @@ pub struct Datapath {
     stats_reported: Array<MapData, PacketCount>,
     stats_reported_adopted: bool,
     attached: BTreeMap<u32, AttachedInterface>,
+    /// The build of the counting programs this kernel verifies.
+    programs: ProgramSet,
     policy: policy::PolicyTables,
     /// Where maps and links are pinned, if they are.
     pins: Option<pins::Pins>,
@@ -111,19 +124,29 @@ impl Datapath {
     /// Loads the object, sizes the flow maps and loads (verifies) every program. Nothing is
     /// attached yet. Maps are the agent's own and go with it.
     pub fn load(config: DatapathConfig) -> Result<Self, DatapathError> {
-        Self::load_with_pins(config, None)
+        Self::load_with_pins(config, None, ProgramSet::for_running_kernel())
+    }
+
+    /// As [`Datapath::load`], with the given build of the counting programs rather than the
+    /// one the kernel's features call for (tests run the bounded-loop build on new kernels).
+    pub fn load_programs(
+        config: DatapathConfig,
+        programs: ProgramSet,
+    ) -> Result<Self, DatapathError> {
+        Self::load_with_pins(config, None, programs)
     }
 
     /// As [`Datapath::load`], with the maps pinned under `pin_dir` (a BPF filesystem): maps left
     /// there by a previous agent are reused with their counts, and programs attached with TCX
     /// or XDP links are pinned there too, so they keep counting while no agent runs.
     pub fn load_pinned(config: DatapathConfig, pin_dir: &Path) -> Result<Self, DatapathError> {
-        Self::load_with_pins(config, Some(pin_dir))
+        Self::load_with_pins(config, Some(pin_dir), ProgramSet::for_running_kernel())
     }
 
     fn load_with_pins(
         config: DatapathConfig,
         pin_dir: Option<&Path>,
+        programs: ProgramSet,
     ) -> Result<Self, DatapathError> {
         if EBPF_OBJECT.is_empty() {
             return Err(DatapathError::StubObject);
@@ -146,7 +169,14 @@ impl Datapath {
             loader.map_max_entries(name, MAX_SKIP_ENTRIES);
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
-        attach::load_programs(&mut ebpf)?;
+        attach::load_programs(&mut ebpf, programs)?;
+        if programs == ProgramSet::BoundedLoops {
+            tracing::warn!(
+                kernel = %crate::sys::kernel_release(),
+                "loaded the bounded-loop programs: they count and apply exclusions exactly, but a policy is unavailable: {}",
+                why_no_policy().unwrap_or("requested")
+            );
+        }
         let logger = Some(aya_log::EbpfLogger::init(&mut ebpf)?);
 
         let epoch_map: Array<MapData, u32> = take_map(&mut ebpf, EPOCH)?;
@@ -172,6 +202,7 @@ impl Datapath {
             stats_reported,
             stats_reported_adopted,
             attached: BTreeMap::new(),
+            programs,
             policy,
             pins,
             first_clock,
@@ -182,6 +213,11 @@ impl Datapath {
     /// programs log only rare events (a full flow map), never per packet.
     pub fn take_logger(&mut self) -> Option<KernelLogger> {
         self.logger.take()
+    }
+
+    /// The build of the counting programs that is loaded.
+    pub fn programs(&self) -> ProgramSet {
+        self.programs
     }
 
     /// The loaded object, for tests and benchmarks that run programs with BPF_PROG_TEST_RUN.
@@ -199,14 +235,22 @@ impl Datapath {
     ) -> Result<&AttachedInterface, DatapathError> {
         let links = self.pins.as_ref().map(|pins| pins.links_dir());
         let links = links.as_deref();
-        let attached = attach::attach(&mut self.ebpf, interface, ifindex, hook, tc_mode, links)?;
+        let attached = attach::attach(
+            &mut self.ebpf,
+            self.programs,
+            interface,
+            ifindex,
+            hook,
+            tc_mode,
+            links,
+        )?;
         Ok(self.attached.entry(ifindex).or_insert(attached))
     }
 
     /// Detaches the programs from one interface (nothing happens if they were not attached).
     pub fn detach(&mut self, ifindex: u32) -> Result<(), DatapathError> {
         match self.attached.remove(&ifindex) {
-            Some(attached) => attach::detach(&mut self.ebpf, attached),
+            Some(attached) => attach::detach(&mut self.ebpf, self.programs, attached),
             None => Ok(()),
         }
     }
@@ -310,7 +354,14 @@ impl Datapath {
 
     /// Publishes a policy (`None` removes it): every packet sees either the old or the new one.
     /// Returns the policy's generation.
+    /// Refused when the loaded programs enforce no policy (a kernel without `bpf_loop`).
     pub fn set_policy(&mut self, policy: Option<&CompiledPolicy>) -> Result<u32, DatapathError> {
+        if policy.is_some() && !self.programs.has_policy() {
+            return Err(DatapathError::PolicyUnsupported {
+                kernel: crate::sys::kernel_release(),
+                why: why_no_policy().unwrap_or("the programs loaded enforce no policy"),
+            });
+        }
         self.policy.publish(policy)
     }
 
