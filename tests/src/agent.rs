@@ -11,6 +11,19 @@ use std::{
 
 use crate::netns::NetNs;
 
+/// Multiplies how long the harness waits for the agent to start and stop: the kernel matrix
+/// sets it in its VMs, where software emulation verifies the programs several times slower
+/// (waits end as soon as the agent is ready; only the bound moves).
+pub const TIME_SCALE_ENV: &str = "FLOWLOG_TEST_TIME_SCALE";
+
+fn time_scale() -> u32 {
+    std::env::var(TIME_SCALE_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
 /// Where the agent binary is: `FLOWLOG_AGENT_BIN` (set by `cargo xtask test`), else the release
 /// build next to the test executable's target directory.
 pub fn agent_binary() -> PathBuf {
@@ -120,9 +133,10 @@ impl Agent {
         agent
     }
 
-    /// Waits until `count` log lines containing `needle` have been seen in total.
+    /// Waits until `count` log lines containing `needle` have been seen in total, for at most
+    /// `timeout` (times [`TIME_SCALE_ENV`]).
     pub fn wait_for_log(&mut self, needle: &str, count: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + timeout * time_scale();
         while self
             .stderr_seen
             .iter()
@@ -161,14 +175,15 @@ impl Agent {
         let mut child = self.child.take().expect("running");
         // SAFETY: kill(2) on our own child's pid; it touches no memory.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let limit = Duration::from_secs(30) * time_scale();
+        let deadline = Instant::now() + limit;
         let status = loop {
             if let Some(status) = child.try_wait().expect("waitpid") {
                 break status;
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("agent did not stop within 30 s of SIGTERM");
+                panic!("agent did not stop within {limit:?} of SIGTERM");
             }
             thread::sleep(Duration::from_millis(20));
         };
