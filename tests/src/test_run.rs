@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp};
 use flowlog_agent::{
-    datapath::{Datapath, DatapathConfig, DrainedEpoch, programs},
+    datapath::{CountingProgram, Datapath, DatapathConfig, DrainedEpoch, ProgramSet},
     policy::Policy,
 };
 use flowlog_common::{
@@ -27,6 +27,19 @@ use flowlog_common::{
 };
 
 use crate::frames::FrameBuilder;
+
+/// Names the build of the counting programs the BPF_PROG_TEST_RUN tests load:
+/// `bounded-loops` runs them against the programs older kernels get, on any kernel; unset, the
+/// build the kernel calls for.
+pub const PROGRAMS_ENV: &str = "FLOWLOG_TEST_PROGRAMS";
+
+fn programs_from_env() -> Option<ProgramSet> {
+    match std::env::var(PROGRAMS_ENV).ok()?.as_str() {
+        "bounded-loops" => Some(ProgramSet::BoundedLoops),
+        "bpf_loop" => Some(ProgramSet::HelperLoops),
+        other => panic!("{PROGRAMS_ENV}={other}: expected bounded-loops or bpf_loop"),
+    }
+}
 
 /// `TC_ACT_UNSPEC` (-1) as BPF_PROG_TEST_RUN reports it: "no opinion", the packet goes on.
 pub const TC_ACT_UNSPEC: u32 = -1i32 as u32;
@@ -97,11 +110,11 @@ impl Hook {
     pub const ALL: [Self; 3] = [Self::TcIngress, Self::TcEgress, Self::Xdp];
     pub const TC: [Self; 2] = [Self::TcIngress, Self::TcEgress];
 
-    pub fn program(self) -> &'static str {
+    pub fn program(self) -> CountingProgram {
         match self {
-            Self::TcIngress => programs::TC_INGRESS,
-            Self::TcEgress => programs::TC_EGRESS,
-            Self::Xdp => programs::XDP_INGRESS,
+            Self::TcIngress => CountingProgram::TcIngress,
+            Self::TcEgress => CountingProgram::TcEgress,
+            Self::Xdp => CountingProgram::Xdp,
         }
     }
 
@@ -158,6 +171,8 @@ pub struct SkBuffContext {
 
 impl SkBuffContext {
     pub const SIZE: usize = 192;
+    /// The size without `tstamp_type` and `hwtstamp` (added in Linux 5.18).
+    pub const SIZE_BEFORE_5_18: usize = 184;
     const IFINDEX: usize = 40;
     const GSO_SEGS: usize = 164;
     const GSO_SIZE: usize = 176;
@@ -236,10 +251,16 @@ impl TestDatapath {
     }
 
     /// Loads the datapath with `max_flows` entries per epoch map and pins the calling thread to
-    /// the CPU it runs on.
+    /// the CPU it runs on. The build of the programs is the one the kernel calls for, or the one
+    /// [`PROGRAMS_ENV`] names.
     pub fn load(max_flows: u32) -> Self {
         pin_to_current_cpu();
-        let datapath = Datapath::load(DatapathConfig { max_flows }).expect("loading the datapath");
+        let config = DatapathConfig { max_flows };
+        let datapath = match programs_from_env() {
+            Some(programs) => Datapath::load_programs(config, programs),
+            None => Datapath::load(config),
+        }
+        .expect("loading the datapath");
         let interval_start_jiffies = kernel_jiffies(&datapath);
         Self {
             datapath,
@@ -295,8 +316,30 @@ impl TestDatapath {
             .run(hook, options)
             .unwrap_or_else(|error| panic!("{hook:?} test run with {skb:?}: {error:?}"));
         assert_eq!(result.return_value, hook.pass_verdict(), "{hook:?} verdict");
-        assert_eq!(result.ctx_size_out as usize, SkBuffContext::SIZE);
+        // Kernels before 5.18 have no `tstamp_type`/`hwtstamp`: their `__sk_buff` ends at 184.
+        let size = result.ctx_size_out as usize;
+        assert!(
+            (SkBuffContext::SIZE_BEFORE_5_18..=SkBuffContext::SIZE).contains(&size),
+            "__sk_buff of {size} bytes"
+        );
         SkBuffContext::from_bytes(&ctx_out)
+    }
+
+    /// [`TestDatapath::load`] with the given build of the counting programs.
+    pub fn load_programs(max_flows: u32, programs: ProgramSet) -> Self {
+        pin_to_current_cpu();
+        let datapath = Datapath::load_programs(DatapathConfig { max_flows }, programs)
+            .expect("loading the datapath");
+        let interval_start_jiffies = kernel_jiffies(&datapath);
+        Self {
+            datapath,
+            interval_start_jiffies,
+        }
+    }
+
+    /// The build of the counting programs under test.
+    pub fn programs(&self) -> ProgramSet {
+        self.datapath.programs()
     }
 
     fn run(
@@ -304,10 +347,11 @@ impl TestDatapath {
         hook: Hook,
         options: TestRunOptions<'_>,
     ) -> Result<TestRunResult, ProgramError> {
+        let name = self.datapath.programs().name(hook.program());
         let program = self
             .datapath
             .ebpf_mut()
-            .program_mut(hook.program())
+            .program_mut(name)
             .expect("flowlog's object has every program");
         match hook {
             Hook::TcIngress | Hook::TcEgress => {
