@@ -342,7 +342,14 @@ fn attach_link(
             if !point.adopt_now {
                 return Ok(ProgramLink::AdoptingFilter { priority, handle });
             }
-            return adopt_filter(ebpf, point.set, point.interface, link_point, priority, handle);
+            return adopt_filter(
+                ebpf,
+                point.set,
+                point.interface,
+                link_point,
+                priority,
+                handle,
+            );
         }
         return attach_new(ebpf, point, link_point, None);
     }
@@ -390,8 +397,7 @@ fn adopt_filter(
                     io_error,
                 })
             })?;
-    let program =
-        classifier(ebpf, link_point.program(set)).map_err(|_| ProgramError::NotLoaded)?;
+    let program = classifier(ebpf, link_point.program(set)).map_err(|_| ProgramError::NotLoaded)?;
     let id = program.attach_to_link(link)?;
     Ok(ProgramLink::Tc(id))
 }
@@ -437,10 +443,15 @@ pub(super) fn adopt_pending(
         (&mut attached.ingress, ingress_point),
     ] {
         let adopted = match link {
-            ProgramLink::AdoptingFilter { priority, handle } => {
-                adopt_filter(ebpf, point.set, point.interface, link_point, *priority, *handle)
-                    .or_else(|_| attach_new(ebpf, point, link_point, None))
-            }
+            ProgramLink::AdoptingFilter { priority, handle } => adopt_filter(
+                ebpf,
+                point.set,
+                point.interface,
+                link_point,
+                *priority,
+                *handle,
+            )
+            .or_else(|_| attach_new(ebpf, point, link_point, None)),
             ProgramLink::Adopting(existing) => {
                 let wanted = pin_path(links, point.interface, point.ifindex, link_point.pin_name());
                 match adopt(ebpf, point.set, link_point, existing, &wanted) {
@@ -555,8 +566,8 @@ fn attach_new(
 ) -> Result<ProgramLink, ProgramError> {
     let taken = match link_point {
         LinkPoint::Xdp => {
-            let program = xdp(ebpf, link_point.program(point.set))
-                .map_err(|_| ProgramError::NotLoaded)?;
+            let program =
+                xdp(ebpf, link_point.program(point.set)).map_err(|_| ProgramError::NotLoaded)?;
             let id = program.attach_to_if_index(point.ifindex, XdpMode::Driver)?;
             match &pin {
                 None => return Ok(ProgramLink::Xdp(id)),
@@ -571,8 +582,8 @@ fn attach_new(
                 TcMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
                 TcMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
             };
-            let program =
-                classifier(ebpf, link_point.program(point.set)).map_err(|_| ProgramError::NotLoaded)?;
+            let program = classifier(ebpf, link_point.program(point.set))
+                .map_err(|_| ProgramError::NotLoaded)?;
             let id = program.attach_with_options(point.interface, attach_type, options)?;
             // A clsact filter is no link: it cannot be pinned.
             match &pin {
