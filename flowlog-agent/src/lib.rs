@@ -4,13 +4,13 @@
 pub mod agent;
 pub mod check;
 pub mod cli;
-pub mod interval;
 pub mod config;
 pub mod datapath;
 pub mod files;
 pub mod flow_log;
 pub mod format;
 pub mod interfaces;
+pub mod interval;
 pub mod metrics;
 pub mod policy;
 pub mod privileges;

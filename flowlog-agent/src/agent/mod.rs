@@ -23,10 +23,10 @@ pub use start::{Plan, Started, VanishedInterface, attach_one};
 
 use crate::{
     cli::RunArgs,
-    interval,
     config::RunConfig,
     datapath::{Datapath, DatapathError, DrainedEpoch, KernelLogger, owner::ForeignProgram},
     flow_log::{FlowLog, next_multiple},
+    interval,
     metrics::{KindLabels, Metrics},
     privileges::MissingCapability,
     sink::{SHUTDOWN_DEADLINE, SinkReport, StartError},

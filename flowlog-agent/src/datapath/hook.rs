@@ -4,8 +4,6 @@
 
 use std::{fmt, fs, path::Path};
 
-use aya::util::KernelVersion;
-
 use crate::{interfaces::Interface, sys};
 
 /// How the operator asked interfaces to be hooked (`--hook`).
@@ -70,9 +68,10 @@ pub enum TcMode {
 impl TcMode {
     /// TCX when the running kernel has it (6.6 and later), clsact otherwise.
     pub fn for_running_kernel() -> Self {
-        match KernelVersion::current() {
-            Ok(version) if version >= KernelVersion::new(6, 6, 0) => TcMode::Tcx,
-            _ => TcMode::Clsact,
+        if super::has_tcx() {
+            TcMode::Tcx
+        } else {
+            TcMode::Clsact
         }
     }
 }
@@ -179,9 +178,7 @@ pub fn plan(choice: HookChoice, interface: &Interface) -> Result<Hook, String> {
 pub fn plan_tc_mode(choice: TcModeChoice) -> Result<TcMode, String> {
     let tc_mode = choice.resolve();
     if choice == TcModeChoice::Tcx && TcMode::for_running_kernel() == TcMode::Clsact {
-        let kernel = KernelVersion::current()
-            .map(|v| v.to_string())
-            .unwrap_or_else(|_| "unknown".into());
+        let kernel = sys::kernel_release();
         return Err(format!(
             "--tc-mode tcx: this kernel ({kernel}) has no TCX, which came in Linux 6.6; use --tc-mode auto or clsact"
         ));

@@ -17,9 +17,9 @@ use flowlog_common::{
 };
 
 use crate::{
-    interval::{IntervalBuilder, unix_seconds},
     datapath::DrainedEpoch,
     interfaces::{Interface, InterfaceSelector},
+    interval::{IntervalBuilder, unix_seconds},
     record::IntervalRecords,
     values::TrafficType,
 };
