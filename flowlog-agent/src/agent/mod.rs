@@ -291,7 +291,7 @@ fn until_next_boundary(now: SystemTime, interval: Duration) -> Duration {
 
 /// Forwards the kernel programs' aya-log messages to the agent's log.
 fn spawn_kernel_log_reader(logger: KernelLogger) {
-    let Ok(mut readable) = sys::poll_kernel_logger(logger) else {
+    let Ok(mut readable) = sys::ready::readable(logger) else {
         tracing::warn!("cannot poll the eBPF log ring buffer; kernel-side messages are lost");
         return;
     };
