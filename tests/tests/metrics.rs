@@ -68,7 +68,6 @@ fn metrics_count_what_was_sent() {
             &dir_sink,
             "--no-pin",
         ],
-        1,
     );
     let from = udp_socket(&b, SocketAddr::new(IpAddr::V4(b_ip), 4000));
     let to = udp_socket(&a, SocketAddr::new(IpAddr::V4(a_ip), 4001));

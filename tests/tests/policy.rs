@@ -76,7 +76,7 @@ fn start_agent(a: &NetNs, policy: &std::path::Path) -> Agent {
         "--policy",
         policy,
     ];
-    Agent::start(a, &args, 1)
+    Agent::start(a, &args)
 }
 
 fn tuple(from: SocketAddr, to: SocketAddr, protocol: u8) -> FlowTuple {
@@ -568,7 +568,6 @@ fn traffic_type_and_exclusions() {
             "--policy",
             policy.to_str().unwrap(),
         ],
-        1,
     );
     let sender = udp_socket(&b, SocketAddr::new(IpAddr::V4(B4), 40000));
     let excluded = udp_socket(&a, SocketAddr::new(IpAddr::V4(A4), 5555));

@@ -65,7 +65,7 @@ fn stopped_and_killed_agents_lose_and_double_count_nothing() {
     let start = |on_exit| {
         let args = args(on_exit);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Agent::start(&a, &args, 1)
+        Agent::start(&a, &args)
     };
     let a_socket = udp_socket(&a, SocketAddr::new(IpAddr::V4(A4), 5001));
     let b_socket = udp_socket(&b, SocketAddr::new(IpAddr::V4(B4), 5002));

@@ -122,10 +122,10 @@ impl Host {
         args
     }
 
-    fn start(&self, extra: &[&str], attachments: usize) -> Agent {
+    fn start(&self, extra: &[&str]) -> Agent {
         let args = self.args(extra);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Agent::start(&self.a, &args, attachments)
+        Agent::start(&self.a, &args)
     }
 
     /// Runs `flowlog-agent run` and expects it to refuse: returns what it said.
@@ -280,14 +280,11 @@ ports = "22"
 cidr = "192.0.2.0/24"
 "#,
     );
-    let agent = host.start(
-        &["--pin-dir", &pins, "--policy", policy.to_str().unwrap()],
-        1,
-    );
+    let agent = host.start(&["--pin-dir", &pins, "--policy", policy.to_str().unwrap()]);
     host.send(false, 6000, 9997, 5, Fate::RejectAcl);
     host.stop(agent);
 
-    let mut agent = host.start(&["--pin-dir", &pins, "--on-exit", "detach"], 1);
+    let mut agent = host.start(&["--pin-dir", &pins, "--on-exit", "detach"]);
     agent.wait_for_log(
         "no policy: every packet is accepted",
         1,
@@ -324,15 +321,12 @@ fn a_new_policy_applies_to_connections_an_earlier_one_admitted() {
         )
     };
     let config_file = write_file("case2.toml", &config(Some(&allow_all)));
-    let mut agent = host.start(
-        &[
-            "--config",
-            config_file.to_str().unwrap(),
-            "--pin-dir",
-            &pins,
-        ],
-        1,
-    );
+    let mut agent = host.start(&[
+        "--config",
+        config_file.to_str().unwrap(),
+        "--pin-dir",
+        &pins,
+    ]);
     // The old connection: its ACL verdict is cached under the allow-all policy's generation.
     host.send(false, 6000, 5000, 50, Fate::Accept);
     fs::write(&config_file, config(None)).expect("rewrite");
@@ -342,17 +336,14 @@ fn a_new_policy_applies_to_connections_an_earlier_one_admitted() {
     host.stop(agent);
 
     let deny = deny_udp_policy("case2-deny", 5000, "");
-    let agent = host.start(
-        &[
-            "--pin-dir",
-            &pins,
-            "--policy",
-            deny.to_str().unwrap(),
-            "--on-exit",
-            "detach",
-        ],
-        1,
-    );
+    let agent = host.start(&[
+        "--pin-dir",
+        &pins,
+        "--policy",
+        deny.to_str().unwrap(),
+        "--on-exit",
+        "detach",
+    ]);
     host.send(false, 6000, 5000, 50, Fate::RejectAcl);
     host.send(false, 6001, 5000, 20, Fate::RejectAcl);
     host.stop(agent);
@@ -366,7 +357,7 @@ fn a_refused_start_leaves_the_datapath_as_it_was() {
     let mut host = Host::new(false);
     let pins = host.pin_dir("pins");
     let keep_args = ["--pin-dir", &pins, "--exclude", "198.18.0.0/24/udp:6100"];
-    let agent = host.start(&keep_args, 1);
+    let agent = host.start(&keep_args);
     host.send(false, 6000, 7000, 4, Fate::Accept);
     host.send(false, 6000, 6100, 3, Fate::Excluded);
     host.stop(agent);
@@ -403,7 +394,7 @@ fn a_refused_start_leaves_the_datapath_as_it_was() {
     host.send(false, 6000, 6100, 2, Fate::Excluded);
     assert_eq!(links_in(&pins).len(), 2, "the kept links are untouched");
 
-    let agent = host.start(&[&keep_args[..], &["--on-exit", "detach"]].concat(), 1);
+    let agent = host.start(&[&keep_args[..], &["--on-exit", "detach"]].concat());
     host.send(false, 6000, 7000, 5, Fate::Accept);
     host.stop(agent);
     host.check();
@@ -416,7 +407,7 @@ fn a_refused_start_leaves_the_datapath_as_it_was() {
         "the refused start left {fresh}"
     );
     drop(other);
-    let mut agent = host.start(&["--pin-dir", &fresh, "--on-exit", "detach"], 1);
+    let mut agent = host.start(&["--pin-dir", &fresh, "--on-exit", "detach"]);
     agent.wait_for_log("max_flows=524288", 1, Duration::from_secs(5));
     host.stop(agent);
 }
@@ -428,7 +419,7 @@ fn a_start_failing_part_way_rolls_back_and_keeps_the_previous_links() {
     let mut host = Host::new(true);
     let pins = host.pin_dir("pins");
     let tc_args = ["--pin-dir", &pins, "--hook", "tc", "-i", "a0", "-i", "a1"];
-    let agent = host.start(&tc_args, 2);
+    let agent = host.start(&tc_args);
     host.send(false, 6000, 7000, 4, Fate::Accept);
     host.stop(agent);
     let kept = links_in(&pins);
@@ -452,7 +443,7 @@ fn a_start_failing_part_way_rolls_back_and_keeps_the_previous_links() {
     // Ingress and egress of the kept links still count, exactly once.
     host.send(false, 6000, 7000, 6, Fate::Accept);
 
-    let agent = host.start(&[&tc_args[..], &["--on-exit", "detach"]].concat(), 2);
+    let agent = host.start(&[&tc_args[..], &["--on-exit", "detach"]].concat());
     host.send(false, 6000, 7000, 3, Fate::Accept);
     host.stop(agent);
     host.check();
@@ -465,10 +456,7 @@ fn programs_of_another_pin_directory_are_found_and_taken_over_only_when_asked() 
     let mut host = Host::new(false);
     let (first, second) = (host.pin_dir("first"), host.pin_dir("second"));
     let deny = deny_udp_policy("case5", 9997, "");
-    let agent = host.start(
-        &["--pin-dir", &first, "--policy", deny.to_str().unwrap()],
-        1,
-    );
+    let agent = host.start(&["--pin-dir", &first, "--policy", deny.to_str().unwrap()]);
     host.send(false, 6000, 9997, 5, Fate::RejectAcl);
     host.stop(agent);
 
@@ -490,10 +478,7 @@ fn programs_of_another_pin_directory_are_found_and_taken_over_only_when_asked() 
     // The first agent's programs still enforce its policy.
     host.send(false, 6000, 9997, 2, Fate::RejectAcl);
 
-    let agent = host.start(
-        &["--pin-dir", &second, "--take-over", "--on-exit", "detach"],
-        1,
-    );
+    let agent = host.start(&["--pin-dir", &second, "--take-over", "--on-exit", "detach"]);
     host.send(false, 6000, 9997, 7, Fate::Accept);
     let stopped = host.stop(agent);
     assert!(stopped.stderr.contains("took over"), "{}", stopped.stderr);
@@ -521,7 +506,7 @@ fn programs_of_another_pin_directory_are_found_and_taken_over_only_when_asked() 
 fn detach_refuses_while_an_agent_runs() {
     let mut host = Host::new(false);
     let pins = host.pin_dir("pins");
-    let agent = host.start(&["--pin-dir", &pins, "--on-exit", "detach"], 1);
+    let agent = host.start(&["--pin-dir", &pins, "--on-exit", "detach"]);
     host.send(false, 6000, 7000, 4, Fate::Accept);
     let output = host.command("detach", &["--pin-dir".into(), pins.clone()]);
     let said = String::from_utf8_lossy(&output.stderr);
@@ -540,7 +525,7 @@ fn counts_on_an_interface_deleted_while_no_agent_ran_are_written() {
     let mut host = Host::new(true);
     let pins = host.pin_dir("pins");
     let glob = ["--pin-dir", &pins, "-i", "a*"];
-    let agent = host.start(&glob, 2);
+    let agent = host.start(&glob);
     host.stop(agent);
     // Counted by the kept programs on a1, which then goes away.
     let a1 = udp_socket(&host.a, "198.18.1.1:7100".parse().unwrap());
@@ -548,7 +533,7 @@ fn counts_on_an_interface_deleted_while_no_agent_ran_are_written() {
     let wire = udp_exchange(&b1, &a1, 9, PAYLOAD);
     host.a.ip(&["link", "del", "a1"]).expect("delete a1");
 
-    let mut agent = host.start(&[&glob[..], &["--on-exit", "detach"]].concat(), 1);
+    let mut agent = host.start(&[&glob[..], &["--on-exit", "detach"]].concat());
     agent.wait_for_log("deleted while no agent ran", 1, Duration::from_secs(5));
     let stopped = host.stop(agent);
     assert!(
@@ -600,7 +585,7 @@ fn restarts_with_changing_configurations_apply_each_exactly() {
         }
         let on_exit = if i == last { "detach" } else { "keep" };
         let args = [&["--pin-dir", pin_dir][..], args, &["--on-exit", on_exit]].concat();
-        let agent = host.start(&args, 1);
+        let agent = host.start(&args);
         host.round(fates, 3 + i as u64, 6600);
         host.stop(agent);
         previous = Some(*fates);
@@ -646,7 +631,7 @@ fn clsact_filters_are_taken_over_in_place_after_a_kill_and_a_stop() {
     let mut host = Host::new(false);
     let pins = host.pin_dir("pins");
     let args = ["--pin-dir", &pins, "--tc-mode", "clsact"];
-    let mut agent = host.start(&args, 1);
+    let mut agent = host.start(&args);
     host.send(false, 6000, 7000, 4, Fate::Accept);
     agent.wait_for_log("interval written", 1, Duration::from_secs(10));
     // Between two drains, once the sink has written the interval (a killed agent loses what
@@ -664,7 +649,7 @@ fn clsact_filters_are_taken_over_in_place_after_a_kill_and_a_stop() {
     );
     host.send(false, 6000, 7000, 5, Fate::Accept);
 
-    let agent = host.start(&args, 1);
+    let agent = host.start(&args);
     assert_eq!(
         clsact_filters(&host),
         (1, 1),
@@ -684,7 +669,7 @@ fn clsact_filters_are_taken_over_in_place_after_a_kill_and_a_stop() {
     );
     host.send(false, 6000, 7000, 7, Fate::Accept);
 
-    let agent = host.start(&[&args[..], &["--on-exit", "detach"]].concat(), 1);
+    let agent = host.start(&[&args[..], &["--on-exit", "detach"]].concat());
     host.send(false, 6000, 7000, 8, Fate::Accept);
     host.stop(agent);
     assert_eq!(clsact_filters(&host), (0, 0), "detached");

@@ -9,7 +9,7 @@ use std::{
 };
 
 use tests::{
-    agent::{Agent, agent_binary},
+    agent::{AgentBuilder, agent_binary},
     netns::{NetNs, veth_pair},
     records::{FlowTuple, parse_lines, totals},
     traffic::{udp_exchange, udp_socket},
@@ -80,10 +80,9 @@ fn the_units_capabilities_are_enough() {
         format!("--inh-caps={set}"),
         format!("--ambient-caps={set}"),
     );
-    let agent = Agent::start_wrapped(
-        &a,
-        &["setpriv", &bounding, &inheritable, &ambient],
-        &[
+    let agent = AgentBuilder::new(&a)
+        .wrapper(&["setpriv", &bounding, &inheritable, &ambient])
+        .args(&[
             "-i",
             "a0",
             "--sink",
@@ -91,9 +90,8 @@ fn the_units_capabilities_are_enough() {
             "--interval",
             "1s",
             "--no-pin",
-        ],
-        1,
-    );
+        ])
+        .start();
     let from = udp_socket(&b, SocketAddr::new(IpAddr::V4(b_ip), 4000));
     let to = udp_socket(&a, SocketAddr::new(IpAddr::V4(a_ip), 4001));
     let wire = udp_exchange(&from, &to, 12, 300);

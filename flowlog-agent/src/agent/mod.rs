@@ -5,6 +5,7 @@
 //! left, and let every sink finish within [`SHUTDOWN_DEADLINE`] (a second signal exits at once).
 
 mod follow;
+mod notify;
 mod reload;
 mod signals;
 mod start;
@@ -121,8 +122,13 @@ impl Agent {
                     self.follow_interfaces();
                 }
                 signal = inputs.signals.next() => match signal {
-                    signals::Signal::Reload => self.reload().await,
+                    signals::Signal::Reload => {
+                        notify::notify("RELOADING=1");
+                        self.reload().await;
+                        notify::notify("READY=1");
+                    }
                     signals::Signal::Stop(name) => {
+                        notify::notify("STOPPING=1");
                         tracing::info!(
                             signal = name,
                             deadline_s = SHUTDOWN_DEADLINE.as_secs(),

@@ -176,6 +176,7 @@ impl Agent {
                 None => agent.leftovers = Some(replaced),
             }
         }
+        super::notify::notify("READY=1");
         Ok((agent, Inputs { signals, links }))
     }
 }
