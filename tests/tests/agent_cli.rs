@@ -6,15 +6,14 @@ use std::{net::TcpListener, process::Output, thread, time::Duration};
 
 use tests::{
     agent::{Agent, agent_command},
-    netns::{NetNs, in_netns, veth_pair},
+    netns::{NetNs, in_netns},
+    topology::Topology,
 };
 
-/// A namespace with one veth end `a0` (up).
+/// A namespace with one veth end `a0` (up, no addresses).
 fn namespace() -> (NetNs, NetNs) {
-    let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
-    veth_pair(&a, "a0", &b, "b0").expect("veth");
-    a.link_up("a0").expect("up");
-    (a, b)
+    let topology = Topology::builder().unaddressed().build();
+    (topology.a, topology.b)
 }
 
 /// `flowlog-agent SUBCOMMAND ARGS` inside `ns`, started through `wrapper` (a program and its

@@ -17,7 +17,7 @@ use std::{
 use tests::{
     agent::{Agent, AgentBuilder, agent_binary},
     metrics::scrape,
-    netns::{NetNs, veth_pair},
+    netns::NetNs,
     records::{parse_line, parse_lines},
     s3::{S3Server, create_bucket, download_all, gunzip, run_script},
     topology::{A4, Expected, TCP, Topology, UDP},
@@ -842,10 +842,8 @@ fn refused(ns: &NetNs, args: &[&str], env: &[(&str, &str)]) -> String {
 
 #[test]
 fn bad_destinations_are_refused_naming_the_sink() {
-    let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
-    veth_pair(&a, "a0", &b, "b0").expect("veth");
-    a.link_up("a0").expect("up");
-    a.link_up("lo").expect("up");
+    // `_b` keeps the peer namespace (and so `a0`) until the test ends.
+    let Topology { a, b: _b, .. } = Topology::builder().unaddressed().build();
 
     let error = refused(&a, &["--sink", "s3:///no-bucket"], &[]);
     assert!(

@@ -19,10 +19,11 @@ use tests::{
     agent::{Agent, Stopped, agent_command, interval_total, output_within},
     bpffs::Bpffs,
     foreign::attach_other_xdp,
-    netns::{NetNs, veth_pair},
+    netns::NetNs,
     records::{
         FORMAT_WITH_REASON, FlowTuple, VerdictTotals, parse_records_with_reason, verdict_totals,
     },
+    topology::Topology,
     traffic::{udp_dropped, udp_exchange, udp_socket},
 };
 
@@ -62,27 +63,13 @@ struct Host {
 
 impl Host {
     fn new(second_pair: bool) -> Self {
-        let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
-        veth_pair(&a, "a0", &b, "b0").expect("veth");
-        if second_pair {
-            veth_pair(&a, "a1", &b, "b1").expect("veth");
-        }
-        for (ns, v4, v6, link) in [(&a, A4, A6, "a0"), (&b, B4, B6, "b0")] {
-            ns.add_address(link, v4, 24).expect("address");
-            ns.add_address(link, v6, 64).expect("address");
-            ns.link_up("lo").expect("lo");
-            ns.link_up(link).expect("up");
-        }
-        if second_pair {
-            for (ns, link, v4) in [
-                (&a, "a1", Ipv4Addr::new(198, 18, 1, 1)),
-                (&b, "b1", Ipv4Addr::new(198, 18, 1, 2)),
-            ] {
-                ns.disable_ipv6(link).expect("sysctl");
-                ns.add_address(link, v4, 24).expect("address");
-                ns.link_up(link).expect("up");
-            }
-        }
+        let builder = Topology::builder();
+        let builder = if second_pair {
+            builder.second_pair()
+        } else {
+            builder
+        };
+        let Topology { a, b, .. } = builder.build();
         Host {
             a,
             b,

@@ -10,8 +10,8 @@ use std::{
 
 use tests::{
     agent::{AgentBuilder, agent_binary},
-    netns::{NetNs, veth_pair},
     records::{FlowTuple, parse_lines, totals},
+    topology::Topology,
     traffic::{udp_exchange, udp_socket},
 };
 
@@ -66,14 +66,8 @@ fn the_units_capabilities_are_enough() {
     assert_eq!(caps.len(), 3, "{caps:?}");
     let set = format!("-all,{}", caps.join(","));
 
-    let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
-    veth_pair(&a, "a0", &b, "b0").expect("veth");
+    let Topology { a, b, .. } = Topology::builder().ipv4_only().build();
     let (a_ip, b_ip) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2));
-    for (ns, link, ip) in [(&a, "a0", a_ip), (&b, "b0", b_ip)] {
-        ns.disable_ipv6(link).expect("sysctl");
-        ns.add_address(link, ip, 24).expect("address");
-        ns.link_up(link).expect("up");
-    }
     // Root with only the unit's capabilities, as systemd starts it.
     let (bounding, inheritable, ambient) = (
         format!("--bounding-set={set}"),
