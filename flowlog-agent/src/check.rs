@@ -9,10 +9,10 @@ use aya::util::KernelVersion;
 
 use crate::{
     config::{FlowLogConfig, RunConfig},
-    datapath::{Datapath, DatapathConfig, HookChoice, TcMode},
+    datapath::{Datapath, DatapathConfig, HookChoice, TcMode, has_tcx, hook, why_no_policy},
     interfaces::{self, Interface},
     privileges,
-    sink::{ObjectStoreSink, SinkSpec, ipfix},
+    sink::SinkSpec,
     sys,
 };
 
@@ -63,7 +63,7 @@ impl Report {
 pub async fn check(config: &RunConfig) -> Report {
     let mut report = Report::default();
     let names: Vec<&str> = config.flow_logs.iter().map(|f| f.name()).collect();
-    let source = match &config.args.config {
+    let source = match &config.config_file {
         Some(path) => format!("{} and the flags", path.display()),
         None => "the flags".to_owned(),
     };
@@ -78,7 +78,10 @@ pub async fn check(config: &RunConfig) -> Report {
             config.tick().as_secs()
         ),
     );
-    kernel(&mut report);
+    for warning in config.file_warnings() {
+        report.add(Level::Warn, "file permissions", warning);
+    }
+    kernel(&mut report, config);
     match privileges::check() {
         Ok(()) => report.add(
             Level::Ok,
@@ -92,14 +95,18 @@ pub async fn check(config: &RunConfig) -> Report {
         max_flows: config.max_flows,
     });
     match programs {
-        Ok(_) => report.add(
+        Ok(datapath) => report.add(
             Level::Ok,
             "programs",
-            "the kernel verified and loaded every program",
+            format!(
+                "the kernel verified and loaded every program (the {} build)",
+                datapath.programs()
+            ),
         ),
         Err(error) => report.add(Level::Fail, "programs", error.to_string()),
     }
     interfaces_found(&mut report, config);
+    ownership(&mut report, config);
     for flow_log in &config.flow_logs {
         for spec in &flow_log.sinks {
             sink(&mut report, flow_log, spec).await;
@@ -118,28 +125,81 @@ pub async fn check(config: &RunConfig) -> Report {
     report
 }
 
-fn kernel(report: &mut Report) {
-    match KernelVersion::current() {
-        Ok(version) => {
-            let tcx = version >= KernelVersion::new(6, 6, 0);
-            let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
-            let level = if version >= KernelVersion::new(5, 17, 0) {
-                Level::Ok
-            } else {
-                // bpf_loop (the policy's rule scans) came in 5.17.
-                Level::Fail
-            };
-            report.add(
-                level,
-                "kernel",
-                format!(
-                    "{version} (TCX: {}, BTF: {}; flowlog needs 5.17 or later)",
-                    if tcx { "yes" } else { "no, clsact is used" },
-                    if btf { "yes" } else { "no" }
-                ),
-            );
+fn kernel(report: &mut Report, config: &RunConfig) {
+    let version = match KernelVersion::current() {
+        Ok(version) => version,
+        Err(error) => {
+            report.add(Level::Warn, "kernel", format!("version unknown: {error}"));
+            return;
         }
-        Err(error) => report.add(Level::Warn, "kernel", format!("version unknown: {error}")),
+    };
+    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    let (level, support) = if version >= KernelVersion::new(5, 10, 0) {
+        (Level::Ok, "")
+    } else {
+        (
+            Level::Warn,
+            "; older than 5.10, the oldest kernel flowlog is tested on",
+        )
+    };
+    report.add(
+        level,
+        "kernel",
+        format!(
+            "{} ({version}; BTF: {}){support}",
+            sys::kernel_release(),
+            if btf { "yes" } else { "no" }
+        ),
+    );
+    features(report, config, version);
+}
+
+/// One line per feature this kernel lacks, with what flowlog does instead; one `ok` line when
+/// it lacks none. The README's kernel table says the same.
+fn features(report: &mut Report, config: &RunConfig, version: KernelVersion) {
+    let mut missing = 0;
+    if let Some(why) = why_no_policy() {
+        missing += 1;
+        let policy = config.policy.is_some();
+        report.add(
+            if policy { Level::Fail } else { Level::Warn },
+            "feature policy",
+            format!(
+                "unavailable: {why}; the programs count and apply exclusions with bounded loops \
+                 instead{}",
+                if policy {
+                    ", and a configured policy is refused"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
+    if !has_tcx() {
+        missing += 1;
+        report.add(
+            Level::Warn,
+            "feature TCX",
+            "unavailable: TCX links need Linux 6.6; TC programs attach as clsact filters, which \
+             stay attached across a restart like pinned links (their programs are pinned, and the \
+             next agent replaces them in place)",
+        );
+    }
+    if version < KernelVersion::new(6, 3, 0) {
+        missing += 1;
+        report.add(
+            Level::Warn,
+            "feature XDP query",
+            "unavailable: drivers declare native XDP support through netdev netlink from Linux \
+             6.3; `--hook auto` still chooses by driver name",
+        );
+    }
+    if missing == 0 {
+        report.add(
+            Level::Ok,
+            "features",
+            "every feature is available: policy, TCX, XDP feature query",
+        );
     }
 }
 
@@ -233,18 +293,57 @@ fn interfaces_found(report: &mut Report, config: &RunConfig) {
     }
 }
 
+/// flowlog programs another owner left on the interfaces `run` would attach to (it refuses
+/// them unless told to take them over), and whether an agent runs with the pin directory now.
+fn ownership(report: &mut Report, config: &RunConfig) {
+    let (in_use, own) = match &config.pin_dir {
+        Some(dir) => crate::datapath::inspect_pins(dir),
+        None => (false, Vec::new()),
+    };
+    if in_use {
+        report.add(
+            Level::Warn,
+            "pinning",
+            "a running agent holds the pin directory: `run` is refused until it stops",
+        );
+    }
+    let Ok(available) = interfaces::list() else {
+        return;
+    };
+    let covered: Vec<Interface> = available.into_iter().filter(|i| config.covers(i)).collect();
+    match crate::datapath::owner::find(&covered, &own) {
+        Ok(foreign) => {
+            for program in foreign {
+                let (level, consequence) = if config.take_over {
+                    (Level::Warn, "--take-over replaces it")
+                } else {
+                    (
+                        Level::Fail,
+                        "run refuses to stack on it: `flowlog-agent detach --pin-dir DIR` for its pin directory, or --take-over",
+                    )
+                };
+                report.add(
+                    level,
+                    format!("interface {}", program.interface),
+                    format!("{program} is not this pin directory's; {consequence}"),
+                );
+            }
+        }
+        Err(error) => report.add(
+            Level::Warn,
+            "ownership",
+            format!("cannot list attached programs: {error}"),
+        ),
+    }
+}
+
 fn describe(interface: &Interface, choice: HookChoice, tc_mode: TcMode) -> String {
     let driver = std::fs::read_link(format!("/sys/class/net/{}/device/driver", interface.name))
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "virtual".to_owned());
-    let hook = interfaces::hook_for(choice, interface);
-    let native_xdp = match sys::xdp_features(interface.ifindex) {
-        Ok(Some(features)) if features & 1 != 0 => "native XDP yes",
-        Ok(Some(_)) => "native XDP no",
-        Ok(None) => "native XDP unknown (the kernel does not say before Linux 6.3)",
-        Err(_) => "native XDP unknown",
-    };
+    let hook = hook::for_interface(choice, interface);
+    let native_xdp = hook::native_xdp(interface.ifindex);
     format!(
         "ifindex {}, driver {driver}, {native_xdp}; hook: {hook} ingress, TC egress ({tc_mode})",
         interface.ifindex
@@ -256,45 +355,8 @@ async fn sink(report: &mut Report, flow_log: &FlowLogConfig, spec: &SinkSpec) {
         Some(id) => format!("flow log {id} sink {spec}"),
         None => format!("sink {spec}"),
     };
-    match spec {
-        SinkSpec::Stdout | SinkSpec::JsonStdout(_) => {
-            report.add(Level::Ok, subject, "standard output")
-        }
-        SinkSpec::LogStreams(dir) | SinkSpec::JsonLogStreams(_, dir) => {
-            let existing = dir.ancestors().find(|p| p.exists());
-            let writable = existing.is_some_and(|p| {
-                let probe = p.join(format!(".flowlog-check-{}", std::process::id()));
-                let ok = std::fs::write(&probe, b"").is_ok();
-                let _ = std::fs::remove_file(&probe);
-                ok
-            });
-            if writable {
-                report.add(
-                    Level::Ok,
-                    subject,
-                    format!("{} can be written", dir.display()),
-                );
-            } else {
-                report.add(
-                    Level::Fail,
-                    subject,
-                    format!("{} cannot be created or written", dir.display()),
-                );
-            }
-        }
-        SinkSpec::ObjectStore(url) => {
-            match ObjectStoreSink::check(url, &flow_log.key_layout(url)).await {
-                Ok(()) => report.add(
-                    Level::Ok,
-                    subject,
-                    "configured, and the destination answered (or spooling covers it)",
-                ),
-                Err(error) => report.add(Level::Fail, subject, error.to_string()),
-            }
-        }
-        SinkSpec::Ipfix(spec) => match ipfix::probe(spec).await {
-            Ok(detail) => report.add(Level::Ok, subject, detail),
-            Err(detail) => report.add(Level::Fail, subject, detail),
-        },
+    match spec.health_check(&flow_log.sink_context()).await {
+        Ok(detail) => report.add(Level::Ok, subject, detail),
+        Err(detail) => report.add(Level::Fail, subject, detail),
     }
 }

@@ -27,7 +27,7 @@ pub const STATS: &str = "STATS";
 pub const STATS_REPORTED: &str = "STATS_REPORTED";
 
 /// `Array<u32>` with one entry: which policy slot is live, and its generation
-/// ([`crate::policy::active_word`]); 0 when no policy is loaded.
+/// ([`crate::policy::active_word`]); its low two bits are 0 when no policy is loaded.
 pub const POLICY_ACTIVE: &str = "POLICY_ACTIVE";
 
 /// `Array<PolicyConfig>` with one entry, per policy slot.

@@ -18,11 +18,33 @@ pub const MAX_EXCLUSIONS: u32 = 64;
 /// Entries of the connection table (an LRU map: state may be evicted, counters never are).
 pub const MAX_CONNECTIONS: u32 = 262_144;
 
-/// The `POLICY_ACTIVE` word: 0 when no policy is loaded, else `slot + 1` in the low two bits and
-/// the generation above them.
-pub const fn active_word(slot: u32, generation: u32) -> u32 {
-    (generation << 2) | (slot + 1)
+/// The `POLICY_ACTIVE` word: the generation in the upper 30 bits, and in the low two bits
+/// `slot + 1` of the live policy, or 0 when no policy is loaded. The generation is there even
+/// without a policy, so the next agent continues the count: a generation is never published
+/// twice on the same maps, and no cached verdict outlives the policy that made it.
+pub const fn active_word(slot: Option<u32>, generation: u32) -> u32 {
+    let slot_bits = match slot {
+        Some(slot) => slot + 1,
+        None => 0,
+    };
+    (generation << 2) | slot_bits
 }
+
+/// The slot a `POLICY_ACTIVE` word makes live, if any.
+pub const fn active_slot(word: u32) -> Option<u32> {
+    match word & 3 {
+        0 => None,
+        bits => Some(bits - 1),
+    }
+}
+
+/// The generation a `POLICY_ACTIVE` word carries.
+pub const fn word_generation(word: u32) -> u32 {
+    word >> 2
+}
+
+/// Generations wrap within the 30 bits the word has for them.
+pub const GENERATION_MASK: u32 = u32::MAX >> 2;
 
 /// Policy mode: drop what the policy rejects, or only record it.
 pub const MODE_ENFORCE: u8 = 0;
@@ -165,8 +187,22 @@ mod tests {
 
     #[test]
     fn the_active_word_keeps_slot_and_generation_apart() {
-        assert_eq!(active_word(0, 7) & 3, 1);
-        assert_eq!(active_word(1, 7) & 3, 2);
-        assert_eq!(active_word(1, 7) >> 2, 7);
+        assert_eq!(active_word(Some(0), 7) & 3, 1);
+        assert_eq!(active_word(Some(1), 7) & 3, 2);
+        assert_eq!(active_word(Some(1), 7) >> 2, 7);
+        for slot in [None, Some(0), Some(1)] {
+            let word = active_word(slot, 5);
+            assert_eq!((active_slot(word), word_generation(word)), (slot, 5));
+        }
+    }
+
+    #[test]
+    fn a_word_without_a_policy_still_carries_its_generation() {
+        assert_eq!(active_word(None, 9), 9 << 2);
+        assert_eq!(active_slot(0), None, "the word of maps never written");
+        assert_eq!(
+            word_generation(active_word(None, GENERATION_MASK)),
+            GENERATION_MASK
+        );
     }
 }

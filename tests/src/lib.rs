@@ -5,7 +5,10 @@
 //! CAP_SYS_ADMIN) and only ever touch namespaces and links they create.
 
 pub mod agent;
+pub mod bpffs;
 pub mod collector;
+pub mod faults;
+pub mod foreign;
 pub mod frames;
 pub mod metrics;
 pub mod netns;

@@ -90,3 +90,37 @@ pub fn totals(records: &[Record]) -> BTreeMap<(String, FlowTuple), (u64, u64)> {
     }
     totals
 }
+
+/// The default format plus `reject-reason` (version 8): what the policy tests write.
+pub const FORMAT_WITH_REASON: &str = "${version} ${account-id} ${interface-id} ${srcaddr} ${dstaddr} ${srcport} ${dstport} ${protocol} ${packets} ${bytes} ${start} ${end} ${action} ${log-status} ${reject-reason}";
+
+/// Parses lines of [`FORMAT_WITH_REASON`]: each record and its reject reason.
+pub fn parse_records_with_reason(text: &str) -> Vec<(Record, String)> {
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let (head, reason) = line.rsplit_once(' ').expect("15 fields");
+            let mut record = parse_line(&head.replacen("8 ", "2 ", 1));
+            record.version = 8;
+            (record, reason.to_owned())
+        })
+        .collect()
+}
+
+/// (flow, action, reason) -> (packets, bytes), summed over records.
+pub type VerdictTotals = BTreeMap<(FlowTuple, String, String), (u64, u64)>;
+
+/// Packets and bytes of each flow, action and reject reason over `records` (of every interface).
+pub fn verdict_totals(records: &[(Record, String)]) -> VerdictTotals {
+    let mut totals = VerdictTotals::new();
+    for (record, reason) in records {
+        let Some(flow) = record.flow else { continue };
+        assert_eq!(record.version, 8);
+        let entry = totals
+            .entry((flow, record.action.clone(), reason.clone()))
+            .or_default();
+        entry.0 += record.packets.expect("packets");
+        entry.1 += record.bytes.expect("bytes");
+    }
+    totals
+}

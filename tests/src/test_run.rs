@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp};
 use flowlog_agent::{
-    datapath::{Datapath, DatapathConfig, DrainedEpoch, programs},
+    datapath::{CountingProgram, Datapath, DatapathConfig, DrainedEpoch, ProgramSet},
     policy::Policy,
 };
 use flowlog_common::{
@@ -27,6 +27,19 @@ use flowlog_common::{
 };
 
 use crate::frames::FrameBuilder;
+
+/// Names the build of the counting programs the BPF_PROG_TEST_RUN tests load:
+/// `bounded-loops` runs them against the programs older kernels get, on any kernel; unset, the
+/// build the kernel calls for.
+pub const PROGRAMS_ENV: &str = "FLOWLOG_TEST_PROGRAMS";
+
+fn programs_from_env() -> Option<ProgramSet> {
+    match std::env::var(PROGRAMS_ENV).ok()?.as_str() {
+        "bounded-loops" => Some(ProgramSet::BoundedLoops),
+        "bpf_loop" => Some(ProgramSet::HelperLoops),
+        other => panic!("{PROGRAMS_ENV}={other}: expected bounded-loops or bpf_loop"),
+    }
+}
 
 /// `TC_ACT_UNSPEC` (-1) as BPF_PROG_TEST_RUN reports it: "no opinion", the packet goes on.
 pub const TC_ACT_UNSPEC: u32 = -1i32 as u32;
@@ -57,7 +70,7 @@ pub fn v6() -> FrameBuilder {
 
 /// The key a [`v4`] packet must be counted under by `hook` on the loopback, written out field by
 /// field.
-pub fn v4_key(hook: Hook, protocol: u8, src_port: u16, dst_port: u16) -> FlowKey {
+pub fn v4_key(hook: Program, protocol: u8, src_port: u16, dst_port: u16) -> FlowKey {
     let (mut src_addr, mut dst_addr) = ([0; 16], [0; 16]);
     src_addr[..4].copy_from_slice(&V4_SRC);
     dst_addr[..4].copy_from_slice(&V4_DST);
@@ -76,7 +89,7 @@ pub fn v4_key(hook: Hook, protocol: u8, src_port: u16, dst_port: u16) -> FlowKey
 }
 
 /// The key a [`v6`] packet must be counted under by `hook` on the loopback.
-pub fn v6_key(hook: Hook, protocol: u8, src_port: u16, dst_port: u16) -> FlowKey {
+pub fn v6_key(hook: Program, protocol: u8, src_port: u16, dst_port: u16) -> FlowKey {
     FlowKey {
         src_addr: V6_SRC,
         dst_addr: V6_DST,
@@ -85,23 +98,23 @@ pub fn v6_key(hook: Hook, protocol: u8, src_port: u16, dst_port: u16) -> FlowKey
     }
 }
 
-/// A flowlog program to run frames through.
+/// A flowlog counting program to run frames through, by where it hooks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hook {
+pub enum Program {
     TcIngress,
     TcEgress,
     Xdp,
 }
 
-impl Hook {
+impl Program {
     pub const ALL: [Self; 3] = [Self::TcIngress, Self::TcEgress, Self::Xdp];
     pub const TC: [Self; 2] = [Self::TcIngress, Self::TcEgress];
 
-    pub fn program(self) -> &'static str {
+    pub fn program(self) -> CountingProgram {
         match self {
-            Self::TcIngress => programs::TC_INGRESS,
-            Self::TcEgress => programs::TC_EGRESS,
-            Self::Xdp => programs::XDP_INGRESS,
+            Self::TcIngress => CountingProgram::TcIngress,
+            Self::TcEgress => CountingProgram::TcEgress,
+            Self::Xdp => CountingProgram::Xdp,
         }
     }
 
@@ -158,6 +171,8 @@ pub struct SkBuffContext {
 
 impl SkBuffContext {
     pub const SIZE: usize = 192;
+    /// The size without `tstamp_type` and `hwtstamp` (added in Linux 5.18).
+    pub const SIZE_BEFORE_5_18: usize = 184;
     const IFINDEX: usize = 40;
     const GSO_SEGS: usize = 164;
     const GSO_SIZE: usize = 176;
@@ -221,30 +236,71 @@ impl From<&FlowCounters> for Counts {
     }
 }
 
-/// A freshly loaded datapath (every program verified, nothing attached) and the thread pinned to
-/// one CPU.
+/// A loaded datapath (every program verified, nothing attached), as fresh as a new one, and the
+/// thread pinned to one CPU.
+///
+/// Loading is the slow part (the verifier: seconds per load under emulation, in the kernel
+/// matrix), so the datapaths a test process loaded are kept, one per build and flow-map size,
+/// and a test gets one back emptied: both epochs drained, no policy, no exclusion, no
+/// connection state, and statistics counted from zero.
 pub struct TestDatapath {
-    datapath: Datapath,
+    /// Back to the pool when the test is done.
+    datapath: Option<Datapath>,
+    key: PoolKey,
     /// Kernel jiffies (the programs' clock) before any packet of the current interval ran.
     interval_start_jiffies: u64,
+    /// The statistics' running totals when the test began.
+    stats_before: BTreeMap<Stat, PacketCount>,
 }
+
+/// Datapaths loaded by this test process, by flow-map size and build.
+type PoolKey = (u32, ProgramSet);
+static POOL: std::sync::Mutex<Vec<(PoolKey, Datapath)>> = std::sync::Mutex::new(Vec::new());
 
 impl TestDatapath {
     /// The kernel's jiffies now.
     pub fn jiffies(&self) -> u64 {
-        kernel_jiffies(&self.datapath)
+        kernel_jiffies(self.datapath())
     }
 
     /// Loads the datapath with `max_flows` entries per epoch map and pins the calling thread to
-    /// the CPU it runs on.
+    /// the CPU it runs on. The build of the programs is the one the kernel calls for, or the one
+    /// [`PROGRAMS_ENV`] names.
     pub fn load(max_flows: u32) -> Self {
+        let programs = programs_from_env().unwrap_or_else(ProgramSet::for_running_kernel);
+        Self::load_programs(max_flows, programs)
+    }
+
+    /// [`TestDatapath::load`] with the given build of the counting programs.
+    pub fn load_programs(max_flows: u32, programs: ProgramSet) -> Self {
         pin_to_current_cpu();
-        let datapath = Datapath::load(DatapathConfig { max_flows }).expect("loading the datapath");
+        let key = (max_flows, programs);
+        let pooled = {
+            let mut pool = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            pool.iter()
+                .position(|(k, _)| *k == key)
+                .map(|i| pool.swap_remove(i).1)
+        };
+        let datapath = pooled.unwrap_or_else(|| {
+            Datapath::load_programs(DatapathConfig { max_flows }, programs)
+                .expect("loading the datapath")
+        });
         let interval_start_jiffies = kernel_jiffies(&datapath);
+        let stats_before = datapath.stats().expect("reading the statistics");
         Self {
-            datapath,
+            datapath: Some(datapath),
+            key,
             interval_start_jiffies,
+            stats_before,
         }
+    }
+
+    fn datapath(&self) -> &Datapath {
+        self.datapath.as_ref().expect("until dropped")
+    }
+
+    fn datapath_mut(&mut self) -> &mut Datapath {
+        self.datapath.as_mut().expect("until dropped")
     }
 
     /// Publishes the policy written in `toml` (the `--policy` file format).
@@ -255,14 +311,19 @@ impl TestDatapath {
         let _ = std::fs::remove_file(&path);
         let policy = policy.unwrap_or_else(|error| panic!("{error}"));
         let compiled = policy.compile(4_000_000);
-        self.datapath
+        self.datapath_mut()
             .set_policy(Some(&compiled))
             .expect("publishing the policy");
     }
 
     /// Runs `frame` through `hook`'s program `repeat` times (one packet each) and returns the
     /// program's return value.
-    pub fn try_run(&mut self, hook: Hook, frame: &[u8], repeat: u32) -> Result<u32, ProgramError> {
+    pub fn try_run(
+        &mut self,
+        hook: Program,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<u32, ProgramError> {
         let options = TestRunOptions {
             data_in: Some(frame),
             repeat,
@@ -272,7 +333,7 @@ impl TestDatapath {
     }
 
     /// Sends `frame` through `hook` `repeat` times and checks the program passed it.
-    pub fn send(&mut self, hook: Hook, frame: &[u8], repeat: u32) {
+    pub fn send(&mut self, hook: Program, frame: &[u8], repeat: u32) {
         let verdict = self
             .try_run(hook, frame, repeat)
             .unwrap_or_else(|error| panic!("{hook:?} test run of {frame:02x?}: {error:?}"));
@@ -281,8 +342,12 @@ impl TestDatapath {
 
     /// Sends `frame` once through a classifier with `skb` as its context, checks the program
     /// passed it and returns the context the kernel wrote back.
-    pub fn send_skb(&mut self, hook: Hook, frame: &[u8], skb: SkBuffContext) -> SkBuffContext {
-        assert_ne!(hook, Hook::Xdp, "an __sk_buff context is for classifiers");
+    pub fn send_skb(&mut self, hook: Program, frame: &[u8], skb: SkBuffContext) -> SkBuffContext {
+        assert_ne!(
+            hook,
+            Program::Xdp,
+            "an __sk_buff context is for classifiers"
+        );
         let ctx_in = skb.to_bytes();
         let mut ctx_out = [0u8; SkBuffContext::SIZE];
         let options = TestRunOptions {
@@ -295,26 +360,37 @@ impl TestDatapath {
             .run(hook, options)
             .unwrap_or_else(|error| panic!("{hook:?} test run with {skb:?}: {error:?}"));
         assert_eq!(result.return_value, hook.pass_verdict(), "{hook:?} verdict");
-        assert_eq!(result.ctx_size_out as usize, SkBuffContext::SIZE);
+        // Kernels before 5.18 have no `tstamp_type`/`hwtstamp`: their `__sk_buff` ends at 184.
+        let size = result.ctx_size_out as usize;
+        assert!(
+            (SkBuffContext::SIZE_BEFORE_5_18..=SkBuffContext::SIZE).contains(&size),
+            "__sk_buff of {size} bytes"
+        );
         SkBuffContext::from_bytes(&ctx_out)
+    }
+
+    /// The build of the counting programs under test.
+    pub fn programs(&self) -> ProgramSet {
+        self.datapath().programs()
     }
 
     fn run(
         &mut self,
-        hook: Hook,
+        hook: Program,
         options: TestRunOptions<'_>,
     ) -> Result<TestRunResult, ProgramError> {
+        let name = self.datapath().programs().name(hook.program());
         let program = self
-            .datapath
+            .datapath_mut()
             .ebpf_mut()
-            .program_mut(hook.program())
+            .program_mut(name)
             .expect("flowlog's object has every program");
         match hook {
-            Hook::TcIngress | Hook::TcEgress => {
+            Program::TcIngress | Program::TcEgress => {
                 let classifier: &mut SchedClassifier = program.try_into()?;
                 classifier.test_run(options)
             }
-            Hook::Xdp => {
+            Program::Xdp => {
                 let xdp: &mut Xdp = program.try_into()?;
                 xdp.test_run(options)
             }
@@ -324,9 +400,9 @@ impl TestDatapath {
     /// Ends the interval the way the agent does (switch the epoch, wait a grace period, drain)
     /// and checks every flow's timestamps: non-zero, first <= last, both inside the interval.
     pub fn drain(&mut self) -> DrainedEpoch {
-        let interval_end_jiffies = kernel_jiffies(&self.datapath);
+        let interval_end_jiffies = kernel_jiffies(self.datapath());
         let drained = self
-            .datapath
+            .datapath_mut()
             .drain_interval()
             .expect("draining the interval");
         for (key, counters) in &drained.flows {
@@ -359,15 +435,56 @@ impl TestDatapath {
         flows.into_iter().next().expect("one flow")
     }
 
-    /// The running totals of one datapath statistic.
+    /// The running total of one datapath statistic since the test began.
     pub fn stat(&self, stat: Stat) -> PacketCount {
-        self.datapath.stats().expect("reading the statistics")[&stat]
+        let now = self.datapath().stats().expect("reading the statistics")[&stat];
+        let before = self.stats_before.get(&stat).copied().unwrap_or_default();
+        PacketCount {
+            packets: now.packets - before.packets,
+            bytes: now.bytes - before.bytes,
+        }
     }
 
     /// Both statistics, as (non-IP, malformed).
     pub fn stats(&self) -> (PacketCount, PacketCount) {
         (self.stat(Stat::NonIp), self.stat(Stat::Malformed))
     }
+}
+
+impl Drop for TestDatapath {
+    /// Empties the datapath for the next test of the process and keeps it; one that cannot be
+    /// emptied is dropped (unloaded).
+    fn drop(&mut self) {
+        let Some(mut datapath) = self.datapath.take() else {
+            return;
+        };
+        if empty(&mut datapath).is_ok() {
+            POOL.lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push((self.key, datapath));
+        }
+    }
+}
+
+/// Drains both epochs, removes the policy, the exclusions and the connection state.
+fn empty(datapath: &mut Datapath) -> Result<(), Box<dyn std::error::Error>> {
+    datapath.drain_all_after_detach()?;
+    datapath.set_policy(None)?;
+    datapath.set_exclusions(&[])?;
+    let map = datapath
+        .ebpf_mut()
+        .map_mut(flowlog_common::maps::CONNECTIONS)
+        .ok_or("no connection table")?;
+    let mut connections: aya::maps::HashMap<
+        _,
+        flowlog_common::policy::ConnKey,
+        flowlog_common::policy::ConnState,
+    > = aya::maps::HashMap::try_from(map)?;
+    let keys: Vec<_> = connections.keys().collect::<Result<_, _>>()?;
+    for key in keys {
+        connections.remove(&key)?;
+    }
+    Ok(())
 }
 
 /// The flows of a drained interval with the counts tests compare.

@@ -36,6 +36,20 @@ fn xdp_records_add_up_to_the_traffic_exactly() {
     );
 }
 
+/// Native XDP on ingress with the egress program as a clsact filter: XDP on kernels before TCX.
+#[test]
+fn xdp_clsact_records_add_up_to_the_traffic_exactly() {
+    let stderr = records_add_up_to_the_traffic_exactly(
+        "xdp-clsact",
+        &["--hook", "xdp", "--tc-mode", "clsact"],
+    );
+    assert_eq!(
+        stderr.matches("hook=xdp tc_mode=clsact").count(),
+        2,
+        "{stderr}"
+    );
+}
+
 /// The clsact path older kernels take.
 #[test]
 fn clsact_records_add_up_to_the_traffic_exactly() {
@@ -69,7 +83,7 @@ fn records_add_up_to_the_traffic_exactly(name: &str, hook_args: &[&str]) -> Stri
         "123456789010",
     ];
     args.extend_from_slice(hook_args);
-    let agent = Agent::start(&topology.a, &args, 2);
+    let agent = Agent::start(&topology.a, &args);
 
     let mut expected = Expected::default();
     // About 7 s of traffic: at least three interval boundaries.
@@ -166,17 +180,24 @@ fn records_add_up_to_the_traffic_exactly(name: &str, hook_args: &[&str]) -> Stri
     }
     fs::remove_dir_all(&logs).expect("clean up logs");
 
-    // 4. Nothing is left attached: with clsact no filter remains (TCX links and XDP links go
-    //    with the agent's file descriptors).
-    for direction in ["ingress", "egress"] {
+    // 4. The programs stay for the next agent (`--on-exit keep`, the default): TCX and XDP
+    //    links are pinned, and with clsact exactly one filter per TC direction stays, never
+    //    more (XDP takes ingress).
+    let clsact = hook_args.contains(&"clsact") || !flowlog_agent::datapath::has_tcx();
+    let xdp = hook_args.contains(&"xdp");
+    for (direction, kept_filters) in [
+        ("ingress", usize::from(clsact && !xdp)),
+        ("egress", usize::from(clsact)),
+    ] {
         let filters = topology
             .a
             .exec("tc", &["filter", "show", "dev", "a0", direction])
             .expect("tc");
-        assert!(
-            filters.stdout.is_empty(),
-            "{direction}: {}",
-            String::from_utf8_lossy(&filters.stdout)
+        let listed = String::from_utf8_lossy(&filters.stdout);
+        assert_eq!(
+            listed.lines().filter(|l| l.contains(" handle ")).count(),
+            kept_filters,
+            "{direction}: {listed}"
         );
     }
     stopped.stderr

@@ -3,7 +3,6 @@
 //! REJECT with the layer that rejected them.
 
 use std::{
-    collections::BTreeMap,
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     path::PathBuf,
@@ -17,11 +16,13 @@ use std::{
 
 use tests::{
     agent::Agent,
-    netns::{NetNs, in_netns, veth_pair},
-    records::{FlowTuple, Record, parse_line},
-    traffic::{
-        ip_header_len, plain_tcp_headers, tcp_exchange, udp_dropped, udp_exchange, udp_socket,
+    netns::{NetNs, in_netns},
+    records::{
+        FORMAT_WITH_REASON, FlowTuple, Record, VerdictTotals, parse_line,
+        parse_records_with_reason, verdict_totals,
     },
+    topology::Topology,
+    traffic::{ip_header_len, tcp_exchange, udp_dropped, udp_exchange, udp_socket},
 };
 
 const A4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -32,22 +33,12 @@ const UDP: u8 = 17;
 const TCP: u8 = 6;
 
 /// The default format plus `reject-reason`.
-const FORMAT: &str = "${version} ${account-id} ${interface-id} ${srcaddr} ${dstaddr} ${srcport} ${dstport} ${protocol} ${packets} ${bytes} ${start} ${end} ${action} ${log-status} ${reject-reason}";
+const FORMAT: &str = FORMAT_WITH_REASON;
 
 /// Namespaces `a` (agent) and `b`, joined by `a0`-`b0`.
 fn topology() -> (NetNs, NetNs) {
-    let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
-    veth_pair(&a, "a0", &b, "b0").expect("veth");
-    for (ns, link, v4, v6) in [(&a, "a0", A4, A6), (&b, "b0", B4, B6)] {
-        ns.add_address(link, v4, 24).expect("address");
-        // nodad: the address is usable at once, before the agent's policy is in place.
-        ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", link, "nodad"])
-            .expect("address");
-        plain_tcp_headers(ns);
-        ns.link_up("lo").expect("lo");
-        ns.link_up(link).expect("link up");
-    }
-    (a, b)
+    let topology = Topology::builder().build();
+    (topology.a, topology.b)
 }
 
 fn policy_file(name: &str, text: &str) -> PathBuf {
@@ -74,37 +65,7 @@ fn start_agent(a: &NetNs, policy: &std::path::Path) -> Agent {
         "--policy",
         policy,
     ];
-    Agent::start(a, &args, 1)
-}
-
-/// A record and its reject reason.
-fn parse_records(text: &str) -> Vec<(Record, String)> {
-    text.lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| {
-            let (head, reason) = line.rsplit_once(' ').expect("15 fields");
-            let mut record = parse_line(&head.replacen("8 ", "2 ", 1));
-            record.version = 8;
-            (record, reason.to_owned())
-        })
-        .collect()
-}
-
-/// (flow, action, reason) -> (packets, bytes) over all intervals, on `a0`.
-type Totals = BTreeMap<(FlowTuple, String, String), (u64, u64)>;
-
-fn totals(records: &[(Record, String)]) -> Totals {
-    let mut totals = Totals::new();
-    for (record, reason) in records {
-        let Some(flow) = record.flow else { continue };
-        assert_eq!(record.version, 8);
-        let entry = totals
-            .entry((flow, record.action.clone(), reason.clone()))
-            .or_default();
-        entry.0 += record.packets.expect("packets");
-        entry.1 += record.bytes.expect("bytes");
-    }
-    totals
+    Agent::start(a, &args)
 }
 
 fn tuple(from: SocketAddr, to: SocketAddr, protocol: u8) -> FlowTuple {
@@ -194,7 +155,7 @@ fn acl_scenario(audit: bool) {
     } else {
         ("REJECT", "acl")
     };
-    let mut expected = Totals::new();
+    let mut expected = VerdictTotals::new();
     let mut expect = |from, to, action: &str, reason: &str, wire: (u64, u64)| {
         let entry = expected
             .entry((tuple(from, to, UDP), action.to_owned(), reason.to_owned()))
@@ -239,7 +200,7 @@ fn acl_scenario(audit: bool) {
         "agent failed:\n{}",
         stopped.stderr
     );
-    let seen = totals(&parse_records(&stopped.stdout));
+    let seen = verdict_totals(&parse_records_with_reason(&stopped.stdout));
     for (key, want) in &expected {
         assert_eq!(seen.get(key), Some(want), "{key:?}\nall records: {seen:#?}");
     }
@@ -284,7 +245,7 @@ fn the_security_group_tracks_connections() {
     let (a, b) = topology();
     let policy = policy_file("sg", SG_POLICY);
     let agent = start_agent(&a, &policy);
-    let mut expected = Totals::new();
+    let mut expected = VerdictTotals::new();
     let mut closed_segments = Vec::new();
     for (a_ip, b_ip) in [
         (IpAddr::V4(A4), IpAddr::V4(B4)),
@@ -292,7 +253,7 @@ fn the_security_group_tracks_connections() {
     ] {
         // Inbound to 6000: allowed.
         let inbound = tcp_exchange(&b, &a, SocketAddr::new(a_ip, 6000), 20_000, 5_000);
-        let accept = |expected: &mut Totals, from, to, wire: (u64, u64)| {
+        let accept = |expected: &mut VerdictTotals, from, to, wire: (u64, u64)| {
             expected.insert((tuple(from, to, TCP), "ACCEPT".into(), "-".into()), wire);
         };
         let (c2s, s2c) = (inbound.client_to_server, inbound.server_to_client);
@@ -348,7 +309,7 @@ fn the_security_group_tracks_connections() {
         "agent failed:\n{}",
         stopped.stderr
     );
-    let seen = totals(&parse_records(&stopped.stdout));
+    let seen = verdict_totals(&parse_records_with_reason(&stopped.stdout));
     for (key, want) in &expected {
         assert_eq!(seen.get(key), Some(want), "{key:?}\nall records: {seen:#?}");
     }
@@ -551,7 +512,7 @@ fn reloading_under_load_loses_no_count() {
         "agent failed:\n{}",
         stopped.stderr
     );
-    let seen = totals(&parse_records(&stopped.stdout));
+    let seen = verdict_totals(&parse_records_with_reason(&stopped.stdout));
     let count = |action: &str, reason: &str| {
         seen.get(&(tuple(from, to, UDP), action.to_owned(), reason.to_owned()))
             .map_or(0, |c| c.0)
@@ -596,7 +557,6 @@ fn traffic_type_and_exclusions() {
             "--policy",
             policy.to_str().unwrap(),
         ],
-        1,
     );
     let sender = udp_socket(&b, SocketAddr::new(IpAddr::V4(B4), 40000));
     let excluded = udp_socket(&a, SocketAddr::new(IpAddr::V4(A4), 5555));

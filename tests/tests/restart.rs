@@ -6,46 +6,21 @@ use std::{
     collections::BTreeMap,
     fs,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::{Path, PathBuf},
-    process::Command,
+    path::Path,
     thread,
     time::Duration,
 };
 
 use tests::{
-    agent::{Agent, agent_binary},
-    netns::{NetNs, veth_pair},
+    agent::{Agent, agent_binary, interval_total},
+    bpffs::Bpffs,
     records::{FlowTuple, parse_lines, totals},
+    topology::Topology,
     traffic::{udp_exchange, udp_socket},
 };
 
 const A4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const B4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-
-/// A BPF filesystem mounted for the test (the agents run in their own mount namespaces under
-/// `ip netns exec`, which see host mounts made before they start). Unmounted on drop.
-struct Bpffs(PathBuf);
-
-impl Bpffs {
-    fn mount() -> Self {
-        let path = PathBuf::from(format!("/tmp/flowlog-bpffs-{}", std::process::id()));
-        fs::create_dir_all(&path).expect("mount point");
-        let status = Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&path)
-            .status()
-            .expect("mount");
-        assert!(status.success(), "mounting bpffs on {}", path.display());
-        Bpffs(path)
-    }
-}
-
-impl Drop for Bpffs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let _ = fs::remove_dir(&self.0);
-    }
-}
 
 fn links_in(pin_dir: &Path) -> Vec<String> {
     fs::read_dir(pin_dir.join("v1/links"))
@@ -62,13 +37,7 @@ fn stopped_and_killed_agents_lose_and_double_count_nothing() {
     let bpffs = Bpffs::mount();
     let pin_dir = bpffs.0.join("flowlog");
     let pin_arg = pin_dir.to_str().unwrap().to_owned();
-    let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
-    veth_pair(&a, "a0", &b, "b0").expect("veth");
-    for (ns, link, v4) in [(&a, "a0", A4), (&b, "b0", B4)] {
-        ns.disable_ipv6(link).expect("sysctl");
-        ns.add_address(link, v4, 24).expect("address");
-        ns.link_up(link).expect("up");
-    }
+    let Topology { a, b, .. } = Topology::builder().ipv4_only().build();
     let args = |on_exit: &'static str| -> Vec<String> {
         [
             "--interval",
@@ -90,7 +59,7 @@ fn stopped_and_killed_agents_lose_and_double_count_nothing() {
     let start = |on_exit| {
         let args = args(on_exit);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Agent::start(&a, &args, 1)
+        Agent::start(&a, &args)
     };
     let a_socket = udp_socket(&a, SocketAddr::new(IpAddr::V4(A4), 5001));
     let b_socket = udp_socket(&b, SocketAddr::new(IpAddr::V4(B4), 5002));
@@ -197,19 +166,7 @@ fn stopped_and_killed_agents_lose_and_double_count_nothing() {
     assert_eq!(counted, sent, "packets per run: {per_run:?}");
     // Each run reported something: the downtime traffic went to the next run.
     assert!(per_run.iter().all(|p| *p > 0), "{per_run:?}");
-    let excluded_reported: u64 = logs
-        .iter()
-        .flat_map(|log| log.lines())
-        .filter(|line| line.contains("interval written"))
-        .filter_map(|line| {
-            line.split("excluded_packets=")
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
+    let excluded_reported = interval_total(&logs, "excluded_packets");
     assert_eq!(
         excluded_reported, excluded_sent,
         "excluded packets reported by all runs vs sent (while no agent ran too)"

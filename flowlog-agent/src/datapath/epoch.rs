@@ -162,19 +162,7 @@ impl Epochs {
 
     fn drain_into(&mut self, epoch: u32, drained: &mut DrainedEpoch) -> Result<(), DatapathError> {
         let e = epoch as usize;
-        let flows = &mut drained.flows;
-        drained.entries += sys::drain_hash_map::<FlowKey, FlowCounters>(
-            self.flows[e].fd().as_fd(),
-            DRAIN_CHUNK,
-            |key, counters| {
-                let flow = FlowKey { cpu: 0, ..*key };
-                flows.entry(flow).or_default().merge(counters);
-            },
-        )
-        .map_err(|source| DatapathError::Syscall {
-            call: FLOWS[e],
-            source,
-        })?;
+        drain_flows(&self.flows[e], FLOWS[e], drained)?;
 
         let skipped = &mut drained.skipped;
         sys::drain_hash_map::<SkipKey, PacketCount>(
@@ -207,6 +195,40 @@ impl Epochs {
         }
         Ok(())
     }
+}
+
+/// Drains flow maps no program counts into any more (after a grace period), such as the flow
+/// maps of a previous agent that a start replaced with maps of another capacity.
+pub(super) fn drain_flow_maps(
+    maps: &[MapData; 2],
+    clock: JiffiesClock,
+) -> Result<DrainedEpoch, DatapathError> {
+    let switched_at = SystemTime::now();
+    let grace_period = wait_for_programs()?;
+    let mut drained = DrainedEpoch::new(switched_at, grace_period, clock);
+    for (map, name) in maps.iter().zip(FLOWS) {
+        drain_flows(map, name, &mut drained)?;
+    }
+    Ok(drained)
+}
+
+/// Reads and deletes every entry of a flow map into `drained`, summing each flow over CPUs.
+fn drain_flows(
+    map: &MapData,
+    name: &'static str,
+    drained: &mut DrainedEpoch,
+) -> Result<(), DatapathError> {
+    let flows = &mut drained.flows;
+    drained.entries += sys::drain_hash_map::<FlowKey, FlowCounters>(
+        map.fd().as_fd(),
+        DRAIN_CHUNK,
+        |key, counters| {
+            let flow = FlowKey { cpu: 0, ..*key };
+            flows.entry(flow).or_default().merge(counters);
+        },
+    )
+    .map_err(|source| DatapathError::Syscall { call: name, source })?;
+    Ok(())
 }
 
 fn wait_for_programs() -> Result<GracePeriod, DatapathError> {

@@ -4,8 +4,12 @@
 mod attach;
 mod clock;
 mod epoch;
+pub mod hook;
+mod kernel;
+pub mod owner;
 mod pins;
-mod policy;
+mod policy_slots;
+mod start;
 
 use std::{collections::BTreeMap, io, path::Path};
 
@@ -21,10 +25,13 @@ use flowlog_common::{
     stats::Stat,
 };
 
-pub use attach::{AttachedInterface, Hook, HookChoice, TcMode, TcModeChoice};
+pub use attach::AttachedInterface;
 pub use clock::{ClockSample, JiffiesClock};
 pub use epoch::DrainedEpoch;
-pub use pins::{LAYOUT_VERSION, remove_pins};
+pub use hook::{Hook, HookChoice, TcMode, TcModeChoice};
+pub use kernel::{CountingProgram, ProgramSet, has_tcx, why_no_policy};
+pub use pins::{LAYOUT_VERSION, PinnedLinkName, inspect as inspect_pins, remove_pins};
+pub use start::CommittedStart;
 
 use crate::policy::CompiledPolicy;
 
@@ -39,6 +46,11 @@ pub mod programs {
     pub const TC_INGRESS: &str = "flowlog_tc_in";
     pub const TC_EGRESS: &str = "flowlog_tc_eg";
     pub const XDP_INGRESS: &str = "flowlog_xdp";
+    /// The same programs with bounded loops instead of `bpf_loop`, and no policy, for kernels
+    /// before 5.17 ([`super::ProgramSet::BoundedLoops`]).
+    pub const TC_INGRESS_BOUNDED: &str = "flowlog_tc_in_b";
+    pub const TC_EGRESS_BOUNDED: &str = "flowlog_tc_eg_b";
+    pub const XDP_INGRESS_BOUNDED: &str = "flowlog_xdp_b";
     /// Benchmark references: one per-CPU hash update per packet.
     pub const REFERENCE_TC: &str = "flowlog_ref_tc";
     pub const REFERENCE_XDP: &str = "flowlog_ref_xdp";
@@ -75,6 +87,10 @@ pub enum DatapathError {
     Attach { interface: String, message: String },
     #[error("starting the eBPF log reader: {0}")]
     Logger(#[from] aya_log::Error),
+    #[error(
+        "the policy cannot run on this kernel ({kernel}): {why}; run without a policy, or on Linux 6.5 or later"
+    )]
+    PolicyUnsupported { kernel: String, why: &'static str },
     #[error("{call}: {source}")]
     Syscall {
         call: &'static str,
@@ -100,9 +116,13 @@ pub struct Datapath {
     stats_reported: Array<MapData, PacketCount>,
     stats_reported_adopted: bool,
     attached: BTreeMap<u32, AttachedInterface>,
-    policy: policy::PolicyTables,
+    /// The build of the counting programs this kernel verifies.
+    programs: ProgramSet,
+    policy: policy_slots::PolicyTables,
     /// Where maps and links are pinned, if they are.
     pins: Option<pins::Pins>,
+    /// What a start that has not committed yet must finish or undo; `None` once it committed.
+    start: Option<start::StartState>,
     /// The clock sample taken at load, against which the tick length is measured.
     first_clock: ClockSample,
 }
@@ -111,19 +131,29 @@ impl Datapath {
     /// Loads the object, sizes the flow maps and loads (verifies) every program. Nothing is
     /// attached yet. Maps are the agent's own and go with it.
     pub fn load(config: DatapathConfig) -> Result<Self, DatapathError> {
-        Self::load_with_pins(config, None)
+        Self::load_with_pins(config, None, ProgramSet::for_running_kernel())
+    }
+
+    /// As [`Datapath::load`], with the given build of the counting programs rather than the
+    /// one the kernel's features call for (tests run the bounded-loop build on new kernels).
+    pub fn load_programs(
+        config: DatapathConfig,
+        programs: ProgramSet,
+    ) -> Result<Self, DatapathError> {
+        Self::load_with_pins(config, None, programs)
     }
 
     /// As [`Datapath::load`], with the maps pinned under `pin_dir` (a BPF filesystem): maps left
     /// there by a previous agent are reused with their counts, and programs attached with TCX
     /// or XDP links are pinned there too, so they keep counting while no agent runs.
     pub fn load_pinned(config: DatapathConfig, pin_dir: &Path) -> Result<Self, DatapathError> {
-        Self::load_with_pins(config, Some(pin_dir))
+        Self::load_with_pins(config, Some(pin_dir), ProgramSet::for_running_kernel())
     }
 
     fn load_with_pins(
         config: DatapathConfig,
         pin_dir: Option<&Path>,
+        programs: ProgramSet,
     ) -> Result<Self, DatapathError> {
         if EBPF_OBJECT.is_empty() {
             return Err(DatapathError::StubObject);
@@ -133,10 +163,26 @@ impl Datapath {
         let stats_reported_adopted = pins
             .as_ref()
             .is_some_and(|pins| pins.reused && pins.map_path(STATS_REPORTED).exists());
+        // Maps a previous agent pinned are adopted with their counts; the others are created
+        // now and pinned only when the start commits, so a refused start pins nothing. Flow maps
+        // of another capacity (`--max-flows` changed) are replaced: the new programs count into
+        // new ones, and the old ones are drained when the start commits.
+        let mut start = start::StartState::default();
         let mut loader = EbpfLoader::new();
         if let Some(pins) = &pins {
+            let pinned_capacity = pins.pinned_flow_capacity()?;
+            let resize = pinned_capacity.is_some_and(|capacity| capacity != config.max_flows);
+            if resize {
+                start.replace_flows(pins, pinned_capacity.unwrap_or_default())?;
+            }
+            start.set_own_programs(pins.own_programs());
             for name in pins::PINNED_MAPS {
-                loader.map_pin_path(name, pins.map_path(name));
+                let path = pins.map_path(name);
+                if path.exists() && !(resize && FLOWS.contains(&name)) {
+                    loader.map_pin_path(name, path);
+                } else {
+                    start.pin_when_committed(name);
+                }
             }
         }
         for name in FLOWS {
@@ -146,7 +192,15 @@ impl Datapath {
             loader.map_max_entries(name, MAX_SKIP_ENTRIES);
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
-        attach::load_programs(&mut ebpf)?;
+        start.hold_unpinned_maps(&ebpf)?;
+        attach::load_programs(&mut ebpf, programs)?;
+        if programs == ProgramSet::BoundedLoops {
+            tracing::warn!(
+                kernel = %crate::sys::kernel_release(),
+                "loaded the bounded-loop programs: they count and apply exclusions exactly, but a policy is unavailable: {}",
+                why_no_policy().unwrap_or("requested")
+            );
+        }
         let logger = Some(aya_log::EbpfLogger::init(&mut ebpf)?);
 
         let epoch_map: Array<MapData, u32> = take_map(&mut ebpf, EPOCH)?;
@@ -162,7 +216,7 @@ impl Datapath {
         let stats: PerCpuArray<MapData, PacketCount> = take_map(&mut ebpf, STATS)?;
         let stats_reported: Array<MapData, PacketCount> = take_map(&mut ebpf, STATS_REPORTED)?;
         let epochs = epoch::Epochs::new(epoch_map, flows, skipped, overflow)?;
-        let policy = policy::PolicyTables::take(&mut ebpf)?;
+        let policy = policy_slots::PolicyTables::take(&mut ebpf)?;
         let first_clock = clock::sample(&ebpf)?;
         Ok(Self {
             ebpf,
@@ -172,7 +226,9 @@ impl Datapath {
             stats_reported,
             stats_reported_adopted,
             attached: BTreeMap::new(),
+            programs,
             policy,
+            start: pins.is_some().then_some(start),
             pins,
             first_clock,
         })
@@ -184,12 +240,18 @@ impl Datapath {
         self.logger.take()
     }
 
+    /// The build of the counting programs that is loaded.
+    pub fn programs(&self) -> ProgramSet {
+        self.programs
+    }
+
     /// The loaded object, for tests and benchmarks that run programs with BPF_PROG_TEST_RUN.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
 
-    /// Attaches the counting programs to one interface.
+    /// Attaches the counting programs to one interface. While a start has not committed, links
+    /// a previous agent pinned for the interface are only noted, and taken over at commit.
     pub fn attach(
         &mut self,
         interface: &str,
@@ -198,8 +260,20 @@ impl Datapath {
         tc_mode: TcMode,
     ) -> Result<&AttachedInterface, DatapathError> {
         let links = self.pins.as_ref().map(|pins| pins.links_dir());
-        let links = links.as_deref();
-        let attached = attach::attach(&mut self.ebpf, interface, ifindex, hook, tc_mode, links)?;
+        let point = attach::AttachPoint {
+            interface,
+            ifindex,
+            hook,
+            tc_mode,
+            pins: links.as_deref(),
+            adopt_now: self.start.is_none(),
+            own_programs: self
+                .start
+                .as_ref()
+                .map_or(&[], |start| start.own_programs()),
+            set: self.programs,
+        };
+        let attached = attach::attach(&mut self.ebpf, point)?;
         Ok(self.attached.entry(ifindex).or_insert(attached))
     }
 
@@ -216,8 +290,7 @@ impl Datapath {
         self.pins.as_ref().is_some_and(|pins| pins.reused)
     }
 
-    /// Entries each flow map holds. Pinned maps keep the size they were created with, whatever
-    /// `--max-flows` says now.
+    /// Entries each flow map holds.
     pub fn flow_capacity(&self) -> Option<u32> {
         self.epochs.flow_capacity()
     }
@@ -242,8 +315,8 @@ impl Datapath {
     }
 
     /// Removes pinned links this agent did not attach or adopt (interfaces gone or no longer
-    /// selected, or an ingress hook that changed). Call after attaching everything.
-    pub fn remove_stale_links(&mut self) -> Result<Vec<String>, DatapathError> {
+    /// selected, or an ingress hook that changed). Called when a start commits.
+    fn remove_stale_links(&mut self) -> Result<Vec<String>, DatapathError> {
         let Some(pins) = &self.pins else {
             return Ok(Vec::new());
         };
@@ -257,7 +330,17 @@ impl Datapath {
 
     /// Forgets the pinned links without detaching them: they keep counting after the agent exits.
     pub fn leave_pinned_attached(&mut self) {
-        self.attached.retain(|_, a| !a.is_pinned());
+        let kept: Vec<u32> = self
+            .attached
+            .values()
+            .filter(|a| a.is_pinned())
+            .map(|a| a.ifindex)
+            .collect();
+        for ifindex in kept {
+            if let Some(attached) = self.attached.remove(&ifindex) {
+                attach::leave_attached(&mut self.ebpf, attached);
+            }
+        }
     }
 
     /// Drains the epoch the programs are not counting into, without switching: what a previous
@@ -310,7 +393,14 @@ impl Datapath {
 
     /// Publishes a policy (`None` removes it): every packet sees either the old or the new one.
     /// Returns the policy's generation.
+    /// Refused when the loaded programs enforce no policy (a kernel without `bpf_loop`).
     pub fn set_policy(&mut self, policy: Option<&CompiledPolicy>) -> Result<u32, DatapathError> {
+        if policy.is_some() && !self.programs.has_policy() {
+            return Err(DatapathError::PolicyUnsupported {
+                kernel: crate::sys::kernel_release(),
+                why: why_no_policy().unwrap_or("the programs loaded enforce no policy"),
+            });
+        }
         self.policy.publish(policy)
     }
 

@@ -9,7 +9,10 @@
 use aya::maps::{Array, MapData};
 use flowlog_common::{
     maps::{ACL_RULES, EXCLUSION_COUNT, EXCLUSIONS, POLICY_ACTIVE, POLICY_CONFIG, SG_RULES},
-    policy::{PolicyConfig, Rule, active_word},
+    policy::{
+        GENERATION_MASK, MAX_EXCLUSIONS, PolicyConfig, Rule, active_slot, active_word,
+        word_generation,
+    },
 };
 
 use super::{DatapathError, take_map};
@@ -24,6 +27,7 @@ pub(super) struct PolicyTables {
     exclusion_count: Array<MapData, u32>,
     /// The slot the programs read, if a policy is loaded.
     live: Option<u32>,
+    /// The generation of the last word written (by this agent or the one before it).
     generation: u32,
 }
 
@@ -33,11 +37,11 @@ fn map_error(name: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathErro
 
 impl PolicyTables {
     /// Takes the tables out of the object. With pinned maps a previous agent's policy may be
-    /// live: its slot and generation are read back, so the next publish uses the other slot.
+    /// live: its slot and generation are read back, so the next publish uses the other slot and
+    /// a generation never used on these maps.
     pub(super) fn take(ebpf: &mut aya::Ebpf) -> Result<Self, DatapathError> {
         let active: Array<MapData, u32> = take_map(ebpf, POLICY_ACTIVE)?;
         let word = active.get(&0, 0).map_err(map_error(POLICY_ACTIVE))?;
-        let live = (word & 3 != 0).then(|| (word & 3) - 1);
         Ok(Self {
             active,
             configs: [
@@ -48,9 +52,32 @@ impl PolicyTables {
             sg: [take_map(ebpf, SG_RULES[0])?, take_map(ebpf, SG_RULES[1])?],
             exclusions: take_map(ebpf, EXCLUSIONS)?,
             exclusion_count: take_map(ebpf, EXCLUSION_COUNT)?,
-            live,
-            generation: word >> 2,
+            live: active_slot(word),
+            generation: word_generation(word),
         })
+    }
+
+    /// What the programs decide with now: the `POLICY_ACTIVE` word and the exclusions, to put
+    /// back with [`PolicyTables::restore`] if a start is refused after changing them.
+    pub(super) fn in_force(&self) -> Result<InForce, DatapathError> {
+        let word = self.active.get(&0, 0).map_err(map_error(POLICY_ACTIVE))?;
+        let count = self
+            .exclusion_count
+            .get(&0, 0)
+            .map_err(map_error(EXCLUSION_COUNT))?;
+        let exclusions = (0..count.min(MAX_EXCLUSIONS))
+            .map(|i| self.exclusions.get(&i, 0).map_err(map_error(EXCLUSIONS)))
+            .collect::<Result<_, _>>()?;
+        Ok(InForce { word, exclusions })
+    }
+
+    /// Puts back what [`PolicyTables::in_force`] read: the same exclusions, and the same policy
+    /// slot (untouched since, as publishing writes the other one) under a new generation, so
+    /// verdicts cached meanwhile are not trusted.
+    pub(super) fn restore(&mut self, before: &InForce) -> Result<(), DatapathError> {
+        self.set_exclusions(&before.exclusions)?;
+        let slot = active_slot(before.word);
+        self.switch(slot)
     }
 
     /// Publishes `policy` (or removes the policy with `None`) and waits until no program reads
@@ -59,9 +86,8 @@ impl PolicyTables {
         &mut self,
         policy: Option<&CompiledPolicy>,
     ) -> Result<u32, DatapathError> {
-        self.generation = self.generation.wrapping_add(1) & (u32::MAX >> 2);
-        let word = match policy {
-            None => 0,
+        let slot = match policy {
+            None => None,
             Some(policy) => {
                 let slot = self.live.map_or(0, |live| 1 - live);
                 let s = slot as usize;
@@ -78,25 +104,30 @@ impl PolicyTables {
                 self.configs[s]
                     .set(0, policy.config, 0)
                     .map_err(map_error(POLICY_CONFIG[s]))?;
-                self.live = Some(slot);
-                active_word(slot, self.generation)
+                Some(slot)
             }
         };
-        if policy.is_none() {
-            self.live = None;
-        }
+        self.switch(slot)?;
+        Ok(self.generation)
+    }
+
+    /// Makes `slot` live (or none) under the next generation, and waits until no program reads
+    /// the previous word.
+    fn switch(&mut self, slot: Option<u32>) -> Result<(), DatapathError> {
+        self.generation = self.generation.wrapping_add(1) & GENERATION_MASK;
         self.active
-            .set(0, word, 0)
+            .set(0, active_word(slot, self.generation), 0)
             .map_err(map_error(POLICY_ACTIVE))?;
+        self.live = slot;
         sys::wait_for_running_programs().map_err(|source| DatapathError::Syscall {
             call: "membarrier(MEMBARRIER_CMD_GLOBAL)",
             source,
         })?;
-        Ok(self.generation)
+        Ok(())
     }
 
-    /// Replaces the exclusion list. Called before attaching: the count is written last, so a
-    /// program never reads an entry that is not written yet.
+    /// Replaces the exclusion list. The count is written last, so a program never reads an
+    /// entry that is not written yet.
     pub(super) fn set_exclusions(&mut self, rules: &[Rule]) -> Result<(), DatapathError> {
         self.exclusion_count
             .set(0, 0, 0)
@@ -110,4 +141,11 @@ impl PolicyTables {
             .set(0, rules.len() as u32, 0)
             .map_err(map_error(EXCLUSION_COUNT))
     }
+}
+
+/// The policy word and exclusions the programs used before a start changed them.
+#[derive(Debug)]
+pub struct InForce {
+    word: u32,
+    exclusions: Vec<Rule>,
 }
