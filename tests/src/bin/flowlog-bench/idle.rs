@@ -12,6 +12,8 @@
 
 use std::time::Duration;
 
+use flowlog_agent::datapath::Hook;
+
 use crate::{
     agent::{self, Agent},
     rate::{RECEIVER_IF, RateBench},
@@ -62,13 +64,14 @@ pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
     );
     let sink = format!("dir:{}", bench.dir().display());
     let interval = format!("{}s", settings.interval_seconds);
+    let hook = Hook::Tc.to_string();
     let mut agent = Agent::start(
         bench.receiver_ns(),
         &[
             "--interface",
             RECEIVER_IF,
             "--hook",
-            "tc",
+            &hook,
             "--interval",
             &interval,
             "--sink",

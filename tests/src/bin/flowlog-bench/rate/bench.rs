@@ -11,6 +11,7 @@ use std::{
 };
 
 use ::tests::netns::NetNs;
+use flowlog_agent::datapath::Hook;
 
 use crate::{
     agent::Agent,
@@ -276,11 +277,12 @@ impl RateBench {
         let _ = fs::remove_dir_all(&sink_dir);
         fs::create_dir(&sink_dir).context(format!("creating {}", sink_dir.display()))?;
         let sink = format!("dir:{}", sink_dir.display());
+        let hook = Hook::Tc.to_string();
         let mut args = vec![
             "--interface",
             RECEIVER_IF,
             "--hook",
-            "tc",
+            &hook,
             "--interval",
             AGENT_INTERVAL,
             // Detached before its last drain, so both epochs are drained and every packet is in

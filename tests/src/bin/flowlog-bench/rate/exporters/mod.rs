@@ -53,6 +53,35 @@ impl Exporter {
         }
     }
 
+    /// The programs a round with this exporter runs: the exporter and its collector.
+    pub fn programs(self) -> &'static [&'static str] {
+        match self {
+            Exporter::Softflowd => &["softflowd", "softflowctl", "nfcapd", "nfdump"],
+            Exporter::Pmacct => &["pmacctd"],
+        }
+    }
+
+    /// Why this exporter cannot be measured here, if a program it needs is not on PATH.
+    pub fn missing(self) -> Option<String> {
+        self.missing_on(&std::env::var_os("PATH").unwrap_or_default())
+    }
+
+    fn missing_on(self, path: &std::ffi::OsStr) -> Option<String> {
+        let missing: Vec<&str> = self
+            .programs()
+            .iter()
+            .copied()
+            .filter(|program| !std::env::split_paths(path).any(|dir| dir.join(program).is_file()))
+            .collect();
+        (!missing.is_empty()).then(|| {
+            format!(
+                "{} not installed (`cargo xtask bench` installs softflowd, pmacct and nfdump \
+                 from Debian when it can)",
+                missing.join(", ")
+            )
+        })
+    }
+
     /// Starts the exporter on `ifname` in `ns`, keeping its files under `dir`.
     pub fn start<'a>(self, ns: &'a NetNs, ifname: &str, dir: &Path) -> Result<Running<'a>> {
         let running = match self {
@@ -199,4 +228,28 @@ fn wait_until_idle(name: &str, pids: &[u32]) -> Result<()> {
     Err(format!(
         "{name} was still busy {SETTLE_TIMEOUT:?} after the traffic stopped"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_programs_missing_from_path() {
+        let empty = tempfile_dir();
+        let mut reason = Exporter::Softflowd.missing_on(empty.as_os_str()).unwrap();
+        assert!(reason.starts_with("softflowd, softflowctl, nfcapd, nfdump not installed"));
+        fs::write(empty.join("pmacctd"), "").unwrap();
+        assert_eq!(Exporter::Pmacct.missing_on(empty.as_os_str()), None);
+        reason = Exporter::Softflowd.missing_on(empty.as_os_str()).unwrap();
+        assert!(reason.starts_with("softflowd,"));
+        fs::remove_dir_all(&empty).unwrap();
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("flowlog-bench-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).unwrap();
+        dir
+    }
 }
