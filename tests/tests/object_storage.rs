@@ -292,9 +292,10 @@ fn a_killed_agent_loses_no_record_of_its_open_object() {
         .envs(CREDENTIALS)
         .start();
     send_round(&topology, 0, &mut expected);
-    // Two drains after the traffic, then the kill, well before the next drain.
+    // Two drains after the traffic, then the kill once both sinks hold all of them (nothing
+    // waiting: stdout written, the object sink's journal appended), well before the next drain.
     agent.wait_for_log("interval written", 2, Duration::from_secs(10));
-    thread::sleep(Duration::from_millis(500));
+    wait_until_sinks_hold_everything(&topology.a);
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(agent.pid() as libc::pid_t, libc::SIGKILL) };
     let killed = agent.stop();
@@ -328,6 +329,28 @@ fn a_killed_agent_loses_no_record_of_its_open_object() {
     assert_eq!(sorted(in_objects.clone()), sorted(written));
     expected.check(&parse_lines(&in_objects.join("\n")), "objects");
     fs::remove_dir_all(&work).expect("clean up");
+}
+
+/// Waits until every sink of the agent in `ns` has written all it was offered (the metrics'
+/// `records_waiting` are all 0), so that a kill now cuts no delivery in half.
+fn wait_until_sinks_hold_everything(ns: &NetNs) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = scrape(ns, "/metrics");
+        let waiting: Vec<f64> = text
+            .lines()
+            .filter(|line| line.starts_with("flowlog_sink_records_waiting{"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+            .collect();
+        if waiting.len() == 2 && waiting.iter().all(|w| *w == 0.0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sinks still have records waiting:\n{text}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The store never answers and the spool has the smallest bound: the oldest objects are dropped, each
