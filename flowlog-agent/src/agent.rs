@@ -459,6 +459,10 @@ fn keep_restart_only_settings(old: &RunConfig, new: &mut RunConfig) {
         kept.push("on-exit");
         new.on_exit = old.on_exit;
     }
+    if new.kernel_drops != old.kernel_drops {
+        kept.push("kernel-drops");
+        new.kernel_drops = old.kernel_drops;
+    }
     if new.metrics != old.metrics {
         kept.push("metrics");
         new.metrics = old.metrics;
@@ -570,6 +574,9 @@ impl LinkWatcher {
 /// are detached, so both epochs are drained completely.
 fn final_drain(datapath: &mut Datapath, config: &RunConfig) -> Result<DrainedEpoch, AgentError> {
     let keep = config.on_exit == OnExit::Keep && datapath.has_pinned_links();
+    // Its link is not pinned: stopped before the last switch, so the drops of the epoch the
+    // programs leave behind are all in the maps drained now.
+    datapath.detach_kernel_drops();
     if keep {
         datapath.detach_unpinned()?;
         let drained = tokio::task::block_in_place(|| datapath.drain_interval())?;

@@ -181,6 +181,13 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = OnExit::Keep)]
     pub on_exit: OnExit,
 
+    /// Which packets the kernel itself drops become REJECT records with the kernel's reason
+    /// (`netfilter-drop`, `no-socket`, ...): `refused` what the host refused (firewall rules, no
+    /// socket, reverse path filter, routes; see README), `all` every drop, `off` none. Needs
+    /// drop reasons (Linux 5.17+).
+    #[arg(long, value_enum, default_value_t = crate::kernel_drops::KernelDropsMode::Refused)]
+    pub kernel_drops: crate::kernel_drops::KernelDropsMode,
+
     /// Where to serve Prometheus metrics (`GET /metrics`), or `off`.
     #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:9753", value_parser = parse_metrics_address)]
     pub metrics: MetricsAddress,

@@ -10,6 +10,7 @@ pub mod datapath;
 pub mod flow_log;
 pub mod format;
 pub mod interfaces;
+pub mod kernel_drops;
 pub mod metrics;
 pub mod policy;
 pub mod privileges;

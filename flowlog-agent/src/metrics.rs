@@ -223,9 +223,13 @@ impl Metrics {
             let Ok(verdict) = Verdict::try_from(key.verdict) else {
                 continue;
             };
+            let reason = match verdict {
+                Verdict::KernelDrop => Some(crate::kernel_drops::reason_name(key.cpu)),
+                verdict => reject_reason(verdict),
+            };
             let labels = VerdictLabels {
                 action: action(verdict).to_owned(),
-                reason: reject_reason(verdict).unwrap_or("-").to_owned(),
+                reason: reason.unwrap_or("-").to_owned(),
             };
             self.packets.get_or_create(&labels).inc_by(counters.packets);
             self.bytes.get_or_create(&labels).inc_by(counters.bytes);

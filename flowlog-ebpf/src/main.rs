@@ -11,6 +11,8 @@ mod counting;
 #[cfg(target_arch = "bpf")]
 mod decide;
 #[cfg(target_arch = "bpf")]
+mod drops;
+#[cfg(target_arch = "bpf")]
 mod frames;
 #[cfg(target_arch = "bpf")]
 mod maps;
@@ -99,6 +101,9 @@ mod programs {
                     let decision = decide(key, &parsed, now);
                     key.verdict = decision.verdict;
                     count_flow(ctx, key, count, parsed.tcp_flags, now);
+                    if decision.drop {
+                        crate::drops::note_own_drop(key.ifindex, count.bytes);
+                    }
                     return decision.drop;
                 }
                 Err(ParseError::Truncated) if !pulled && frame.has_paged_data() => {
@@ -145,6 +150,13 @@ mod programs {
     pub fn flowlog_ref_tc(ctx: TcContext) -> i32 {
         count_reference(ctx.len() as u64);
         TC_PASS
+    }
+
+    /// `skb:kfree_skb`: packets the kernel drops on the agent's interfaces (`drops.rs`).
+    #[aya_ebpf::macros::raw_tracepoint(tracepoint = "kfree_skb")]
+    pub fn flowlog_kernel_drops(ctx: aya_ebpf::programs::RawTracePointContext) -> i32 {
+        crate::drops::count_drop(&ctx);
+        0
     }
 
     #[panic_handler]

@@ -71,6 +71,7 @@ pub struct AgentSettings {
     pub pin_dir: Option<PathBuf>,
     pub on_exit: Option<OnExit>,
     pub metrics: Option<MetricsAddress>,
+    pub kernel_drops: Option<crate::kernel_drops::KernelDropsMode>,
 }
 
 /// Everything wrong with a configuration file.
@@ -139,6 +140,7 @@ const AGENT_KEYS: &[&str] = &[
     "pin",
     "pin-dir",
     "on-exit",
+    "kernel-drops",
     "metrics",
 ];
 const METADATA_KEYS: &[&str] = &[
@@ -432,6 +434,7 @@ impl Checker<'_> {
                 "pin" => settings.pin = self.boolean(value, "pin"),
                 "pin-dir" => settings.pin_dir = self.string(value, "pin-dir").map(PathBuf::from),
                 "on-exit" => settings.on_exit = self.choice(value, "on-exit"),
+                "kernel-drops" => settings.kernel_drops = self.choice(value, "kernel-drops"),
                 "metrics" => {
                     settings.metrics = self.parsed(
                         value,

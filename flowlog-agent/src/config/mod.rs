@@ -51,6 +51,8 @@ pub struct RunConfig {
     /// Replace flowlog programs of another owner on the selected interfaces (`--take-over`).
     pub take_over: bool,
     pub on_exit: OnExit,
+    /// Which of the kernel's own drops become REJECT records (`--kernel-drops`).
+    pub kernel_drops: crate::kernel_drops::KernelDropsMode,
     /// Where metrics are served, if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
     pub flow_logs: Vec<FlowLogConfig>,
@@ -249,6 +251,10 @@ impl RunConfig {
                 .on_exit
                 .filter(|_| !pick("on_exit"))
                 .unwrap_or(args.on_exit),
+            kernel_drops: agent
+                .kernel_drops
+                .filter(|_| !pick("kernel_drops"))
+                .unwrap_or(args.kernel_drops),
             metrics: agent
                 .metrics
                 .filter(|_| !pick("metrics"))

@@ -27,6 +27,7 @@ fn flow(src: IpAddr, dst: IpAddr) -> Flow {
         bytes: 5000,
         verdict: Verdict::Accept,
         tcp_flags: 18,
+        drop_reason: None,
     }
 }
 
