@@ -190,7 +190,7 @@ fn plan_kernel_drops(mode: KernelDropsMode) -> Option<kernel_drops::Setup> {
             tracing::info!(
                 kernel_drops = %mode,
                 reasons = setup.counted_slots().len(),
-                "the kernel's own drops on the attached interfaces are REJECT records"
+                "the kernel's own drops on the logged interfaces become REJECT records"
             );
             Some(setup)
         }

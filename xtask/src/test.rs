@@ -67,6 +67,10 @@ pub fn test(extra: &[String]) -> Result<()> {
     // runs the agent under `setpriv` with the unit's capabilities.
     setup::ensure_debian_package("systemd-analyze", "systemd")?;
     setup::ensure_debian_package("setpriv", "util-linux")?;
+    // The kernel-drop tests drop packets with real nftables and iptables rules (inside their
+    // namespaces only).
+    setup::ensure_debian_package("nft", "nftables")?;
+    setup::ensure_debian_package("iptables-nft", "iptables")?;
     agent::build()?;
     let agent_bin = agent::binary();
 
