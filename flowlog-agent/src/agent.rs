@@ -286,6 +286,19 @@ impl Drains<'_> {
                 });
             }
         }
+        let drops = &drained.kernel_drops;
+        if drops.unrecorded.packets != 0 {
+            tracing::warn!(
+                packets = drops.unrecorded.packets,
+                "kernel drops not recorded: the drop map was full (their ACCEPT counts stay)"
+            );
+        }
+        if drops.uncovered.packets != 0 {
+            tracing::info!(
+                packets = drops.uncovered.packets,
+                "kernel drops of packets counted in an earlier interval or never seen by flowlog's programs: REJECT now, their ACCEPT (if any) is in an earlier interval"
+            );
+        }
         if orphaned.packets != 0 {
             tracing::warn!(
                 packets = orphaned.packets,

@@ -696,4 +696,53 @@ sinks = ["dir:/tmp/flowlog-a"]
         );
         std::fs::remove_file(path).unwrap();
     }
+
+    #[test]
+    fn kernel_drops_comes_from_the_flag_or_the_file_and_a_bad_value_names_its_line() {
+        use crate::kernel_drops::KernelDropsMode;
+        let config = RunConfig::from_args(run_args(&[]).unwrap()).unwrap();
+        assert_eq!(config.kernel_drops, KernelDropsMode::Refused, "the default");
+        let args = run_args(&["--kernel-drops", "all"]).unwrap();
+        assert_eq!(
+            RunConfig::from_args(args).unwrap().kernel_drops,
+            KernelDropsMode::All
+        );
+        let error = run_args(&["--kernel-drops", "some"]).unwrap_err();
+        assert!(
+            error.contains("--kernel-drops") && error.contains("some"),
+            "{error}"
+        );
+
+        let path = config_file(&FILE.replace(
+            "metrics = \"off\"",
+            "metrics = \"off\"\nkernel-drops = \"off\"",
+        ));
+        let file = path.to_str().unwrap();
+        let config = RunConfig::from_args(run_args(&["--config", file]).unwrap()).unwrap();
+        assert_eq!(config.kernel_drops, KernelDropsMode::Off);
+        let args = run_args(&["--config", file, "--kernel-drops", "refused"]).unwrap();
+        assert_eq!(
+            RunConfig::from_args(args).unwrap().kernel_drops,
+            KernelDropsMode::Refused,
+            "the flag typed wins"
+        );
+        std::fs::remove_file(path).unwrap();
+
+        let path = config_file(
+            "[agent]\nhook = \"tc\"\nkernel-drops = \"sometimes\"\n[[flow-log]]\nid = \"fl-a\"\nscope = \"all\"\nsinks = [\"stdout\"]\n",
+        );
+        let error = RunConfig::from_args(run_args(&["--config", path.to_str().unwrap()]).unwrap())
+            .unwrap_err()
+            .to_string();
+        let shown = path.display().to_string();
+        assert!(
+            error.contains(&format!("{shown}:3: kernel-drops")),
+            "{error}"
+        );
+        assert!(
+            error.contains("expected one of: off, refused, all"),
+            "{error}"
+        );
+        std::fs::remove_file(path).unwrap();
+    }
 }
