@@ -7,6 +7,8 @@ use crate::{agent, cmd, setup};
 pub fn bench(args: &[String]) -> Result<()> {
     setup::setup()?;
     setup::ensure_debian_package("iperf3", "iperf3")?;
+    // The drop flood drops with a real nftables rule (in its namespace only).
+    setup::ensure_debian_package("nft", "nftables")?;
     agent::build()?;
     let mut cargo = cmd::cargo();
     cargo

@@ -2,7 +2,7 @@
 //! an absolute within one run (variants alternate, medians are kept: the machine is shared).
 //!
 //! ```text
-//! cargo xtask bench [-- [--only per-packet|throughput|drain|memory|ipfix|policy|encoders]... [--quick]]
+//! cargo xtask bench [-- [--only per-packet|throughput|drain|memory|ipfix|policy|encoders|kernel-drops]... [--quick]]
 //! ```
 //!
 //! Exits 0 when every figure asked for was measured, whether or not it met its goal; 1 when a
@@ -12,6 +12,7 @@ mod agent;
 mod drain;
 mod encoders;
 mod ipfix;
+mod kernel_drops;
 mod memory;
 mod per_packet;
 mod policy;
@@ -32,10 +33,11 @@ enum Figure {
     Ipfix,
     Policy,
     Encoders,
+    KernelDrops,
 }
 
 impl Figure {
-    const ALL: [Figure; 7] = [
+    const ALL: [Figure; 8] = [
         Figure::PerPacket,
         Figure::Throughput,
         Figure::Drain,
@@ -43,6 +45,7 @@ impl Figure {
         Figure::Ipfix,
         Figure::Policy,
         Figure::Encoders,
+        Figure::KernelDrops,
     ];
 
     fn name(self) -> &'static str {
@@ -54,6 +57,7 @@ impl Figure {
             Figure::Ipfix => "ipfix",
             Figure::Policy => "policy",
             Figure::Encoders => "encoders",
+            Figure::KernelDrops => "kernel-drops",
         }
     }
 
@@ -66,6 +70,7 @@ impl Figure {
             Figure::Ipfix => ipfix::measure(quick, report),
             Figure::Policy => policy::measure(quick, report),
             Figure::Encoders => encoders::measure(quick, report),
+            Figure::KernelDrops => kernel_drops::measure(quick, report),
         }
     }
 }
@@ -77,7 +82,7 @@ struct Options {
     quick: bool,
 }
 
-const USAGE: &str = "usage: flowlog-bench [--only per-packet|throughput|drain|memory|ipfix|policy|encoders]... [--quick]";
+const USAGE: &str = "usage: flowlog-bench [--only per-packet|throughput|drain|memory|ipfix|policy|encoders|kernel-drops]... [--quick]";
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
     let mut only = Vec::new();
