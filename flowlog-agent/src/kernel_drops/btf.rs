@@ -215,7 +215,7 @@ impl Btf {
             offset_bits += bits;
             id = self.resolve(member_type);
         }
-        if offset_bits % 8 != 0 {
+        if !offset_bits.is_multiple_of(8) {
             return Err(error(format!("{name}.{} is a bit field", path.join("."))));
         }
         Ok((offset_bits / 8) as u32)
