@@ -1,5 +1,6 @@
 //! `flowlog-agent run`: load, attach, and every interval drain, build records and hand them to
-//! the sinks; on SIGINT or SIGTERM detach, drain what is left, flush and stop.
+//! the sinks; on SIGINT or SIGTERM detach, drain what is left, and let every sink finish within
+//! [`SHUTDOWN_DEADLINE`] (a second signal exits at once).
 
 use std::{
     collections::BTreeMap,
@@ -22,7 +23,7 @@ use crate::{
     metrics::{self, KindLabels, Metrics},
     policy::{Exclusion, Policy},
     privileges::{self, MissingCapability},
-    sink::{SinkReport, object::ObjectSinkError},
+    sink::{SHUTDOWN_DEADLINE, SinkReport, object::ObjectSinkError},
     startup::{self, Plan, Started},
     sys,
 };
@@ -169,6 +170,7 @@ pub async fn run(mut config: RunConfig) -> Result<RunSummary, AgentError> {
     }
 
     let mut summary = RunSummary::default();
+    let mut stop_deadline = None;
     let mut drains = Drains {
         stats: &mut stats,
         metrics: &metrics,
@@ -202,12 +204,19 @@ pub async fn run(mut config: RunConfig) -> Result<RunSummary, AgentError> {
                     continue;
                 }
                 Signal::Stop(name) => {
-                    tracing::info!(signal = name, "stopping: final drain");
+                    tracing::info!(
+                        signal = name,
+                        deadline_s = SHUTDOWN_DEADLINE.as_secs(),
+                        "stopping: final drain, then the sinks finish within the deadline (a second signal exits at once)"
+                    );
                     true
                 }
             },
         };
         let started = std::time::Instant::now();
+        if stopping {
+            stop_deadline = Some(tokio::time::Instant::now() + SHUTDOWN_DEADLINE);
+        }
         let drained = if stopping {
             final_drain(&mut datapath, &config)?
         } else {
@@ -230,11 +239,35 @@ pub async fn run(mut config: RunConfig) -> Result<RunSummary, AgentError> {
         }
     }
     drop(datapath);
+    signals.exit_on_next_stop();
 
-    for flow_log in flow_logs {
-        let reports = flow_log.finish().await;
-        summary.sinks.extend(reports);
+    // Every sink of every flow log finishes at once, within the one deadline.
+    let deadline = stop_deadline.unwrap_or_else(|| tokio::time::Instant::now() + SHUTDOWN_DEADLINE);
+    let finishing: Vec<_> = flow_logs
+        .into_iter()
+        .map(|flow_log| tokio::spawn(flow_log.finish(deadline)))
+        .collect();
+    for task in finishing {
+        summary.sinks.extend(task.await.unwrap_or_default());
     }
+    let not_delivered: u64 = summary
+        .sinks
+        .iter()
+        .map(|(_, r)| r.records_not_delivered)
+        .sum();
+    let lost: u64 = summary.sinks.iter().map(|(_, r)| r.records_lost).sum();
+    if not_delivered > 0 {
+        tracing::error!(
+            records = not_delivered,
+            "stopped with records not delivered (see each sink's line above)"
+        );
+    }
+    tracing::info!(
+        intervals = summary.intervals,
+        records = summary.records,
+        sink_records_lost = lost,
+        "stopped"
+    );
     Ok(summary)
 }
 
@@ -318,6 +351,10 @@ impl Drains<'_> {
 /// SIGHUP: with `--config` the whole configuration is read again ([`Reload::apply`]), without
 /// it the policy file.
 async fn hangup(config: &mut RunConfig, mut reload: Reload<'_, '_>, metrics: &Metrics) {
+    // Log streams are opened again (logrotate's `create`, then SIGHUP in postrotate).
+    for flow_log in reload.flow_logs.iter() {
+        flow_log.reopen_files();
+    }
     if config.args.config.is_none() {
         match reload_policy(reload.datapath, config) {
             true => metrics.policy_reloads.inc(),
@@ -418,7 +455,9 @@ impl Reload<'_, '_> {
         for mut flow_log in stopped {
             self.drains.summary.records += flow_log.publish(self.drains.metrics) as u64;
             tracing::info!(flow_log = flow_log.name(), "flow log stopped by the reload");
-            let reports = flow_log.finish().await;
+            let reports = flow_log
+                .finish(tokio::time::Instant::now() + SHUTDOWN_DEADLINE)
+                .await;
             self.drains.summary.sinks.extend(reports);
         }
         let now = SystemTime::now();
@@ -710,6 +749,22 @@ impl Signals {
             _ = self.terminate.recv() => Signal::Stop("SIGTERM"),
             _ = self.hangup.recv() => Signal::Reload,
         }
+    }
+
+    /// While the agent stops, a second SIGINT or SIGTERM ends it at once (the operator does
+    /// not want to wait for the sinks).
+    fn exit_on_next_stop(mut self) {
+        tokio::spawn(async move {
+            loop {
+                if let Signal::Stop(name) = self.next().await {
+                    tracing::error!(
+                        signal = name,
+                        "second stop signal: exiting now; records the sinks had not delivered are lost"
+                    );
+                    std::process::exit(1);
+                }
+            }
+        });
     }
 }
 

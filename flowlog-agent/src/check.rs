@@ -79,6 +79,9 @@ pub async fn check(config: &RunConfig) -> Report {
             config.tick().as_secs()
         ),
     );
+    for warning in config.file_warnings() {
+        report.add(Level::Warn, "file permissions", warning);
+    }
     kernel(&mut report);
     match privileges::check() {
         Ok(()) => report.add(

@@ -11,7 +11,7 @@ use crate::{
     datapath::{HookChoice, TcModeChoice},
     format::{DEFAULT_FORMAT, RecordFormat},
     policy::Exclusion,
-    sink::{SinkSpec, object::ArchiveArgs},
+    sink::{SinkParser, SinkSpec, object::ArchiveArgs},
 };
 
 /// VPC Flow Logs for any Linux host: counts every IP flow of the selected interfaces in the
@@ -126,7 +126,7 @@ pub struct RunArgs {
     /// `ipfix+tcp://HOST:PORT` (port 4739 by default; options `?domain=N&mtu=BYTES&
     /// template-refresh=60s&template-refresh-messages=100`). Default: dir:/var/log/flowlog and
     /// stdout.
-    #[arg(long = "sink", value_name = "SINK")]
+    #[arg(long = "sink", value_name = "SINK", value_parser = SinkParser)]
     pub sinks: Vec<SinkSpec>,
 
     /// How to hook interfaces: TC, native XDP for ingress, or auto (XDP only where the driver

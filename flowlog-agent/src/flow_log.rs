@@ -229,20 +229,44 @@ impl FlowLog {
         interval.records.len()
     }
 
-    /// Flushes and stops the sinks (after the last [`FlowLog::publish`]).
-    pub async fn finish(self) -> Vec<(String, SinkReport)> {
+    /// Asks the sinks to open their files again before their next write (SIGHUP).
+    pub fn reopen_files(&self) {
+        for sink in &self.sinks {
+            sink.reopen();
+        }
+    }
+
+    /// Flushes and stops the sinks (after the last [`FlowLog::publish`]), all at once, by
+    /// `deadline`: a sink still busy then is abandoned and what it could not deliver reported.
+    pub async fn finish(self, deadline: tokio::time::Instant) -> Vec<(String, SinkReport)> {
+        let flow_log = self.config.name().to_owned();
+        let finishing: Vec<_> = self
+            .sinks
+            .into_iter()
+            .map(|handle| {
+                let name = handle.name().to_owned();
+                (name, tokio::spawn(handle.finish(deadline)))
+            })
+            .collect();
         let mut reports = Vec::new();
-        for handle in self.sinks {
-            let name = handle.name().to_owned();
-            let report = handle.finish().await;
+        for (name, task) in finishing {
+            let report = task.await.unwrap_or_default();
             tracing::info!(
                 sink = %name,
                 records = report.records_written,
                 lost = report.records_lost,
                 retries = report.retries,
-                flow_log = self.config.name(),
+                flow_log,
                 "sink finished"
             );
+            if report.records_not_delivered > 0 {
+                tracing::error!(
+                    sink = %name,
+                    records = report.records_not_delivered,
+                    flow_log,
+                    "records not delivered: the sink was still retrying when the shutdown deadline passed"
+                );
+            }
             reports.push((name, report));
         }
         reports

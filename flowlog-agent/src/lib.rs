@@ -7,6 +7,7 @@ pub mod cli;
 pub mod collector;
 pub mod config;
 pub mod datapath;
+pub mod files;
 pub mod flow_log;
 pub mod format;
 pub mod interfaces;

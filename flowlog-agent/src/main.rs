@@ -36,11 +36,28 @@ fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run(args) => {
             let config = RunConfig::from_args(*args)?;
+            for warning in config.file_warnings() {
+                tracing::warn!("{warning}");
+            }
+            // One mode policy for every file the agent creates (files::FILE_MODE, DIR_MODE).
+            flowlog_agent::sys::set_umask(flowlog_agent::files::UMASK);
+            // A log stream per interface and a metrics connection each take a descriptor.
+            match flowlog_agent::sys::raise_open_files_limit() {
+                Ok((before, after)) if before != after => {
+                    tracing::debug!(before, after, "raised the open-files limit")
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "cannot raise the open-files limit"),
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            runtime.block_on(agent::run(config))?;
+            let result = runtime.block_on(agent::run(config));
+            // A sink abandoned at the shutdown deadline may still be blocked in a write
+            // (standard output nobody reads): do not wait for it.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+            result?;
             Ok(())
         }
         Command::Check(args) => {

@@ -3,7 +3,7 @@
 //! (the spool gauges: the spool as it is).
 //! Every metric is listed with its meaning in README.md.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -12,7 +12,8 @@ use prometheus_client::{
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
 };
 
 use crate::{
@@ -227,6 +228,11 @@ impl Metrics {
                  (collectors), objects the store accepted (object stores)",
                 live.bytes_written.clone(),
             );
+            sub.register(
+                "sink_records_waiting",
+                "Records in a sink's queue or being retried, waiting to be written",
+                live.records_waiting.clone(),
+            );
             if let Some(spool) = &live.spool {
                 sub.register(
                     "sink_spool_bytes",
@@ -304,46 +310,92 @@ impl Metrics {
     }
 }
 
+/// Connections served at once; more are accepted and closed at once, so idle or slow clients
+/// cannot hold more descriptors than this.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a client has to send its request head, and the response to go out.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Waits after a failed `accept` (out of descriptors, say): doubling from the first to the
+/// last, so a listener that keeps failing never spins.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
+
 /// Serves `GET /metrics` on `address` until the runtime ends.
 pub async fn serve(address: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(address).await?;
     let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let metrics = Arc::clone(&metrics);
-            tokio::spawn(async move {
-                // The request head, up to its blank line (a client may send it in pieces).
-                let mut request = Vec::with_capacity(512);
-                let mut chunk = [0u8; 512];
-                let read_head = async {
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => request.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), read_head).await;
-                let line = String::from_utf8_lossy(&request);
-                let (status, content_type, body) = if line.starts_with("GET /metrics ") {
-                    (
-                        "200 OK",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        metrics.render(),
-                    )
-                } else {
-                    ("404 Not Found", "text/plain", "try /metrics\n".to_owned())
-                };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
-            });
-        }
-    });
+    tokio::spawn(accept_loop(listener, metrics));
     Ok(bound)
+}
+
+async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = ACCEPT_BACKOFF.0;
+    let mut refused = 0u64;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff = ACCEPT_BACKOFF.0;
+                stream
+            }
+            Err(error) => {
+                // The connection stays in the backlog; accepting again at once would spin.
+                tracing::warn!(%error, retry_in = ?backoff, "metrics: accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    refused_total = refused,
+                    max = MAX_CONNECTIONS,
+                    "metrics: too many connections at once; closing new ones"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            respond(stream, &metrics).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Reads one request head and answers it, each within [`IO_TIMEOUT`].
+async fn respond(mut stream: TcpStream, metrics: &Metrics) {
+    // The request head, up to its blank line (a client may send it in pieces).
+    let mut request = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    let read_head = async {
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => request.extend_from_slice(&chunk[..n]),
+            }
+        }
+        true
+    };
+    if !matches!(tokio::time::timeout(IO_TIMEOUT, read_head).await, Ok(true)) {
+        // Gone, or idle: close without an answer.
+        return;
+    }
+    let line = String::from_utf8_lossy(&request);
+    let (status, content_type, body) = if line.starts_with("GET /metrics ") {
+        (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.render(),
+        )
+    } else {
+        ("404 Not Found", "text/plain", "try /metrics\n".to_owned())
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(IO_TIMEOUT, stream.write_all(response.as_bytes())).await;
 }

@@ -389,6 +389,9 @@ fn parse_matcher(
     };
     let network = parse_network(cidr.get_ref())
         .or_else(|message| problem(cidr.span(), format!("cidr {:?}: {message}", cidr.get_ref())))?;
+    if let Some(message) = family_mismatch(protocol_number, &network) {
+        return problem(cidr.span(), format!("cidr {:?}: {message}", cidr.get_ref()));
+    }
     let ports = match ports {
         None => (0, u16::MAX),
         Some(ports) => {
@@ -420,6 +423,19 @@ fn parse_matcher(
         network,
         ports,
     })
+}
+
+/// Why a rule for `protocol` on `network` could never match: ICMP is IPv4's, ICMPv6 IPv6's.
+fn family_mismatch(protocol: Option<u8>, network: &Network) -> Option<String> {
+    match (protocol, network.address.is_ipv4()) {
+        (Some(1), false) => Some(
+            "icmp is IPv4's; an IPv6 CIDR never matches it (use icmpv6, or an IPv4 CIDR)".into(),
+        ),
+        (Some(58), true) => Some(
+            "icmpv6 is IPv6's; an IPv4 CIDR never matches it (use icmp, or an IPv6 CIDR)".into(),
+        ),
+        _ => None,
+    }
 }
 
 /// `198.18.0.0/15`, `fd00::/8`, or a bare address (a /32 or /128).
@@ -598,6 +614,11 @@ impl Exclusion {
                 let ports = match port {
                     None => (0, u16::MAX),
                     Some(port) => {
+                        if !matches!(protocol, Some(6 | 17)) {
+                            return Err(bad(format!(
+                                "port {port:?}: {name} has no ports (only tcp and udp do)"
+                            )));
+                        }
                         let port: u16 = port
                             .parse()
                             .map_err(|_| bad(format!("port {port:?}: expected 0-65535")))?;
@@ -607,6 +628,9 @@ impl Exclusion {
                 (protocol, ports)
             }
         };
+        if let Some(message) = family_mismatch(protocol, &network) {
+            return Err(bad(format!("{cidr:?}: {message}")));
+        }
         Ok(Exclusion(Matcher {
             protocol,
             network,
@@ -759,6 +783,48 @@ cidr = "::/0"
             Exclusion::parse("10.0.0.1/8")
                 .unwrap_err()
                 .contains("host bits")
+        );
+        let icmp_port = Exclusion::parse("10.0.0.0/8/icmp:5").unwrap_err();
+        assert!(
+            icmp_port.contains("\"10.0.0.0/8/icmp:5\"") && icmp_port.contains("icmp has no ports"),
+            "{icmp_port}"
+        );
+        assert!(
+            Exclusion::parse("10.0.0.0/8/all:53")
+                .unwrap_err()
+                .contains("all has no ports")
+        );
+        assert!(
+            Exclusion::parse("::/0/icmp")
+                .unwrap_err()
+                .contains("icmp is IPv4's")
+        );
+        assert!(
+            Exclusion::parse("0.0.0.0/0/icmpv6")
+                .unwrap_err()
+                .contains("icmpv6 is IPv6's")
+        );
+        assert!(Exclusion::parse("10.0.0.0/8/udp:53").is_ok());
+    }
+
+    #[test]
+    fn rules_whose_family_can_never_match_are_refused_at_their_line() {
+        let icmp_v6 = "[[security_group.ingress]]\nprotocol = \"icmp\"\ncidr = \"::/0\"\n";
+        let (line, message) = error(&format!("[security_group]\n{icmp_v6}"));
+        assert_eq!(line, Some(4));
+        assert!(
+            message.contains("\"::/0\"") && message.contains("icmp is IPv4's"),
+            "{message}"
+        );
+        let acl = "[acl]\ndefault = \"allow\"\n[[acl.rule]]\nnumber = 1\ndirection = \"ingress\"\nprotocol = \"icmpv6\"\ncidr = \"10.0.0.0/8\"\naction = \"deny\"\n";
+        let (line, message) = error(acl);
+        assert_eq!(line, Some(7));
+        assert!(message.contains("icmpv6 is IPv6's"), "{message}");
+        // By number as well.
+        assert!(
+            error(&acl.replace("\"icmpv6\"", "58"))
+                .1
+                .contains("icmpv6 is IPv6's")
         );
     }
 }

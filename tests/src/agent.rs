@@ -138,12 +138,29 @@ impl Agent {
         Self::start_full(ns, wrapper, args, &[], attachments)
     }
 
+    /// As [`Agent::start`], with the agent's standard output a pipe whose reader is closed at
+    /// once: every write to it fails with EPIPE.
+    pub fn start_with_stdout_closed(ns: &NetNs, args: &[&str], attachments: usize) -> Self {
+        Self::start_inner(ns, &[], args, &[], attachments, false)
+    }
+
     fn start_full(
         ns: &NetNs,
         wrapper: &[&str],
         args: &[&str],
         env: &[(&str, &str)],
         attachments: usize,
+    ) -> Self {
+        Self::start_inner(ns, wrapper, args, env, attachments, true)
+    }
+
+    fn start_inner(
+        ns: &NetNs,
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+        attachments: usize,
+        read_stdout: bool,
     ) -> Self {
         let mut child = agent_command(ns, wrapper)
             .arg("run")
@@ -155,11 +172,16 @@ impl Agent {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", agent_binary().display()));
         let mut out = child.stdout.take().expect("piped");
-        let stdout = thread::spawn(move || {
-            let mut text = String::new();
-            let _ = out.read_to_string(&mut text);
-            text
-        });
+        let stdout = if read_stdout {
+            thread::spawn(move || {
+                let mut text = String::new();
+                let _ = out.read_to_string(&mut text);
+                text
+            })
+        } else {
+            drop(out);
+            thread::spawn(String::new)
+        };
         let err = child.stderr.take().expect("piped");
         let (send, stderr_lines) = mpsc::channel();
         thread::spawn(move || {
@@ -206,6 +228,22 @@ impl Agent {
         }
     }
 
+    /// Whether a log line containing `needle` has been seen within `timeout` (waiting no
+    /// longer than that; never panics).
+    pub fn logged_within(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stderr_seen.iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) => self.stderr_seen.push(line),
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// The log lines seen so far.
     pub fn log(&self) -> String {
         self.stderr_seen.join("\n")
@@ -215,19 +253,29 @@ impl Agent {
         self.child.as_ref().expect("running").id()
     }
 
-    /// Sends SIGTERM and waits for the agent to finish its final drain and exit.
-    pub fn stop(mut self) -> Stopped {
-        let mut child = self.child.take().expect("running");
+    /// Sends `signal` (SIGTERM, SIGHUP, ...) to the agent.
+    pub fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill(2) on our own child's pid; it touches no memory.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
+    }
+
+    /// Sends SIGTERM and waits for the agent to finish its final drain and exit.
+    pub fn stop(self) -> Stopped {
+        self.signal(libc::SIGTERM);
+        self.wait_for_exit(Duration::from_secs(30))
+    }
+
+    /// Waits until the agent exits (it was told to stop); panics after `timeout`.
+    pub fn wait_for_exit(mut self, timeout: Duration) -> Stopped {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
         let status = loop {
             if let Some(status) = child.try_wait().expect("waitpid") {
                 break status;
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("agent did not stop within 30 s of SIGTERM");
+                panic!("agent did not stop within {timeout:?}");
             }
             thread::sleep(Duration::from_millis(20));
         };

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod bpffs;
 pub mod collector;
+pub mod faults;
 pub mod foreign;
 pub mod frames;
 pub mod metrics;

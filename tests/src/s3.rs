@@ -12,13 +12,12 @@ use std::{
 
 use crate::netns::{NetNs, in_netns};
 
-/// Where `cargo xtask test` put the environment (`FLOWLOG_TEST_VENV`), else its default place.
+/// Where `cargo xtask test` put the environment (`FLOWLOG_TEST_VENV`; its directory is named
+/// after a hash of its requirements).
 pub fn venv() -> PathBuf {
-    if let Some(path) = std::env::var_os("FLOWLOG_TEST_VENV") {
-        return PathBuf::from(path);
-    }
-    let home = std::env::var_os("HOME").expect("HOME is set");
-    PathBuf::from(home).join(".local/share/flowlog-test-venv")
+    std::env::var_os("FLOWLOG_TEST_VENV")
+        .map(PathBuf::from)
+        .expect("FLOWLOG_TEST_VENV is unset: run the tests with `cargo xtask test`, which installs the Python environment and sets it")
 }
 
 pub fn python() -> PathBuf {

@@ -1,6 +1,6 @@
 //! Object-storage delivery against real parts: the agent archives to a real S3-compatible
 //! server (moto, on the loopback of the test namespace) and to `file://`; the objects are read
-//! back with independent readers (boto3, `gzip -dc`, pyarrow). Keys must follow the AWS layout
+//! back with independent readers (boto3, `gzip -dc`, pyarrow, parquet-python). Keys must follow the AWS layout
 //! exactly, records must add up to the traffic sent exactly, and an outage of the store (with
 //! an agent restart in the middle) must lose and duplicate nothing.
 
@@ -564,8 +564,8 @@ fn spool_files(spool: &Path) -> usize {
         .count()
 }
 
-/// Parquet objects in a `file://` archive (Hive-compatible keys), read back with pyarrow: the
-/// same rows as the text records, the reference's column names and physical types. The same
+/// Parquet objects in a `file://` archive (Hive-compatible keys), read back with pyarrow and
+/// with a Parquet-1.0-only reader (`parquet`): the same rows as the text records, the reference's column names and physical types. The same
 /// run checks JSON lines in a log-stream directory.
 #[test]
 fn parquet_objects_read_back_with_pyarrow_and_json_lines_carry_the_records() {
@@ -718,6 +718,30 @@ fn parquet_objects_read_back_with_pyarrow_and_json_lines_carry_the_records() {
         sorted(rows.clone()),
         sorted(lines.clone()),
         "parquet rows vs records"
+    );
+    // A reader that knows only Parquet 1.0 encodings reads the same rows.
+    let output = run_script(&topology.a, "parquet_rows_v1.py", &args);
+    let mut rows_v1 = Vec::new();
+    for document in String::from_utf8(output.stdout).unwrap().lines() {
+        let document: serde_json::Value = serde_json::from_str(document).unwrap();
+        for row in document["rows"].as_array().unwrap() {
+            let fields: Vec<String> = row
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|value| match value {
+                    serde_json::Value::Null => "-".to_owned(),
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            rows_v1.push(fields.join(" "));
+        }
+    }
+    assert_eq!(
+        sorted(rows_v1),
+        sorted(lines.clone()),
+        "Parquet-1.0 reader's rows vs records"
     );
     // NODATA rows have nulls, not `-`, in their numeric columns.
     assert!(lines.iter().any(|l| l.contains(" a1 - - - - - - - ")));

@@ -644,6 +644,14 @@ impl Checker<'_> {
                 }
             }
         }
+        // (Indices match the strings only when every one parsed.)
+        if ok
+            && let Err((at, message)) = crate::sink::check_duplicate_sinks(&sinks)
+            && let Some((_, span)) = self.strings(value, "sinks").get(at).cloned()
+        {
+            self.at(span, message, "give each destination once");
+            ok = false;
+        }
         if sinks.is_empty() && ok {
             self.at(
                 value.span(),
@@ -881,6 +889,18 @@ sinks = ["dir:/tmp/x"]
         assert!(
             found.iter().any(|(_, m)| m.contains("dir:/tmp/x")),
             "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn a_sink_given_twice_is_refused_at_its_line() {
+        let text = "[[flow-log]]\nid = \"fl-a\"\nscope = \"all\"\nsinks = [\n  \"stdout\",\n  \"dir:/tmp/x\",\n  \"stdout\",\n]\n";
+        let found = problems(text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, Some(7));
+        assert!(
+            found[0].1.contains("sink stdout is given twice"),
+            "{found:?}"
         );
     }
 

@@ -23,7 +23,7 @@ use crate::{
     policy::{Exclusion, Policy, PolicyError},
     record::Metadata,
     sink::{
-        SinkSpec, default_sinks,
+        SinkSpec, check_duplicate_sinks, default_sinks,
         object::{ArchiveOptions, KeyLayout, ObjectUrl, derived_flow_log_id},
     },
 };
@@ -98,6 +98,8 @@ pub enum ConfigError {
     CliFlowLogWithoutSink { flag: String },
     #[error("{0} (hint: {hint})", hint = .0.hint())]
     SharedFiles(SharedFiles),
+    #[error("--sink: {0} (hint: give each destination once)")]
+    DuplicateSink(String),
 }
 
 /// Two flow logs that would write the same log-stream files.
@@ -122,15 +124,17 @@ impl SharedFiles {
 pub fn check_shared_files<'a>(
     flow_logs: impl Iterator<Item = &'a FlowLogConfig>,
 ) -> Result<(), SharedFiles> {
-    let mut seen: Vec<(PathBuf, &'static str, &str, String)> = Vec::new();
-    for flow_log in flow_logs {
+    let mut seen: Vec<(PathBuf, &'static str, &str, usize)> = Vec::new();
+    for (index, flow_log) in flow_logs.enumerate() {
         for sink in &flow_log.sinks {
             let (SinkSpec::LogStreams(dir) | SinkSpec::JsonLogStreams(_, dir)) = sink else {
                 continue;
             };
             let traffic = flow_log.traffic_type.file_name_part();
-            if let Some((_, _, first, _)) =
-                seen.iter().find(|(d, t, _, _)| d == dir && *t == traffic)
+            // Within one flow log that is a duplicate sink, refused as such.
+            if let Some((_, _, first, _)) = seen
+                .iter()
+                .find(|(d, t, _, i)| d == dir && *t == traffic && *i != index)
             {
                 return Err(SharedFiles {
                     first: (*first).to_owned(),
@@ -139,7 +143,7 @@ pub fn check_shared_files<'a>(
                     traffic,
                 });
             }
-            seen.push((dir.clone(), traffic, flow_log.name(), sink.to_string()));
+            seen.push((dir.clone(), traffic, flow_log.name(), index));
         }
     }
     Ok(())
@@ -265,6 +269,20 @@ impl RunConfig {
         })
     }
 
+    /// Files the agent reads what to log and enforce from that any local user could change
+    /// (the `--config` file, the policy file), with why: warned about at start-up and by
+    /// `check`.
+    pub fn file_warnings(&self) -> Vec<String> {
+        let files = self
+            .args
+            .config
+            .iter()
+            .chain(self.policy.as_ref().map(|(path, _)| path));
+        files
+            .filter_map(|path| crate::files::writable_by_others(path))
+            .collect()
+    }
+
     /// Reads the `--config` file again and combines it with the same command line (SIGHUP).
     pub fn reload(&self) -> Result<Self, ConfigError> {
         Self::from_args(self.args.clone())
@@ -300,6 +318,7 @@ fn cli_flow_log(args: &RunArgs) -> Result<FlowLogConfig, ConfigError> {
     } else {
         args.sinks.clone()
     };
+    check_duplicate_sinks(&sinks).map_err(|(_, message)| ConfigError::DuplicateSink(message))?;
     let flow_log = FlowLogConfig {
         id: args.archive.flow_log_id.clone(),
         scope: InterfaceSelector::parse(&args.interfaces)?,

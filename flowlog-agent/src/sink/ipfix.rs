@@ -9,8 +9,11 @@
 //!   duplicated.
 //! - TCP: one connection, templates once at its start, sequence numbers from 0 per connection.
 //!   Before each interval the connection is checked for a collector that has gone away; a
-//!   failed connect or write drops the connection and fails the write, so the delivery driver
-//!   retries the whole interval with backoff on a new connection (templates first).
+//!   failed connect, or a write that fails or makes no progress for [`WRITE_TIMEOUT`] (a
+//!   collector that stopped reading), drops the connection and fails the write. The driver
+//!   retries with backoff on a new connection (templates first), which carries only the
+//!   records not yet written whole: a message cut by the failure is sent again, nothing that
+//!   was written whole is.
 //!
 //! NODATA records have no IPFIX form (an idle interface exports nothing); SKIPDATA counts go out
 //! as options records carrying running totals (see `encoder`).
@@ -35,7 +38,7 @@ use tokio::{
 pub use encoder::{
     DataRecord, FlowData, MessageEncoder, SkippedData, forwarding_status, ie as information_element,
 };
-pub use spec::{DEFAULT_MTU, DEFAULT_PORT, IpfixSpec, IpfixSpecError, Transport};
+pub use spec::{DEFAULT_MTU, DEFAULT_PORT, IpfixSpec, IpfixSpecError, OPTIONS, Transport};
 
 use super::{Sink, SinkError};
 use crate::record::{IntervalRecords, RecordKind};
@@ -43,6 +46,9 @@ use crate::record::{IntervalRecords, RecordKind};
 /// TCP has no path MTU to respect; messages are cut at this size to bound collectors' buffers.
 pub const TCP_MESSAGE_LEN: usize = 16 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one message may take to go into the connection: a collector that accepts but does
+/// not read fills the socket buffers, and the write would block forever.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `flowlog-agent check` waits for a TCP collector to accept.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 const UDP_HEADER_LEN: usize = 8;
@@ -60,6 +66,9 @@ pub struct IpfixSink {
     /// The interval whose SKIPDATA is already in the totals (a retried write must not add it
     /// twice).
     last_counted: Option<Arc<IntervalRecords>>,
+    /// TCP: the interval a failed write was cut in, and how many of its data records went out
+    /// in messages written whole (the retry starts after them).
+    tcp_progress: Option<(Arc<IntervalRecords>, usize)>,
     /// Records in UDP datagrams that could not be sent.
     records_dropped: u64,
     /// IPFIX messages (templates included) the socket took: sent datagrams' payloads, or
@@ -80,6 +89,7 @@ impl IpfixSink {
             messages_since_templates: 0,
             skipped_totals: BTreeMap::new(),
             last_counted: None,
+            tcp_progress: None,
             records_dropped: 0,
             bytes_written: Counter::default(),
             scratch: Vec::new(),
@@ -93,8 +103,14 @@ impl IpfixSink {
 
     /// Encodes the interval's records into `self.scratch`; returns records per message. Each
     /// record carries its interface's index (`ingressInterface`/`egressInterface`), so an
-    /// interface attached after start-up exports its own.
-    fn encode(&mut self, interval: &Arc<IntervalRecords>, max_message_len: usize) -> Vec<usize> {
+    /// interface attached after start-up exports its own. The first `skip` data records (flows
+    /// and SKIPDATA) are left out: they went out before.
+    fn encode(
+        &mut self,
+        interval: &Arc<IntervalRecords>,
+        max_message_len: usize,
+        skip: usize,
+    ) -> Vec<usize> {
         let already_counted = self
             .last_counted
             .as_ref()
@@ -136,6 +152,7 @@ impl IpfixSink {
                 RecordKind::NoData => None,
             }
         });
+        let records = records.skip(skip);
         self.scratch.clear();
         self.encoder.set_max_message_len(max_message_len);
         self.encoder.data(records, export_time(), &mut self.scratch)
@@ -150,7 +167,7 @@ impl IpfixSink {
         let collector = socket.peer_addr()?;
         let ip_header = if collector.is_ipv4() { 20 } else { 40 };
         let max_len = usize::from(self.spec.mtu) - ip_header - UDP_HEADER_LEN;
-        let counts = self.encode(&interval, max_len);
+        let counts = self.encode(&interval, max_len, 0);
 
         let socket = self.udp.as_ref().expect("connected above");
         let mut dropped = 0u64;
@@ -201,6 +218,10 @@ impl IpfixSink {
             tracing::warn!(sink = %self.spec, "collector closed the connection; reconnecting");
             self.tcp = None;
         }
+        let skip = match &self.tcp_progress {
+            Some((cut, sent)) if Arc::ptr_eq(cut, &interval) => *sent,
+            _ => 0,
+        };
         let mut fresh = None;
         if self.tcp.is_none() {
             let stream = connect_tcp(&self.spec).await?;
@@ -209,27 +230,51 @@ impl IpfixSink {
             fresh = Some(self.encoder.templates(export_time()));
             self.tcp = Some(stream);
         }
-        self.encode(&interval, TCP_MESSAGE_LEN);
+        let counts = self.encode(&interval, TCP_MESSAGE_LEN, skip);
         let stream = self.tcp.as_mut().expect("connected above");
         let bytes_written = &self.bytes_written;
-        let result = async {
-            for message in fresh.iter().chain(&self.scratch) {
-                stream.write_all(message).await?;
-                bytes_written.inc_by(message.len() as u64);
+        let mut sent = 0;
+        let messages = fresh
+            .iter()
+            .map(|m| (m, 0))
+            .chain(self.scratch.iter().zip(counts));
+        let mut failure = None;
+        for (message, records) in messages {
+            match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(message)).await {
+                Ok(Ok(())) => {
+                    bytes_written.inc_by(message.len() as u64);
+                    sent += records;
+                }
+                Ok(Err(error)) => {
+                    failure = Some(error.to_string());
+                    break;
+                }
+                Err(_) => {
+                    failure = Some(format!(
+                        "no progress for {} s (the collector is not reading)",
+                        WRITE_TIMEOUT.as_secs()
+                    ));
+                    break;
+                }
             }
-            io::Result::Ok(())
         }
-        .await;
-        if let Err(error) = result {
-            // The next attempt starts a new connection, with templates and sequence 0.
-            self.tcp = None;
-            self.encoder.reset_sequence();
-            return Err(SinkError::Retriable(format!(
-                "writing to {}: {error}",
-                self.spec.address()
-            )));
+        match failure {
+            None => {
+                self.tcp_progress = None;
+                Ok(())
+            }
+            Some(error) => {
+                // The next attempt starts a new connection, with templates and sequence 0,
+                // and the records after those written whole.
+                self.tcp = None;
+                self.encoder.reset_sequence();
+                self.tcp_progress = Some((interval, skip + sent));
+                Err(SinkError::Retriable(format!(
+                    "writing to {}: {error}",
+                    self.spec.address()
+                )))
+            }
         }
-        Ok(())
     }
 }
 
@@ -245,13 +290,32 @@ impl Sink for IpfixSink {
         }
     }
 
-    async fn flush(&mut self) -> Result<(), SinkError> {
+    /// Over TCP, the records in messages written whole by earlier attempts (and the NODATA
+    /// records, which IPFIX does not carry).
+    fn give_up(&mut self, interval: &IntervalRecords) -> u64 {
+        let sent = match self.tcp_progress.take() {
+            Some((cut, sent)) if std::ptr::eq(&*cut, interval) => sent as u64,
+            other => {
+                self.tcp_progress = other;
+                return 0;
+            }
+        };
+        let data = interval
+            .records
+            .iter()
+            .filter(|r| !matches!(r.kind, RecordKind::NoData))
+            .count() as u64;
+        interval.records.len() as u64 - data + sent
+    }
+
+    async fn flush(&mut self, deadline: tokio::time::Instant) -> Result<(), SinkError> {
         if self.records_dropped > 0 {
             tracing::warn!(sink = %self.spec, records = self.records_dropped, "IPFIX records dropped over the sink's life");
         }
         // Closing the write side lets the collector read everything up to a clean end.
         if let Some(mut stream) = self.tcp.take() {
-            stream.shutdown().await?;
+            // A collector that stopped reading would hold the shutdown forever.
+            let _ = tokio::time::timeout_at(deadline, stream.shutdown()).await;
         }
         Ok(())
     }

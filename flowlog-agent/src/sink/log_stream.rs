@@ -1,11 +1,22 @@
 //! `dir:PATH`: log streams as files, one per interface, like CloudWatch Logs streams: named
 //! `<interface>-<traffic type>.log`, lines without a header, appended each interval.
+//!
+//! Each interval's lines go to a stream in one append. The set of lines of an interval is whole
+//! or absent in each stream:
+//! - a failed append (a full disk) is cut back to the stream's length before it (`ftruncate`),
+//!   so no torn line stays, and the retry writes only the streams not written yet;
+//! - before each append the open file is checked against its path: a file renamed away
+//!   (logrotate's `create`), deleted, or in a directory that was renamed or deleted is closed
+//!   and the path opened again, the directory recreated if needed (0750, files 0640); SIGHUP
+//!   closes every stream. `copytruncate` needs nothing: streams are opened `O_APPEND`;
+//! - a stream whose interface had no record in an interval (every attached interface has one,
+//!   NODATA if idle) is closed: the interface is gone, and open files stay bounded.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     fs::{self, File, OpenOptions},
     io::{self, Write},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -13,21 +24,35 @@ use std::{
 use prometheus_client::metrics::counter::Counter;
 
 use super::{LineRenderer, Sink, SinkError};
-use crate::record::IntervalRecords;
-
-/// Mode of new log files: readable by the owner's group (log readers), nobody else.
-const FILE_MODE: u32 = 0o640;
-/// Mode of a directory the sink creates.
-const DIR_MODE: u32 = 0o750;
+use crate::{
+    files::{DIR_MODE, FILE_MODE},
+    record::IntervalRecords,
+};
 
 pub struct LogStreamSink {
     directory: PathBuf,
     /// `all`, `accept` or `reject`: the flow log's traffic type, part of every file name.
     traffic_type: &'static str,
     renderer: LineRenderer,
-    /// Open streams, taken by the blocking write and put back.
-    streams: Option<HashMap<Arc<str>, File>>,
+    /// Taken by the blocking write and put back.
+    streams: Option<Streams>,
     bytes_written: Counter,
+}
+
+/// The open streams, and how far the interval in flight got.
+#[derive(Default)]
+struct Streams {
+    open: HashMap<Arc<str>, File>,
+    /// The interval an earlier attempt failed on, the streams it wrote and their records.
+    progress: Option<Progress>,
+    /// Close every stream before the next write (SIGHUP).
+    reopen: bool,
+}
+
+struct Progress {
+    interval: Arc<IntervalRecords>,
+    written: HashSet<Arc<str>>,
+    records: u64,
 }
 
 impl LogStreamSink {
@@ -38,15 +63,12 @@ impl LogStreamSink {
         traffic_type: &'static str,
         renderer: LineRenderer,
     ) -> io::Result<Self> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(DIR_MODE)
-            .create(&directory)?;
+        create_directory(&directory)?;
         Ok(Self {
             directory,
             traffic_type,
             renderer,
-            streams: Some(HashMap::new()),
+            streams: Some(Streams::default()),
             bytes_written: Counter::default(),
         })
     }
@@ -64,19 +86,14 @@ impl Sink for LogStreamSink {
 
     async fn write(&mut self, interval: Arc<IntervalRecords>) -> Result<(), SinkError> {
         let mut streams = self.streams.take().unwrap_or_default();
-        let directory = self.directory.clone();
-        let traffic_type = self.traffic_type;
-        let renderer = self.renderer.clone();
-        let bytes_written = self.bytes_written.clone();
+        let writer = StreamWriter {
+            directory: self.directory.clone(),
+            traffic_type: self.traffic_type,
+            renderer: self.renderer.clone(),
+            bytes_written: self.bytes_written.clone(),
+        };
         let (streams, result) = tokio::task::spawn_blocking(move || {
-            let result = append_interval(
-                &directory,
-                traffic_type,
-                &renderer,
-                &interval,
-                &mut streams,
-                &bytes_written,
-            );
+            let result = writer.append_interval(&interval, &mut streams);
             (streams, result)
         })
         .await
@@ -85,11 +102,30 @@ impl Sink for LogStreamSink {
         Ok(result?)
     }
 
-    async fn flush(&mut self) -> Result<(), SinkError> {
-        for file in self.streams.iter().flat_map(HashMap::values) {
+    fn give_up(&mut self, interval: &IntervalRecords) -> u64 {
+        let Some(streams) = &mut self.streams else {
+            return 0;
+        };
+        match streams.progress.take() {
+            Some(progress) if std::ptr::eq(&*progress.interval, interval) => progress.records,
+            other => {
+                streams.progress = other;
+                0
+            }
+        }
+    }
+
+    async fn flush(&mut self, _deadline: tokio::time::Instant) -> Result<(), SinkError> {
+        for file in self.streams.iter().flat_map(|s| s.open.values()) {
             file.sync_data()?;
         }
         Ok(())
+    }
+
+    fn reopen(&mut self) {
+        if let Some(streams) = &mut self.streams {
+            streams.reopen = true;
+        }
     }
 
     /// Bytes appended to the stream files (the lines as rendered).
@@ -98,38 +134,139 @@ impl Sink for LogStreamSink {
     }
 }
 
-/// Appends each interface's records to its stream. Records are grouped first so each stream
-/// gets one write per interval. `bytes_written` grows by each stream's text once it is written,
-/// so it stays equal to what the files gained even when a later stream fails.
-fn append_interval(
-    directory: &Path,
-    traffic_type: &str,
-    renderer: &LineRenderer,
-    interval: &IntervalRecords,
-    streams: &mut HashMap<Arc<str>, File>,
-    bytes_written: &Counter,
-) -> io::Result<()> {
-    let mut by_interface: BTreeMap<&Arc<str>, Vec<u8>> = BTreeMap::new();
-    for record in &interval.records {
-        let text = by_interface.entry(&record.interface).or_default();
-        renderer.render([record], text);
+/// What the blocking write needs.
+struct StreamWriter {
+    directory: PathBuf,
+    traffic_type: &'static str,
+    renderer: LineRenderer,
+    bytes_written: Counter,
+}
+
+impl StreamWriter {
+    /// Appends each interface's records to its stream, one append per stream. Streams an
+    /// earlier attempt at this interval wrote are skipped; a stream that fails is cut back and
+    /// the others are still written. `bytes_written` grows by each stream's text once it is
+    /// written, so it stays equal to what the files gained.
+    fn append_interval(
+        &self,
+        interval: &Arc<IntervalRecords>,
+        streams: &mut Streams,
+    ) -> io::Result<()> {
+        if std::mem::take(&mut streams.reopen) {
+            streams.open.clear();
+        }
+        let mut progress = match streams.progress.take() {
+            Some(progress) if Arc::ptr_eq(&progress.interval, interval) => progress,
+            _ => Progress {
+                interval: Arc::clone(interval),
+                written: HashSet::new(),
+                records: 0,
+            },
+        };
+        let mut by_interface: BTreeMap<&Arc<str>, (Vec<u8>, u64)> = BTreeMap::new();
+        for record in &interval.records {
+            let (text, records) = by_interface.entry(&record.interface).or_default();
+            self.renderer.render([record], text);
+            *records += 1;
+        }
+        let mut first_error = None;
+        for (interface, (text, records)) in &by_interface {
+            if progress.written.contains(*interface) {
+                continue;
+            }
+            match self.append(streams, interface, text) {
+                Ok(()) => {
+                    self.bytes_written.inc_by(text.len() as u64);
+                    progress.written.insert(Arc::clone(interface));
+                    progress.records += records;
+                }
+                Err(error) => {
+                    // The others are still written; this one is retried.
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        // Streams of interfaces that had no record in this interval are gone: close them.
+        streams
+            .open
+            .retain(|interface, _| by_interface.contains_key(interface));
+        match first_error {
+            Some(error) => {
+                streams.progress = Some(progress);
+                Err(error)
+            }
+            None => Ok(()),
+        }
     }
-    for (interface, text) in by_interface {
-        let file = match streams.get_mut(interface) {
+
+    /// Appends `text` to one stream whole, or not at all.
+    fn append(&self, streams: &mut Streams, interface: &Arc<str>, text: &[u8]) -> io::Result<()> {
+        let path = LogStreamSink::stream_path(&self.directory, interface, self.traffic_type);
+        let named =
+            |error: io::Error| io::Error::new(error.kind(), format!("{}: {error}", path.display()));
+        if streams
+            .open
+            .get(interface)
+            .is_some_and(|file| !still_at(file, &path))
+        {
+            tracing::info!(path = %path.display(), "log stream moved or deleted; opening it again");
+            streams.open.remove(interface);
+        }
+        let file = match streams.open.get_mut(interface) {
             Some(file) => file,
             None => {
-                let path = LogStreamSink::stream_path(directory, interface, traffic_type);
-                let file = OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .mode(FILE_MODE)
-                    .open(&path)
-                    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-                streams.entry(Arc::clone(interface)).or_insert(file)
+                let file = self.open(&path).map_err(named)?;
+                streams.open.entry(Arc::clone(interface)).or_insert(file)
             }
         };
-        file.write_all(&text)?;
-        bytes_written.inc_by(text.len() as u64);
+        let before = file.metadata().map_err(named)?.len();
+        if let Err(error) = file.write_all(text) {
+            // Cut back what part of the lines went in, so the stream holds whole lines only.
+            let after = file.metadata().map(|m| m.len()).unwrap_or(before);
+            if after > before
+                && let Err(cut) = file.set_len(before)
+            {
+                tracing::error!(path = %path.display(), error = %cut, "cannot cut a failed append back; a partial line remains");
+            }
+            return Err(named(error));
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Opens a stream for appending, recreating the directory if it is gone.
+    fn open(&self, path: &Path) -> io::Result<File> {
+        let open = || {
+            OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(FILE_MODE)
+                .open(path)
+        };
+        match open() {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                create_directory(&self.directory)?;
+                tracing::warn!(directory = %self.directory.display(), "log-stream directory was missing; created it again");
+                open()
+            }
+            other => other,
+        }
+    }
 }
+
+/// Whether the open `file` is still the one at `path` (not renamed away, not deleted).
+fn still_at(file: &File, path: &Path) -> bool {
+    let (Ok(open), Ok(named)) = (file.metadata(), fs::metadata(path)) else {
+        return false;
+    };
+    open.nlink() > 0 && open.dev() == named.dev() && open.ino() == named.ino()
+}
+
+fn create_directory(directory: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(directory)
+}
+
+#[cfg(test)]
+mod tests;

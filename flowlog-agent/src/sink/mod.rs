@@ -1,27 +1,43 @@
 //! Where records go. A sink implements [`Sink`]; [`spawn`] runs it as its own task behind its
-//! own bounded queue, so a slow sink never stalls the drain or the other sinks, and retries
-//! failed writes with capped exponential backoff and full jitter.
+//! own bounded queue (`driver`), so a slow sink never stalls the drain or the other sinks.
+//!
+//! The delivery contract every sink keeps, so that counts are exact under faults:
+//! - a write is all-or-nothing per record line (per object for object stores): a failed
+//!   attempt leaves no torn line behind, and a retry of the same interval delivers only what
+//!   the earlier attempts did not (log streams remember which streams they wrote, IPFIX which
+//!   messages, stdout how many bytes);
+//! - transient errors are retried by the driver with capped backoff and full jitter until they
+//!   clear, while later intervals wait in the queue; permanent ones give the interval up at
+//!   once; either way [`Sink::give_up`] says what of it was delivered, so "lost" is exactly
+//!   what is missing.
 //!
 //! Object-store sinks (`object`) batch intervals into objects and add a disk spool and an
 //! uploader of their own behind the same driver, so a store outage never blocks the queue.
 
 mod backoff;
+mod driver;
 pub mod ipfix;
 mod log_stream;
 pub mod object;
+pub mod secrets;
 mod spec;
 mod stdout;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc};
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::{sync::mpsc, task::JoinHandle};
 
 pub use backoff::Backoff;
+pub use driver::{
+    FIRST_BACKOFF, LiveCounters, MAX_BACKOFF, QUEUE_INTERVALS, SHUTDOWN_DEADLINE, SinkHandle,
+    SinkReport, spawn,
+};
 pub use ipfix::IpfixSink;
 pub use log_stream::LogStreamSink;
 pub use object::{ObjectStoreSink, SpoolGauges};
-pub use spec::{DEFAULT_LOG_DIR, SinkSpec, SinkSpecError, default_sinks};
+pub use spec::{
+    DEFAULT_LOG_DIR, SinkParser, SinkSpec, SinkSpecError, check_duplicate_sinks, default_sinks,
+};
 pub use stdout::StdoutSink;
 
 use crate::{
@@ -31,10 +47,12 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    /// Worth trying again (I/O errors, an unreachable destination).
+    /// May clear by itself (a full disk, a collector away, a directory being recreated): the
+    /// driver retries the interval until it is written.
     #[error("{0}")]
     Retriable(String),
-    /// Trying again cannot help (a bad destination): the batch is given up and counted.
+    /// Trying again cannot help (standard output closed, a bad destination): the interval is
+    /// given up at once and its undelivered records counted lost.
     #[error("{0}")]
     Fatal(String),
 }
@@ -47,17 +65,34 @@ impl From<std::io::Error> for SinkError {
 
 /// A destination for the records of a flow log.
 pub trait Sink: Send + 'static {
-    /// How the sink is named in logs (`stdout`, `dir:/var/log/flowlog`).
+    /// How the sink is named in logs and metrics (`stdout`, `dir:/var/log/flowlog`); never
+    /// holds a secret.
     fn name(&self) -> String;
 
-    /// Writes the records of one interval.
+    /// Writes the records of one interval. After an error the driver calls `write` again with
+    /// the same interval (the same `Arc`), and the sink delivers only what earlier attempts
+    /// did not.
     fn write(
         &mut self,
         interval: Arc<IntervalRecords>,
     ) -> impl Future<Output = Result<(), SinkError>> + Send;
 
-    /// Makes everything written so far durable where it goes; called at shutdown.
-    fn flush(&mut self) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// The driver gives `interval` up (a permanent error, or the agent stopping): how many of
+    /// its records earlier attempts delivered. The sink forgets its progress on it.
+    fn give_up(&mut self, interval: &IntervalRecords) -> u64 {
+        let _ = interval;
+        0
+    }
+
+    /// Makes everything written so far durable where it goes, by `deadline`; called at
+    /// shutdown.
+    fn flush(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Files should be opened again before the next write (SIGHUP, after logrotate).
+    fn reopen(&mut self) {}
 
     /// Records the sink accepted and later had to give up (an object-store sink dropping the
     /// oldest objects of a full spool), for the sink's final report.
@@ -173,158 +208,6 @@ impl LineRenderer {
                     }
                     out.extend_from_slice(b"}\n");
                 }
-            }
-        }
-    }
-}
-
-/// Intervals a sink may fall behind before new ones are dropped (and counted) for it.
-pub const QUEUE_INTERVALS: usize = 16;
-/// Attempts at writing one interval before it is given up.
-const MAX_ATTEMPTS: u32 = 5;
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
-
-/// A running sink: its queue and its task.
-pub struct SinkHandle {
-    name: String,
-    queue: mpsc::Sender<Arc<IntervalRecords>>,
-    task: JoinHandle<SinkReport>,
-    /// Records of intervals that found the queue full.
-    dropped_at_queue: u64,
-    live: LiveCounters,
-}
-
-/// A sink's counts as they happen, for the metrics endpoint: the driver's (the same counts the
-/// final [`SinkReport`] gives) and those the sink keeps itself. Clones share the values.
-#[derive(Clone, Debug, Default)]
-pub struct LiveCounters {
-    pub records_written: Counter,
-    pub retries: Counter,
-    pub write_errors: Counter,
-    pub records_lost: Counter,
-    /// Kept by the sink: [`Sink::bytes_written`].
-    pub bytes_written: Counter,
-    /// Kept by the sink's spool, if it has one.
-    pub spool: Option<SpoolGauges>,
-}
-
-/// What a sink did over its life.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SinkReport {
-    pub intervals_written: u64,
-    pub records_written: u64,
-    pub retries: u64,
-    /// Records given up: queue full, or every attempt failed.
-    pub records_lost: u64,
-}
-
-/// Starts `sink` as its own task.
-pub fn spawn<S: Sink>(mut sink: S) -> SinkHandle {
-    let name = sink.name();
-    let (queue, mut incoming) = mpsc::channel::<Arc<IntervalRecords>>(QUEUE_INTERVALS);
-    let task_name = name.clone();
-    let live = LiveCounters {
-        bytes_written: sink.bytes_written(),
-        spool: sink.spool_gauges(),
-        ..LiveCounters::default()
-    };
-    let task_live = live.clone();
-    let task = tokio::spawn(async move {
-        let mut report = SinkReport::default();
-        while let Some(interval) = incoming.recv().await {
-            write_with_retries(&mut sink, &task_name, interval, &mut report, &task_live).await;
-        }
-        if let Err(error) = sink.flush().await {
-            tracing::error!(sink = %task_name, %error, "final flush failed");
-        }
-        report.records_lost += sink.records_lost_after_write();
-        report
-    });
-    SinkHandle {
-        name,
-        queue,
-        task,
-        dropped_at_queue: 0,
-        live,
-    }
-}
-
-async fn write_with_retries<S: Sink>(
-    sink: &mut S,
-    name: &str,
-    interval: Arc<IntervalRecords>,
-    report: &mut SinkReport,
-    live: &LiveCounters,
-) {
-    let records = interval.records.len() as u64;
-    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
-    for attempt in 1..=MAX_ATTEMPTS {
-        match sink.write(Arc::clone(&interval)).await {
-            Ok(()) => {
-                report.intervals_written += 1;
-                report.records_written += records;
-                live.records_written.inc_by(records);
-                return;
-            }
-            Err(SinkError::Retriable(error)) if attempt < MAX_ATTEMPTS => {
-                tracing::warn!(sink = name, attempt, %error, retry_within = ?backoff.ceiling(), "write failed");
-                report.retries += 1;
-                live.retries.inc();
-                live.write_errors.inc();
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-            Err(error) => {
-                tracing::error!(sink = name, %error, records, "write failed; records lost");
-                report.records_lost += records;
-                live.write_errors.inc();
-                live.records_lost.inc_by(records);
-                return;
-            }
-        }
-    }
-}
-
-impl SinkHandle {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The sink's counts so far, updated as it writes.
-    pub fn live(&self) -> &LiveCounters {
-        &self.live
-    }
-
-    /// Queues an interval for this sink without waiting. If the sink is that far behind, the
-    /// interval is not queued for it, and the loss is logged and returned.
-    pub fn offer(&mut self, interval: &Arc<IntervalRecords>) -> Result<(), u64> {
-        match self.queue.try_send(Arc::clone(interval)) {
-            Ok(()) => Ok(()),
-            Err(_) => {
-                let lost = interval.records.len() as u64;
-                self.dropped_at_queue += lost;
-                self.live.records_lost.inc_by(lost);
-                tracing::error!(
-                    sink = %self.name,
-                    records = lost,
-                    "sink queue full; interval dropped for this sink"
-                );
-                Err(lost)
-            }
-        }
-    }
-
-    /// Closes the queue, lets the sink write what is queued and flush, and returns its report.
-    pub async fn finish(self) -> SinkReport {
-        drop(self.queue);
-        match self.task.await {
-            Ok(mut report) => {
-                report.records_lost += self.dropped_at_queue;
-                report
-            }
-            Err(error) => {
-                tracing::error!(sink = %self.name, %error, "sink task failed");
-                SinkReport::default()
             }
         }
     }

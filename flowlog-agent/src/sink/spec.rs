@@ -3,6 +3,7 @@
 use std::{fmt, path::PathBuf, str::FromStr};
 
 use super::ipfix::{IpfixSpec, IpfixSpecError};
+use super::secrets::redact;
 use super::{
     Envelope,
     object::{ObjectUrl, ObjectUrlError},
@@ -87,7 +88,94 @@ impl FromStr for SinkSpec {
         if let Some(ipfix) = IpfixSpec::parse(text) {
             return Ok(SinkSpec::Ipfix(ipfix?));
         }
-        Err(SinkSpecError::Unknown(text.to_owned()))
+        Err(SinkSpecError::Unknown(redact(text)))
+    }
+}
+
+/// Where a sink writes: two sinks of one flow log with the same destination would write every
+/// record twice there.
+#[derive(PartialEq)]
+enum Destination<'a> {
+    StandardOutput,
+    LogStreams(&'a std::path::Path),
+    Objects(&'a str),
+    Collector(String),
+}
+
+impl SinkSpec {
+    fn destination(&self) -> Destination<'_> {
+        match self {
+            SinkSpec::Stdout | SinkSpec::JsonStdout(_) => Destination::StandardOutput,
+            SinkSpec::LogStreams(dir) | SinkSpec::JsonLogStreams(_, dir) => {
+                Destination::LogStreams(dir)
+            }
+            SinkSpec::ObjectStore(url) => Destination::Objects(url.location()),
+            SinkSpec::Ipfix(spec) => Destination::Collector(spec.address()),
+        }
+    }
+}
+
+impl fmt::Display for Destination<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::StandardOutput => f.write_str("standard output"),
+            Destination::LogStreams(dir) => write!(f, "the log streams in {}", dir.display()),
+            Destination::Objects(location) => write!(f, "the objects under {location}"),
+            Destination::Collector(address) => write!(f, "the collector at {address}"),
+        }
+    }
+}
+
+/// Refuses two sinks of one flow log with the same destination (`--sink stdout --sink stdout`
+/// writes every record twice). Returns the index of the second and why.
+pub fn check_duplicate_sinks(sinks: &[SinkSpec]) -> Result<(), (usize, String)> {
+    for (i, sink) in sinks.iter().enumerate() {
+        let destination = sink.destination();
+        if let Some(first) = sinks[..i].iter().find(|s| s.destination() == destination) {
+            let message = if first == sink {
+                format!("sink {sink} is given twice: every record would be written twice")
+            } else {
+                format!(
+                    "sinks {first} and {sink} both write {destination}: every record would be written twice there"
+                )
+            };
+            return Err((i, message));
+        }
+    }
+    Ok(())
+}
+
+/// `--sink`'s value parser: its errors show the value redacted ([`redact`]), where clap's own
+/// would repeat it as typed, secrets included.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SinkParser;
+
+impl clap::builder::TypedValueParser for SinkParser {
+    type Value = SinkSpec;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<SinkSpec, clap::Error> {
+        let flag = arg.map_or_else(|| "--sink".to_owned(), ToString::to_string);
+        let refuse = |message: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("{message}\n"),
+            )
+            .with_cmd(command)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| refuse(format!("invalid value for '{flag}': not UTF-8")))?;
+        text.parse().map_err(|error: SinkSpecError| {
+            refuse(format!(
+                "invalid value {:?} for '{flag}': {error}",
+                redact(text)
+            ))
+        })
     }
 }
 
@@ -131,6 +219,38 @@ mod tests {
             let spec: SinkSpec = text.parse().unwrap();
             assert_eq!(spec.to_string(), text);
         }
+    }
+
+    #[test]
+    fn two_sinks_with_one_destination_are_refused() {
+        let sinks = |texts: &[&str]| -> Vec<SinkSpec> {
+            texts.iter().map(|t| t.parse().unwrap()).collect()
+        };
+        assert_eq!(
+            check_duplicate_sinks(&sinks(&["stdout", "dir:/x", "stdout"])),
+            Err((
+                2,
+                "sink stdout is given twice: every record would be written twice".into()
+            ))
+        );
+        let (at, message) = check_duplicate_sinks(&sinks(&["dir:/x/", "json:dir:/x"])).unwrap_err();
+        assert_eq!(at, 1);
+        assert!(
+            message.contains("both write the log streams in /x:"),
+            "{message}"
+        );
+        assert!(check_duplicate_sinks(&sinks(&["json:stdout", "stdout"])).is_err());
+        assert!(
+            check_duplicate_sinks(&sinks(&["ipfix+udp://h:9?domain=2", "ipfix+udp://h:9"]))
+                .is_err()
+        );
+        assert!(check_duplicate_sinks(&sinks(&["s3://b/p?region=x", "s3://b/p"])).is_err());
+        assert!(
+            check_duplicate_sinks(&sinks(&[
+                "stdout", "dir:/x", "dir:/y", "s3://b/p", "s3://b/q"
+            ]))
+            .is_ok()
+        );
     }
 
     #[test]

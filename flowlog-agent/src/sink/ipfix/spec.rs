@@ -14,6 +14,13 @@ pub const DEFAULT_OBSERVATION_DOMAIN: u32 = 1;
 pub const DEFAULT_MTU: u16 = 1400;
 pub const DEFAULT_TEMPLATE_REFRESH: Duration = Duration::from_secs(60);
 pub const DEFAULT_TEMPLATE_REFRESH_MESSAGES: u32 = 100;
+/// The options an IPFIX sink URL takes.
+pub const OPTIONS: &[&str] = &[
+    "domain",
+    "mtu",
+    "template-refresh",
+    "template-refresh-messages",
+];
 /// Smallest `mtu`: the IPv4 minimum every host must reassemble.
 pub const MIN_MTU: u16 = 576;
 
@@ -76,7 +83,7 @@ impl IpfixSpec {
         };
         Some(
             parse_rest(transport, rest).map_err(|problem| IpfixSpecError {
-                spec: text.to_owned(),
+                spec: crate::sink::secrets::redact(text),
                 problem,
             }),
         )
@@ -85,6 +92,12 @@ impl IpfixSpec {
 
 fn parse_rest(transport: Transport, rest: &str) -> Result<IpfixSpec, String> {
     let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if authority.contains('@') {
+        return Err(
+            "credentials in the URL are refused: IPFIX has no authentication, write HOST:PORT"
+                .to_owned(),
+        );
+    }
     let (host, port) = parse_authority(authority)?;
     let mut spec = IpfixSpec {
         transport,
@@ -95,10 +108,15 @@ fn parse_rest(transport: Transport, rest: &str) -> Result<IpfixSpec, String> {
         template_refresh: DEFAULT_TEMPLATE_REFRESH,
         template_refresh_messages: DEFAULT_TEMPLATE_REFRESH_MESSAGES,
     };
+    let mut seen: Vec<&str> = Vec::new();
     for option in query.split('&').filter(|o| !o.is_empty()) {
         let (key, value) = option
             .split_once('=')
             .ok_or_else(|| format!("option {option:?} needs a value, as in {option}=..."))?;
+        if seen.contains(&key) {
+            return Err(format!("option {key:?} is given twice"));
+        }
+        seen.push(key);
         let udp_only = |spec: &IpfixSpec| match spec.transport {
             Transport::Udp => Ok(()),
             Transport::Tcp => Err(format!(
@@ -294,5 +312,16 @@ mod tests {
         );
         assert!(error("ipfix+udp://h?mtu=100").starts_with("sink \"ipfix+udp://h?mtu=100\""));
         assert!(IpfixSpec::parse("stdout").is_none());
+        let twice = error("ipfix+udp://h?domain=1&mtu=1500&domain=2");
+        assert!(
+            twice.contains("option \"domain\" is given twice"),
+            "{twice}"
+        );
+        let userinfo = error("ipfix+tcp://me:hunter2@h:4739");
+        assert!(
+            userinfo.contains("credentials in the URL are refused"),
+            "{userinfo}"
+        );
+        assert!(!userinfo.contains("hunter2"), "{userinfo}");
     }
 }

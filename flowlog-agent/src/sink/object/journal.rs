@@ -24,14 +24,21 @@ use std::{
     sync::Arc,
 };
 
-use crate::record::{Direction, Flow, FlowRecord, RecordKind, Verdict};
+use crate::{
+    files::FILE_MODE,
+    record::{Direction, Flow, FlowRecord, RecordKind, Verdict},
+};
 
 const MAGIC: &str = "flowlog-journal 2";
 
-/// The journal of one sink's open object.
+/// The journal of one sink's open object. Every call either does all it says or leaves the
+/// file as it was: a frame is never left half written (a full disk is cut back), so what the
+/// file holds always decodes.
 pub struct Journal {
     path: PathBuf,
     file: Option<File>,
+    /// The file's length after the last whole frame.
+    length: u64,
     frame: Vec<u8>,
 }
 
@@ -40,21 +47,38 @@ impl Journal {
         Self {
             path,
             file: None,
+            length: 0,
             frame: Vec::new(),
         }
     }
 
-    /// Starts the journal of a new object (replacing what a sealed one left).
+    /// Starts the journal of a new object (replacing what a sealed one left, which the caller
+    /// has spooled). On failure no journal is left.
     pub fn start(&mut self, window_start: u64) -> io::Result<()> {
-        let mut file = OpenOptions::new()
+        let header = format!("{MAGIC} {window_start}\n");
+        let started = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o640)
-            .open(&self.path)?;
-        writeln!(file, "{MAGIC} {window_start}")?;
-        self.file = Some(file);
-        Ok(())
+            .mode(FILE_MODE)
+            .open(&self.path)
+            .and_then(|mut file| {
+                file.write_all(header.as_bytes())?;
+                file.sync_data()?;
+                Ok(file)
+            });
+        match started {
+            Ok(file) => {
+                self.file = Some(file);
+                self.length = header.len() as u64;
+                Ok(())
+            }
+            Err(error) => {
+                self.file = None;
+                let _ = fs::remove_file(&self.path);
+                Err(error)
+            }
+        }
     }
 
     /// Appends an interval's records as one frame, durably.
@@ -70,8 +94,16 @@ impl Journal {
         let length = u32::try_from(self.frame.len() - 4)
             .map_err(|_| io::Error::other("an interval of more than 4 GiB"))?;
         self.frame[..4].copy_from_slice(&length.to_le_bytes());
-        file.write_all(&self.frame)?;
-        file.sync_data()
+        let appended = file.write_all(&self.frame).and_then(|()| file.sync_data());
+        if let Err(error) = appended {
+            // Cut back to the last whole frame, so the next append follows it.
+            if let Err(cut) = file.set_len(self.length) {
+                tracing::error!(path = %self.path.display(), error = %cut, "cannot cut a failed journal append back");
+            }
+            return Err(error);
+        }
+        self.length += self.frame.len() as u64;
+        Ok(())
     }
 
     /// The object is sealed in the spool: nothing is left to recover.

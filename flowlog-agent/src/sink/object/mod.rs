@@ -70,6 +70,15 @@ struct OpenObject {
     journal: Journal,
 }
 
+/// A sealed object the spool could not take yet (a full disk): it keeps its key and bytes, and
+/// its records stay in the journal until the spool has it.
+struct SealedObject {
+    key: String,
+    records: u64,
+    bytes: Vec<u8>,
+    journal: Journal,
+}
+
 pub struct ObjectStoreSink {
     name: String,
     layout: KeyLayout,
@@ -77,6 +86,9 @@ pub struct ObjectStoreSink {
     rotate: u64,
     max_object_size: usize,
     open: Option<OpenObject>,
+    /// Sealed, waiting for room in the spool. While it waits no new object is opened (the
+    /// journal still holds its records), so intervals wait in the sink's queue.
+    sealed: Option<SealedObject>,
     spool: Arc<Spool>,
     /// Where the open object's records are journaled.
     journal_path: std::path::PathBuf,
@@ -168,6 +180,7 @@ impl ObjectStoreSink {
             rotate: options.rotate.as_secs().max(1),
             max_object_size: options.max_object_size as usize,
             open: None,
+            sealed: None,
             spool,
             journal_path,
             uploader: Some(uploader),
@@ -175,39 +188,79 @@ impl ObjectStoreSink {
         })
     }
 
-    /// Seals the open object, if any, and hands it to the spool and the uploader.
+    /// Seals the open object, if any, and hands it to the spool and the uploader. If the spool
+    /// cannot take it (a full disk), the sealed object and its journal stay, and the next call
+    /// tries again: nothing is lost, nothing is sealed twice.
     async fn seal(&mut self) -> Result<(), SinkError> {
+        self.spool_sealed().await?;
         let Some(open) = self.open.take() else {
             return Ok(());
         };
         let layout = self.layout.clone();
-        let spool = Arc::clone(&self.spool);
-        let spooled = tokio::task::spawn_blocking(move || {
-            let mut journal = open.journal;
+        let sealed = tokio::task::spawn_blocking(move || {
             let bytes = finish(open.encoder)?;
             let key = layout.key(open.window_start, content_suffix(&bytes));
-            let spooled = spool.push(&key, open.records, &bytes)?;
-            if let Err(error) = journal.clear() {
-                // Harmless but for a duplicate upload under the same key after a crash.
-                tracing::warn!(%error, "cannot remove the journal of a sealed object");
-            }
-            Ok::<_, std::io::Error>(spooled)
+            Ok::<_, std::io::Error>(SealedObject {
+                key,
+                records: open.records,
+                bytes,
+                journal: open.journal,
+            })
         })
         .await
-        .map_err(|e| SinkError::Fatal(e.to_string()))??;
-        tracing::debug!(sink = %self.name, key = %spooled.key, records = spooled.records, "object sealed");
-        if let Some(uploader) = &self.uploader {
-            uploader.wake();
+        .map_err(|e| SinkError::Fatal(e.to_string()))?
+        .map_err(|e| SinkError::Fatal(format!("encoding the object: {e}")))?;
+        self.sealed = Some(sealed);
+        self.spool_sealed().await
+    }
+
+    /// Writes the sealed object to the spool, then forgets its journal.
+    async fn spool_sealed(&mut self) -> Result<(), SinkError> {
+        let Some(sealed) = self.sealed.take() else {
+            return Ok(());
+        };
+        let spool = Arc::clone(&self.spool);
+        let (sealed, pushed) = tokio::task::spawn_blocking(move || {
+            let pushed = spool.push(&sealed.key, sealed.records, &sealed.bytes);
+            (sealed, pushed)
+        })
+        .await
+        .map_err(|e| SinkError::Fatal(e.to_string()))?;
+        match pushed {
+            Ok(spooled) => {
+                let mut journal = sealed.journal;
+                if let Err(error) = journal.clear() {
+                    // Harmless but for a duplicate upload under the same key after a crash.
+                    tracing::warn!(%error, "cannot remove the journal of a sealed object");
+                }
+                tracing::debug!(sink = %self.name, key = %spooled.key, records = spooled.records, "object sealed");
+                if let Some(uploader) = &self.uploader {
+                    uploader.wake();
+                }
+                Ok(())
+            }
+            Err(error) => {
+                let message = format!(
+                    "spooling object {} ({} records) in {}: {error}; it waits, its records stay journaled",
+                    sealed.key,
+                    sealed.records,
+                    self.spool.directory().display()
+                );
+                self.sealed = Some(sealed);
+                Err(SinkError::Retriable(message))
+            }
         }
-        Ok(())
     }
 
     fn new_object(&self, window_start: u64) -> Result<OpenObject, SinkError> {
         let mut journal = Journal::new(self.journal_path.clone());
-        if let Err(error) = journal.start(window_start) {
-            // The records are still written; only a kill before sealing would lose them.
-            tracing::warn!(sink = %self.name, %error, "cannot journal the open object");
-        }
+        // Without its journal a kill would lose the object's records: the records wait instead.
+        journal.start(window_start).map_err(|error| {
+            SinkError::Retriable(format!(
+                "starting the journal {}: {error}",
+                self.journal_path.display()
+            ))
+        })?;
         Ok(OpenObject {
             window_start,
             records: 0,
@@ -222,10 +275,14 @@ impl Sink for ObjectStoreSink {
         self.name.clone()
     }
 
+    /// Adds the interval to the open object, journaled first: the records are in the object
+    /// and its journal, or in neither (the write fails and the interval waits). Sealing the
+    /// previous window's object comes first; if the spool cannot take it, the interval waits.
     async fn write(&mut self, interval: Arc<IntervalRecords>) -> Result<(), SinkError> {
         if interval.records.is_empty() {
             return Ok(());
         }
+        self.spool_sealed().await?;
         let window_start = interval.start / self.rotate * self.rotate;
         if self
             .open
@@ -234,41 +291,54 @@ impl Sink for ObjectStoreSink {
         {
             self.seal().await?;
         }
-        let mut open = match self.open.take() {
+        let open = match self.open.take() {
             Some(open) => open,
             None => self.new_object(window_start)?,
         };
         let renderer = self.renderer.clone();
         let max_size = self.max_object_size;
-        // Encoding a big interval takes a while: off the async workers.
-        let name = self.name.clone();
-        let (open, full) = tokio::task::spawn_blocking(move || {
-            let result = append(&mut open, &renderer, &interval.records);
-            if result.is_ok()
-                && let Err(error) = open.journal.append(&interval.records)
-            {
-                tracing::warn!(sink = %name, %error, "cannot journal the open object");
-            }
-            let full = encoded_size(&open) >= max_size;
-            result.map(|()| (open, full))
+        // Journaling and encoding a big interval take a while: off the async workers.
+        let (open, result) = tokio::task::spawn_blocking(move || {
+            let mut open = open;
+            let result = match open.journal.append(&interval.records) {
+                Ok(()) => append(&mut open, &renderer, &interval.records),
+                Err(error) => Err(SinkError::Retriable(format!(
+                    "journaling the open object: {error}"
+                ))),
+            };
+            (open, result)
         })
         .await
-        .map_err(|e| SinkError::Fatal(e.to_string()))??;
+        .map_err(|e| SinkError::Fatal(e.to_string()))?;
+        let full = encoded_size(&open) >= max_size;
         self.open = Some(open);
-        if full {
-            self.seal().await?;
+        result?;
+        if full && let Err(error) = self.seal().await {
+            // The interval is in the object; the object waits for the spool.
+            tracing::warn!(sink = %self.name, %error, "object full but not spooled yet");
         }
         Ok(())
     }
 
-    /// Seals the open object and uploads everything waiting, for at most
-    /// [`SHUTDOWN_UPLOAD_TIME`]; what is left stays in the spool for the next run.
-    async fn flush(&mut self) -> Result<(), SinkError> {
-        self.seal().await?;
+    /// Seals the open object and uploads everything waiting, until `deadline` (at most
+    /// [`SHUTDOWN_UPLOAD_TIME`]); what is left stays in the spool for the next run, and an
+    /// object the spool could not take stays in its journal, which the next start seals.
+    async fn flush(&mut self, deadline: tokio::time::Instant) -> Result<(), SinkError> {
+        if let Err(error) = self.seal().await {
+            tracing::warn!(
+                sink = %self.name,
+                %error,
+                journal = %self.journal_path.display(),
+                "the last object stays in its journal; the next start seals and uploads it"
+            );
+        }
         let Some(uploader) = self.uploader.take() else {
             return Ok(());
         };
-        let report = uploader.finish(Instant::now() + SHUTDOWN_UPLOAD_TIME).await;
+        let until = deadline
+            .into_std()
+            .min(Instant::now() + SHUTDOWN_UPLOAD_TIME);
+        let report = uploader.finish(until).await;
         let left = self.spool.pending();
         let lost = self.spool.lost();
         tracing::info!(
@@ -312,7 +382,10 @@ fn append(
     records: &[FlowRecord],
 ) -> Result<(), SinkError> {
     match &mut open.encoder {
-        Encoder::Text(text) => text.append(renderer, records)?,
+        // In memory: a failure is a bug, never retried (the records are journaled already).
+        Encoder::Text(text) => text
+            .append(renderer, records)
+            .map_err(|e| SinkError::Fatal(format!("gzip encoding: {e}")))?,
         Encoder::Parquet(parquet) => parquet
             .append(renderer, records)
             .map_err(|e| SinkError::Fatal(format!("parquet encoding: {e}")))?,

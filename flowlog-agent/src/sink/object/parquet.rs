@@ -1,15 +1,24 @@
 //! Parquet objects: one column per field of the format, named with underscores, physical types
 //! as AWS writes them (INT32, INT64, STRING). `-` is a null in numeric columns and the string
 //! `-` in string columns; snappy compression, which every common reader supports.
+//!
+//! Written for readers that know only Parquet 1.0 (the `parquet` package VPC-flow-log tooling
+//! in Python uses, which decodes PLAIN and PLAIN_DICTIONARY data pages, v1 only): writer
+//! version 1.0 (v1 data pages) and PLAIN values. The parquet crate writes dictionaries only as
+//! RLE_DICTIONARY pages (not configurable in version 60), which those readers refuse, so
+//! dictionaries are off; snappy takes most of what they saved on repetitive flow columns.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use parquet::{
-    basic::{Compression, LogicalType, Repetition, Type as PhysicalType},
+    basic::{Compression, Encoding, LogicalType, Repetition, Type as PhysicalType},
     data_type::{ByteArray, ByteArrayType, Int32Type, Int64Type},
     errors::ParquetError,
-    file::{properties::WriterProperties, writer::SerializedFileWriter},
+    file::{
+        properties::{WriterProperties, WriterVersion},
+        writer::SerializedFileWriter,
+    },
     schema::types::{Type, TypePtr},
 };
 
@@ -53,6 +62,9 @@ impl ParquetObject {
     pub fn new(format: &RecordFormat) -> Result<Self, ParquetError> {
         let schema = schema(format)?;
         let properties = WriterProperties::builder()
+            .set_writer_version(WriterVersion::PARQUET_1_0)
+            .set_dictionary_enabled(false)
+            .set_encoding(Encoding::PLAIN)
             .set_compression(Compression::SNAPPY)
             .set_created_by(concat!("flowlog ", env!("CARGO_PKG_VERSION")).to_owned())
             .build();
@@ -225,4 +237,71 @@ pub fn schema(format: &RecordFormat) -> Result<TypePtr, ParquetError> {
             .with_fields(columns)
             .build()?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    use super::*;
+    use crate::record::{Direction, Flow, Metadata, RecordKind, Verdict};
+
+    /// Every page is a v1 page of PLAIN values (levels RLE): what Parquet-1.0-only readers
+    /// decode.
+    #[test]
+    fn objects_use_only_parquet_1_0_encodings() {
+        let format = RecordFormat::default();
+        let renderer = LineRenderer::new(
+            Arc::new(format.clone()),
+            Arc::new(Metadata {
+                account_id: Some("123456789010".into()),
+                ..Metadata::default()
+            }),
+        );
+        let records: Vec<FlowRecord> = (0..5000u32)
+            .map(|i| FlowRecord {
+                interface: Arc::from(format!("eth{}", i % 4)),
+                ifindex: 2 + i % 4,
+                start: 1_700_000_000,
+                end: 1_700_000_060,
+                kind: if i % 100 == 0 {
+                    RecordKind::NoData
+                } else {
+                    RecordKind::Flow(Flow {
+                        direction: Direction::Ingress,
+                        src_addr: IpAddr::V4(Ipv4Addr::from(0xc612_0000 + i)),
+                        dst_addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+                        src_port: (i % 60000) as u16,
+                        dst_port: 443,
+                        protocol: 6,
+                        packets: u64::from(i),
+                        bytes: u64::from(i) * 100,
+                        verdict: Verdict::Accept,
+                        tcp_flags: 19,
+                    })
+                },
+            })
+            .collect();
+        let mut object = ParquetObject::new(&format).unwrap();
+        object.append(&renderer, &records).unwrap();
+        let bytes = Bytes::from(object.finish().unwrap());
+        let reader = SerializedFileReader::new(bytes).unwrap();
+        let metadata = reader.metadata();
+        assert_eq!(metadata.file_metadata().version(), 1);
+        assert_eq!(metadata.file_metadata().num_rows(), 5000);
+        for group in metadata.row_groups() {
+            for column in group.columns() {
+                for encoding in column.encodings() {
+                    assert!(
+                        matches!(encoding, Encoding::PLAIN | Encoding::RLE),
+                        "{}: {encoding:?}",
+                        column.column_path()
+                    );
+                }
+                assert_eq!(column.dictionary_page_offset(), None);
+            }
+        }
+    }
 }

@@ -10,14 +10,16 @@
 
 use std::{
     collections::BTreeMap,
-    fs::{self, File},
+    fs::{self, File, OpenOptions},
     io::{self, BufRead, BufReader, Read, Write},
-    os::unix::fs::DirBuilderExt,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::Mutex,
 };
 
 use prometheus_client::metrics::gauge::Gauge;
+
+use crate::files::{DIR_MODE, FILE_MODE};
 
 const MAGIC: &str = "flowlog-spool 1";
 
@@ -71,7 +73,7 @@ impl Spool {
     pub fn open(directory: PathBuf, max_bytes: u64) -> io::Result<Self> {
         fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o750)
+            .mode(DIR_MODE)
             .create(&directory)?;
         let mut state = State::default();
         for entry in fs::read_dir(&directory)? {
@@ -149,13 +151,27 @@ impl Spool {
         };
         let temporary = self.directory.join(format!("{sequence:020}.tmp"));
         let path = self.path(sequence);
-        let mut file = File::create(&temporary)?;
-        writeln!(file, "{MAGIC} {records} {key}")?;
-        file.write_all(object)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&temporary, &path)?;
-        let bytes = fs::metadata(&path)?.len();
+        let written = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&temporary)
+            .and_then(|mut file| {
+                writeln!(file, "{MAGIC} {records} {key}")?;
+                file.write_all(object)?;
+                file.sync_all()?;
+                drop(file);
+                fs::rename(&temporary, &path)?;
+                Ok(fs::metadata(&path)?.len())
+            });
+        let bytes = match written {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                // A full disk: nothing half written stays, the caller keeps the object.
+                let _ = fs::remove_file(&temporary);
+                return Err(error);
+            }
+        };
         let spooled = SpooledObject {
             sequence,
             key: key.to_owned(),

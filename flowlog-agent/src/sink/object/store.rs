@@ -12,6 +12,8 @@ use object_store::{
 };
 use url::Url;
 
+use crate::sink::secrets::{credential_variables, environment_variable, is_secret_option, redact};
+
 /// The object-store schemes flowlog writes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scheme {
@@ -51,10 +53,26 @@ pub enum ObjectUrlError {
         scheme: String,
     },
     #[error(
-        "sink {sink:?}: option {option:?} is a secret; a command line is visible to every user \
-         (ps), so give it in the environment instead"
+        "sink {sink:?}: option {option:?} is a secret, and a command line or configuration file \
+         is read by more people than secrets should be: set {variable} in the agent's environment \
+         instead"
     )]
-    SecretInUrl { sink: String, option: String },
+    SecretInUrl {
+        sink: String,
+        option: String,
+        variable: String,
+    },
+    #[error(
+        "sink {sink:?}: credentials in the URL are refused (a command line or configuration file \
+         is read by more people than secrets should be); give them in the agent's environment: \
+         {variables}"
+    )]
+    CredentialsInUrl {
+        sink: String,
+        variables: &'static str,
+    },
+    #[error("sink {sink:?}: option {option:?} is given twice")]
+    DuplicateOption { sink: String, option: String },
     #[error("sink {sink:?}: file:// URLs take no options")]
     FileOptions { sink: String },
 }
@@ -68,8 +86,8 @@ impl ObjectUrl {
     }
 
     pub fn parse(text: &str) -> Result<Self, ObjectUrlError> {
-        // Errors name the sink without its query, which could hold a secret.
-        let sink = text.split('?').next().unwrap_or(text).to_owned();
+        // Errors show the sink with its secrets hidden.
+        let sink = redact(text);
         let url = Url::parse(text).map_err(|e| ObjectUrlError::Malformed {
             sink: sink.clone(),
             reason: e.to_string(),
@@ -86,6 +104,12 @@ impl ObjectUrl {
                 });
             }
         };
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(ObjectUrlError::CredentialsInUrl {
+                sink,
+                variables: credential_variables(scheme),
+            });
+        }
         let options: Vec<(String, String)> = url
             .query_pairs()
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -104,21 +128,30 @@ impl ObjectUrl {
                 scheme: url.scheme().to_owned(),
             });
         }
-        for (option, _) in &options {
-            check_option(scheme, option).map_err(|secret| {
-                if secret {
-                    ObjectUrlError::SecretInUrl {
-                        sink: sink.clone(),
+        for (i, (option, _)) in options.iter().enumerate() {
+            match is_secret_option(scheme, option) {
+                Some(false) => {}
+                Some(true) => {
+                    return Err(ObjectUrlError::SecretInUrl {
+                        sink,
                         option: option.clone(),
-                    }
-                } else {
-                    ObjectUrlError::UnknownOption {
-                        sink: sink.clone(),
+                        variable: environment_variable(scheme, option).unwrap_or_default(),
+                    });
+                }
+                None => {
+                    return Err(ObjectUrlError::UnknownOption {
+                        sink,
                         option: option.clone(),
                         scheme: url.scheme().to_owned(),
-                    }
+                    });
                 }
-            })?;
+            }
+            if options[..i].iter().any(|(earlier, _)| earlier == option) {
+                return Err(ObjectUrlError::DuplicateOption {
+                    sink,
+                    option: option.clone(),
+                });
+            }
         }
         let mut location = url.clone();
         location.set_query(None);
@@ -220,40 +253,15 @@ impl ObjectUrl {
     }
 }
 
-/// `Err(true)`: a secret; `Err(false)`: not an option of this store.
-fn check_option(scheme: Scheme, option: &str) -> Result<(), bool> {
-    let lower = option.to_ascii_lowercase();
-    let secret = [
-        "secret",
-        "token",
-        "password",
-        "sas_key",
-        "access_key",
-        "service_account_key",
-    ]
-    .iter()
-    .any(|word| lower.contains(word))
-        && !lower.ends_with("_file")
-        && !lower.ends_with("_id");
-    if secret {
-        return Err(true);
-    }
-    let known = match scheme {
-        Scheme::S3 => option.parse::<AmazonS3ConfigKey>().is_ok(),
-        Scheme::Gcs => option.parse::<GoogleConfigKey>().is_ok(),
-        Scheme::Azure => option.parse::<AzureConfigKey>().is_ok(),
-        Scheme::File => false,
-    };
-    if known { Ok(()) } else { Err(false) }
-}
-
 impl fmt::Display for ObjectUrl {
-    /// The full URL, options included: it holds no secret (they are refused).
+    /// The full URL, options included: it holds no secret (they are refused), and is
+    /// redacted all the same.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.options.is_empty() {
             f.write_str(&self.location)
         } else {
-            write!(f, "{}?{}", self.location, self.url.query().unwrap_or(""))
+            let full = format!("{}?{}", self.location, self.url.query().unwrap_or(""));
+            f.write_str(&redact(&full))
         }
     }
 }
@@ -302,7 +310,8 @@ mod tests {
         assert!(error("s3://b/p?colour=blue").contains("unknown option \"colour\""));
         let secret = error("s3://b/p?secret_access_key=abc");
         assert!(
-            secret.contains("\"secret_access_key\" is a secret"),
+            secret.contains("\"secret_access_key\" is a secret")
+                && secret.contains("set AWS_SECRET_ACCESS_KEY"),
             "{secret}"
         );
         assert!(

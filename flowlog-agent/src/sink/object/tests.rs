@@ -132,7 +132,9 @@ async fn one_object_per_window_and_one_more_at_shutdown() {
     sink.write(interval(t + 300, t + 360, 3000, 1))
         .await
         .unwrap();
-    sink.flush().await.unwrap();
+    sink.flush(tokio::time::Instant::now() + Duration::from_secs(60))
+        .await
+        .unwrap();
 
     let found = objects(&dir.join("archive"));
     let prefix = "AWSLogs/123456789010/vpcflowlogs/eu-west-1/2024/03/05/\
@@ -179,7 +181,9 @@ async fn an_object_is_closed_when_it_reaches_the_size_cap() {
         .await
         .unwrap();
     }
-    sink.flush().await.unwrap();
+    sink.flush(tokio::time::Instant::now() + Duration::from_secs(60))
+        .await
+        .unwrap();
     let found = objects(&dir.join("archive"));
     let keys: Vec<&String> = found.iter().map(|(key, _)| key).collect();
     assert_eq!(found.len(), 4, "one object per interval: {keys:?}");
@@ -218,7 +222,9 @@ async fn objects_left_in_the_spool_go_first_at_the_next_start() {
     )
     .await
     .unwrap();
-    sink.flush().await.unwrap();
+    sink.flush(tokio::time::Instant::now() + Duration::from_secs(60))
+        .await
+        .unwrap();
     let found = objects(&dir.join("archive"));
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].0, key, "uploaded under the key it was given");
