@@ -58,7 +58,6 @@ pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
 
     eprintln!("kernel drops: UDP flood to a dropped port, {seconds} s without the agent");
     let without = flood(&client, seconds)?;
-    let counter_before = counter(&server)?;
 
     // The kernel keeps run time and count per program while this descriptor is open.
     let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
