@@ -326,6 +326,12 @@ impl Drains<'_> {
                 "kernel drops not recorded: the drop map was full (their ACCEPT counts stay)"
             );
         }
+        if drops.missed != 0 {
+            tracing::warn!(
+                drops = drops.missed,
+                "kernel drops the drop program did not see (a drop while it ran on the same CPU): not recorded"
+            );
+        }
         if drops.uncovered.packets != 0 {
             tracing::info!(
                 packets = drops.uncovered.packets,

@@ -63,6 +63,7 @@ pub struct Metrics {
     pub kernel_drop_bytes: Family<ReasonLabels, Counter>,
     pub kernel_drops_uncovered: Counter,
     pub kernel_drops_unrecorded: Counter,
+    pub kernel_drops_missed: Counter,
     pub flows: Gauge,
     pub map_entries: Gauge,
     pub map_capacity: Gauge,
@@ -145,6 +146,11 @@ impl Metrics {
             "kernel_drops_uncovered_packets",
             "Kernel drops whose ACCEPT count was not in the same drain (counted in an earlier interval, or never seen by flowlog's programs)",
             self.kernel_drops_uncovered.clone(),
+        );
+        r.register(
+            "kernel_drops_missed",
+            "Drops the kernel did not show the drop program (it interrupted itself on a CPU and was not re-entered)",
+            self.kernel_drops_missed.clone(),
         );
         r.register(
             "kernel_drops_unrecorded_packets",

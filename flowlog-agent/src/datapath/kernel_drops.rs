@@ -7,7 +7,7 @@
 //! next agent without counting some drops twice or not at all). Drops while no agent runs are
 //! not seen.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -36,6 +36,10 @@ pub(super) struct KernelDrops {
     interfaces: HashMap<MapData, u32, u8>,
     reasons: Reasons,
     link: Option<RawTracePointLinkId>,
+    /// The program, for its `recursion_misses`: drops it did not see.
+    program: OwnedFd,
+    /// Its `recursion_misses` at the last drain.
+    misses_reported: u64,
 }
 
 /// Sets the kernel's layout into the object before it is loaded.
@@ -47,9 +51,19 @@ impl KernelDrops {
     /// Loads (verifies) the program and takes its maps out of the object; nothing is attached.
     pub(super) fn load(ebpf: &mut Ebpf, setup: &Setup) -> Result<Self, DatapathError> {
         let name = programs::KERNEL_DROPS;
-        program(ebpf)?
+        let loaded = program(ebpf)?;
+        loaded
             .load()
             .map_err(|source| DatapathError::Program { name, source })?;
+        let program_fd = loaded
+            .fd()
+            .map_err(|source| DatapathError::Program { name, source })?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| DatapathError::Syscall {
+                call: "dup(program)",
+                source,
+            })?;
         let mut reasons: Array<MapData, u8> = take_map(ebpf, DROP_REASONS)?;
         for slot in setup.counted_slots() {
             reasons
@@ -68,6 +82,8 @@ impl KernelDrops {
             interfaces: take_map(ebpf, DROP_INTERFACES)?,
             reasons: setup.reasons.clone(),
             link: None,
+            misses_reported: sys::program_recursion_misses(program_fd.as_fd()).unwrap_or(0),
+            program: program_fd,
         })
     }
 
@@ -141,6 +157,13 @@ impl KernelDrops {
             &self.reasons,
             &mut drained.kernel_drops,
         );
+
+        // A drop inside a softirq that interrupted the program on the same CPU is skipped by the
+        // kernel (no re-entry) and only counted: reported, never silent.
+        if let Ok(misses) = sys::program_recursion_misses(self.program.as_fd()) {
+            drained.kernel_drops.missed += misses.saturating_sub(self.misses_reported);
+            self.misses_reported = misses;
+        }
 
         let overflow_error = |source| DatapathError::Map {
             name: DROP_OVERFLOW,

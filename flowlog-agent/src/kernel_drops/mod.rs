@@ -183,6 +183,9 @@ pub struct DropTotals {
     pub uncovered: PacketCount,
     /// Drops that found the drop map full: not recorded (their ACCEPT stays).
     pub unrecorded: PacketCount,
+    /// Runs of the drop program the kernel skipped (a drop in a softirq that interrupted the
+    /// program on the same CPU; it does not re-enter a program): drops not seen at all.
+    pub missed: u64,
 }
 
 impl DropTotals {
@@ -192,6 +195,7 @@ impl DropTotals {
         }
         self.uncovered.add(&other.uncovered);
         self.unrecorded.add(&other.unrecorded);
+        self.missed += other.missed;
     }
 }
 
