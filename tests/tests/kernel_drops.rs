@@ -298,6 +298,19 @@ fn netfilter_drops_and_closed_ports_are_rejects_with_the_kernels_reason() {
     let stopped = agent.stop();
     assert!(stopped.status.success(), "{}", stopped.stderr);
     let seen = totals(&stopped.stdout);
+    // The interval log lines count the same drops, by reason.
+    let logged = tests::agent::interval_total(&[&stopped.stderr], "kernel_drop_packets");
+    let recorded: u64 = seen
+        .iter()
+        .filter(|(k, _)| k.action == "REJECT")
+        .map(|(_, v)| v.0)
+        .sum();
+    assert_eq!(logged, recorded, "{}", stopped.stderr);
+    assert!(
+        stopped.stderr.contains("kernel_drops=netfilter-drop:"),
+        "{}",
+        stopped.stderr
+    );
 
     for (k, want) in &expected {
         assert_eq!(seen.get(k), Some(want), "{k:?}\nall: {seen:#?}");
