@@ -262,10 +262,14 @@ fn try_count_drop(skb: u64, reason: u32, own: Option<OwnDrop>) -> Result<(), i32
     let parsed = parse(&frame, gso_size != 0, key).map_err(|_| -1)?;
     let count = wire_count(&parsed, gso_size as u32, gso_segs as u32);
     if let Some(own) = own
-        && own.ifindex == ifindex
         && own.bytes == count.bytes
     {
-        return Ok(());
+        // Ours: counted by the TC program already. A forwarded packet our egress policy drops
+        // is noted on its output device, while the drop is seen on its input interface.
+        let out = || own_ifindex(route_dev()).or_else(|| own_ifindex(dev));
+        if own.ifindex == ifindex || (iif != 0 && out() == Some(own.ifindex)) {
+            return Ok(());
+        }
     }
     key.ifindex = ifindex;
     key.direction = direction as u8;
