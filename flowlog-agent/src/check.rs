@@ -9,7 +9,7 @@ use aya::util::KernelVersion;
 
 use crate::{
     config::{FlowLogConfig, RunConfig},
-    datapath::{Datapath, DatapathConfig, HookChoice, TcMode},
+    datapath::{Datapath, DatapathConfig, HookChoice, TcMode, has_tcx, why_no_policy},
     interfaces::{self, Interface},
     kernel_drops::KernelDropsMode,
     privileges,
@@ -82,7 +82,7 @@ pub async fn check(config: &RunConfig) -> Report {
     for warning in config.file_warnings() {
         report.add(Level::Warn, "file permissions", warning);
     }
-    kernel(&mut report);
+    kernel(&mut report, config);
     match privileges::check() {
         Ok(()) => report.add(
             Level::Ok,
@@ -101,10 +101,13 @@ pub async fn check(config: &RunConfig) -> Report {
         drops.as_ref(),
     );
     match programs {
-        Ok(_) => report.add(
+        Ok(datapath) => report.add(
             Level::Ok,
             "programs",
-            "the kernel verified and loaded every program",
+            format!(
+                "the kernel verified and loaded every program (the {} build)",
+                datapath.programs()
+            ),
         ),
         Err(error) => report.add(Level::Fail, "programs", error.to_string()),
     }
@@ -163,28 +166,81 @@ fn kernel_drops(report: &mut Report, mode: KernelDropsMode) -> Option<crate::ker
     }
 }
 
-fn kernel(report: &mut Report) {
-    match KernelVersion::current() {
-        Ok(version) => {
-            let tcx = version >= KernelVersion::new(6, 6, 0);
-            let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
-            let level = if version >= KernelVersion::new(5, 17, 0) {
-                Level::Ok
-            } else {
-                // bpf_loop (the policy's rule scans) came in 5.17.
-                Level::Fail
-            };
-            report.add(
-                level,
-                "kernel",
-                format!(
-                    "{version} (TCX: {}, BTF: {}; flowlog needs 5.17 or later)",
-                    if tcx { "yes" } else { "no, clsact is used" },
-                    if btf { "yes" } else { "no" }
-                ),
-            );
+fn kernel(report: &mut Report, config: &RunConfig) {
+    let version = match KernelVersion::current() {
+        Ok(version) => version,
+        Err(error) => {
+            report.add(Level::Warn, "kernel", format!("version unknown: {error}"));
+            return;
         }
-        Err(error) => report.add(Level::Warn, "kernel", format!("version unknown: {error}")),
+    };
+    let btf = Path::new("/sys/kernel/btf/vmlinux").exists();
+    let (level, support) = if version >= KernelVersion::new(5, 10, 0) {
+        (Level::Ok, "")
+    } else {
+        (
+            Level::Warn,
+            "; older than 5.10, the oldest kernel flowlog is tested on",
+        )
+    };
+    report.add(
+        level,
+        "kernel",
+        format!(
+            "{} ({version}; BTF: {}){support}",
+            sys::kernel_release(),
+            if btf { "yes" } else { "no" }
+        ),
+    );
+    features(report, config, version);
+}
+
+/// One line per feature this kernel lacks, with what flowlog does instead; one `ok` line when
+/// it lacks none. The README's kernel table says the same.
+fn features(report: &mut Report, config: &RunConfig, version: KernelVersion) {
+    let mut missing = 0;
+    if let Some(why) = why_no_policy() {
+        missing += 1;
+        let policy = config.policy.is_some();
+        report.add(
+            if policy { Level::Fail } else { Level::Warn },
+            "feature policy",
+            format!(
+                "unavailable: {why}; the programs count and apply exclusions with bounded loops \
+                 instead{}",
+                if policy {
+                    ", and a configured policy is refused"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
+    if !has_tcx() {
+        missing += 1;
+        report.add(
+            Level::Warn,
+            "feature TCX",
+            "unavailable: TCX links need Linux 6.6; TC programs attach as clsact filters, which \
+             stay attached across a restart like pinned links (their programs are pinned, and the \
+             next agent replaces them in place)",
+        );
+    }
+    if version < KernelVersion::new(6, 3, 0) {
+        missing += 1;
+        report.add(
+            Level::Warn,
+            "feature XDP query",
+            "unavailable: drivers declare native XDP support through netdev netlink from Linux \
+             6.3; `--hook auto` still chooses by driver name",
+        );
+    }
+    if missing == 0 {
+        report.add(
+            Level::Ok,
+            "features",
+            "every feature is available: policy, TCX, XDP feature query",
+        );
     }
 }
 

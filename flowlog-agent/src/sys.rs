@@ -773,6 +773,18 @@ pub fn raise_open_files_limit() -> io::Result<(u64, u64)> {
     Ok((before, limit.rlim_cur))
 }
 
+/// The running kernel's release, as `uname -r` prints it (`6.1.0-57-amd64`), for messages.
+pub fn kernel_release() -> String {
+    let mut name = std::mem::MaybeUninit::<libc::utsname>::uninit();
+    // SAFETY: uname writes a complete utsname into the buffer it is given.
+    if unsafe { libc::uname(name.as_mut_ptr()) } != 0 {
+        return "unknown".to_owned();
+    }
+    // SAFETY: uname succeeded, so the struct is initialised and `release` is NUL-terminated.
+    let release = unsafe { std::ffi::CStr::from_ptr(name.assume_init_ref().release.as_ptr()) };
+    release.to_string_lossy().into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

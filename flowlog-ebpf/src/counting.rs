@@ -28,14 +28,14 @@ use flowlog_ebpf::{
 };
 
 use crate::{
-    decide::excluded,
+    loops::Loops,
     maps::{BENCH_REFERENCE, EPOCH, FLOWS_0, FLOWS_1, SKIP_OVERFLOW, SKIPPED_0, SKIPPED_1, STATS},
 };
 
 /// Counts one parsed packet (`key` holds its addresses, ports, protocol, interface, direction
 /// and verdict) into the current epoch. `now` is `bpf_jiffies64()`.
 #[inline(always)]
-pub fn count_flow<C: EbpfContext>(
+pub fn count_flow<L: Loops, C: EbpfContext>(
     ctx: &C,
     key: &mut FlowKey,
     count: WireCount,
@@ -46,9 +46,9 @@ pub fn count_flow<C: EbpfContext>(
     key.cpu = unsafe { bpf_get_smp_processor_id() };
     // Each epoch has its own call site, so each map lookup sees one constant map.
     if current_epoch() == 0 {
-        add_to_flow(ctx, &FLOWS_0, &SKIPPED_0, 0, key, count, tcp_flags, now);
+        add_to_flow::<L, C>(ctx, &FLOWS_0, &SKIPPED_0, 0, key, count, tcp_flags, now);
     } else {
-        add_to_flow(ctx, &FLOWS_1, &SKIPPED_1, 1, key, count, tcp_flags, now);
+        add_to_flow::<L, C>(ctx, &FLOWS_1, &SKIPPED_1, 1, key, count, tcp_flags, now);
     }
 }
 
@@ -68,7 +68,7 @@ fn current_epoch() -> u32 {
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn add_to_flow<C: EbpfContext>(
+fn add_to_flow<L: Loops, C: EbpfContext>(
     ctx: &C,
     flows: &HashMap<FlowKey, FlowCounters>,
     skipped: &HashMap<SkipKey, PacketCount>,
@@ -92,7 +92,7 @@ fn add_to_flow<C: EbpfContext>(
     // A new entry: unless the traffic is excluded from logging (checked here, on the first
     // packet of a flow per CPU and interval, not on every packet; excluded traffic never gets an
     // entry, so each of its packets comes here).
-    if excluded(key) {
+    if L::excluded(key) {
         count_stat(Stat::Excluded, count);
         return;
     }

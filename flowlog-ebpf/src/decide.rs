@@ -11,22 +11,24 @@ use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_loop, maps::Array};
 use flowlog_common::{
     flow::{Direction, FlowKey, RejectLayer, Verdict},
     policy::{
-        CACHED_ALLOW, CACHED_DENY, CACHED_UNKNOWN, ConnKey, ConnState, MAX_ACL_RULES,
-        MAX_EXCLUSIONS, MAX_SG_RULES, MODE_AUDIT, PolicyConfig, RULE_ALLOW, Rule, timeout_class,
-        word_generation,
+        CACHED_ALLOW, CACHED_DENY, CACHED_UNKNOWN, ConnKey, ConnState, MAX_ACL_RULES, MAX_SG_RULES,
+        MODE_AUDIT, PolicyConfig, RULE_ALLOW, Rule, timeout_class, word_generation,
     },
 };
 use flowlog_ebpf::{
     parse::Parsed,
     policy::{
-        Packet, RuleSubject, cached, closed_connection, exclusion_matches, fill_conn_key,
-        reset_cache, reset_tracking, rule_matches, security_group, sg_rule_direction, track_close,
+        Packet, RuleSubject, cached, closed_connection, fill_conn_key, reset_cache, reset_tracking,
+        rule_matches, security_group, sg_rule_direction, track_close,
     },
 };
 
-use crate::maps::{
-    ACL_RULES_0, ACL_RULES_1, CONNECTIONS, EXCLUSION_COUNT, EXCLUSIONS, POLICY_ACTIVE,
-    POLICY_CONFIG_0, POLICY_CONFIG_1, SG_RULES_0, SG_RULES_1,
+use crate::{
+    loops::Loops,
+    maps::{
+        ACL_RULES_0, ACL_RULES_1, CONNECTIONS, POLICY_ACTIVE, POLICY_CONFIG_0, POLICY_CONFIG_1,
+        SG_RULES_0, SG_RULES_1,
+    },
 };
 
 /// A packet's verdict ([`Verdict`] as its integer) and whether to drop it.
@@ -40,9 +42,13 @@ const ACCEPT: Decision = Decision {
     drop: false,
 };
 
-/// Decides a parsed packet (`key` complete but for `cpu` and `verdict`).
+/// Decides a parsed packet (`key` complete but for `cpu` and `verdict`). Programs built
+/// without the policy ([`Loops::POLICY`]) accept everything.
 #[inline(always)]
-pub fn decide(key: &FlowKey, parsed: &Parsed, now: u64) -> Decision {
+pub fn decide<L: Loops>(key: &FlowKey, parsed: &Parsed, now: u64) -> Decision {
+    if !L::POLICY {
+        return ACCEPT;
+    }
     let word = POLICY_ACTIVE.get(0).copied().unwrap_or(0);
     // No live slot: no policy (the generation above the slot bits is kept for the next one).
     if word & 3 == 0 {
@@ -307,50 +313,6 @@ unsafe extern "C" fn scan_sg_0(index: u32, scan: *mut c_void) -> i64 {
 }
 unsafe extern "C" fn scan_sg_1(index: u32, scan: *mut c_void) -> i64 {
     scan_step(&SG_RULES_1, index, scan)
-}
-
-/// Whether the packet is excluded from logging (it still got its verdict).
-#[inline(always)]
-pub fn excluded(key: &FlowKey) -> bool {
-    let count = EXCLUSION_COUNT.get(0).copied().unwrap_or(0);
-    if count == 0 {
-        return false;
-    }
-    let mut scan = ExclusionScan {
-        key: key as *const FlowKey,
-        matched: 0,
-    };
-    // SAFETY: the callback only reads the key and writes the `ExclusionScan`, both of which
-    // outlive the call.
-    unsafe {
-        bpf_loop(
-            count.min(MAX_EXCLUSIONS),
-            scan_exclusions as *mut c_void,
-            (&mut scan as *mut ExclusionScan).cast(),
-            0,
-        );
-    }
-    scan.matched != 0
-}
-
-#[repr(C)]
-struct ExclusionScan {
-    key: *const FlowKey,
-    matched: u32,
-}
-
-unsafe extern "C" fn scan_exclusions(index: u32, scan: *mut c_void) -> i64 {
-    // SAFETY: `excluded` passes a live `ExclusionScan` whose key outlives the loop.
-    let scan = unsafe { &mut *scan.cast::<ExclusionScan>() };
-    let key = unsafe { &*scan.key };
-    match EXCLUSIONS.get(index) {
-        Some(rule) if exclusion_matches(rule, key) => {
-            scan.matched = 1;
-            1
-        }
-        Some(_) => 0,
-        None => 1,
-    }
 }
 
 /// A zeroed connection key, cleared with word stores (see `parse::zeroed_key`).

@@ -11,6 +11,19 @@ use std::{
 
 use crate::netns::NetNs;
 
+/// Multiplies how long the harness waits for the agent to start and stop: the kernel matrix
+/// sets it in its VMs, where software emulation verifies the programs several times slower
+/// (waits end as soon as the agent is ready; only the bound moves).
+pub const TIME_SCALE_ENV: &str = "FLOWLOG_TEST_TIME_SCALE";
+
+fn time_scale() -> u32 {
+    std::env::var(TIME_SCALE_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
 /// Where the agent binary is: `FLOWLOG_AGENT_BIN` (set by `cargo xtask test`), else the release
 /// build next to the test executable's target directory.
 pub fn agent_binary() -> PathBuf {
@@ -201,9 +214,10 @@ impl Agent {
         agent
     }
 
-    /// Waits until `count` log lines containing `needle` have been seen in total.
+    /// Waits until `count` log lines containing `needle` have been seen in total, for at most
+    /// `timeout` (times [`TIME_SCALE_ENV`]).
     pub fn wait_for_log(&mut self, needle: &str, count: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + timeout * time_scale();
         while self
             .stderr_seen
             .iter()
@@ -268,6 +282,7 @@ impl Agent {
     /// Waits until the agent exits (it was told to stop); panics after `timeout`.
     pub fn wait_for_exit(mut self, timeout: Duration) -> Stopped {
         let mut child = self.child.take().expect("running");
+        let timeout = timeout * time_scale();
         let deadline = Instant::now() + timeout;
         let status = loop {
             if let Some(status) = child.try_wait().expect("waitpid") {

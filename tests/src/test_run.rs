@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp};
 use flowlog_agent::{
-    datapath::{Datapath, DatapathConfig, DrainedEpoch, programs},
+    datapath::{CountingProgram, Datapath, DatapathConfig, DrainedEpoch, ProgramSet},
     policy::Policy,
 };
 use flowlog_common::{
@@ -27,6 +27,19 @@ use flowlog_common::{
 };
 
 use crate::frames::FrameBuilder;
+
+/// Names the build of the counting programs the BPF_PROG_TEST_RUN tests load:
+/// `bounded-loops` runs them against the programs older kernels get, on any kernel; unset, the
+/// build the kernel calls for.
+pub const PROGRAMS_ENV: &str = "FLOWLOG_TEST_PROGRAMS";
+
+fn programs_from_env() -> Option<ProgramSet> {
+    match std::env::var(PROGRAMS_ENV).ok()?.as_str() {
+        "bounded-loops" => Some(ProgramSet::BoundedLoops),
+        "bpf_loop" => Some(ProgramSet::HelperLoops),
+        other => panic!("{PROGRAMS_ENV}={other}: expected bounded-loops or bpf_loop"),
+    }
+}
 
 /// `TC_ACT_UNSPEC` (-1) as BPF_PROG_TEST_RUN reports it: "no opinion", the packet goes on.
 pub const TC_ACT_UNSPEC: u32 = -1i32 as u32;
@@ -97,11 +110,11 @@ impl Hook {
     pub const ALL: [Self; 3] = [Self::TcIngress, Self::TcEgress, Self::Xdp];
     pub const TC: [Self; 2] = [Self::TcIngress, Self::TcEgress];
 
-    pub fn program(self) -> &'static str {
+    pub fn program(self) -> CountingProgram {
         match self {
-            Self::TcIngress => programs::TC_INGRESS,
-            Self::TcEgress => programs::TC_EGRESS,
-            Self::Xdp => programs::XDP_INGRESS,
+            Self::TcIngress => CountingProgram::TcIngress,
+            Self::TcEgress => CountingProgram::TcEgress,
+            Self::Xdp => CountingProgram::Xdp,
         }
     }
 
@@ -158,6 +171,8 @@ pub struct SkBuffContext {
 
 impl SkBuffContext {
     pub const SIZE: usize = 192;
+    /// The size without `tstamp_type` and `hwtstamp` (added in Linux 5.18).
+    pub const SIZE_BEFORE_5_18: usize = 184;
     const IFINDEX: usize = 40;
     const GSO_SEGS: usize = 164;
     const GSO_SIZE: usize = 176;
@@ -221,30 +236,71 @@ impl From<&FlowCounters> for Counts {
     }
 }
 
-/// A freshly loaded datapath (every program verified, nothing attached) and the thread pinned to
-/// one CPU.
+/// A loaded datapath (every program verified, nothing attached), as fresh as a new one, and the
+/// thread pinned to one CPU.
+///
+/// Loading is the slow part (the verifier: seconds per load under emulation, in the kernel
+/// matrix), so the datapaths a test process loaded are kept, one per build and flow-map size,
+/// and a test gets one back emptied: both epochs drained, no policy, no exclusion, no
+/// connection state, and statistics counted from zero.
 pub struct TestDatapath {
-    datapath: Datapath,
+    /// Back to the pool when the test is done.
+    datapath: Option<Datapath>,
+    key: PoolKey,
     /// Kernel jiffies (the programs' clock) before any packet of the current interval ran.
     interval_start_jiffies: u64,
+    /// The statistics' running totals when the test began.
+    stats_before: BTreeMap<Stat, PacketCount>,
 }
+
+/// Datapaths loaded by this test process, by flow-map size and build.
+type PoolKey = (u32, ProgramSet);
+static POOL: std::sync::Mutex<Vec<(PoolKey, Datapath)>> = std::sync::Mutex::new(Vec::new());
 
 impl TestDatapath {
     /// The kernel's jiffies now.
     pub fn jiffies(&self) -> u64 {
-        kernel_jiffies(&self.datapath)
+        kernel_jiffies(self.datapath())
     }
 
     /// Loads the datapath with `max_flows` entries per epoch map and pins the calling thread to
-    /// the CPU it runs on.
+    /// the CPU it runs on. The build of the programs is the one the kernel calls for, or the one
+    /// [`PROGRAMS_ENV`] names.
     pub fn load(max_flows: u32) -> Self {
+        let programs = programs_from_env().unwrap_or_else(ProgramSet::for_running_kernel);
+        Self::load_programs(max_flows, programs)
+    }
+
+    /// [`TestDatapath::load`] with the given build of the counting programs.
+    pub fn load_programs(max_flows: u32, programs: ProgramSet) -> Self {
         pin_to_current_cpu();
-        let datapath = Datapath::load(DatapathConfig { max_flows }).expect("loading the datapath");
+        let key = (max_flows, programs);
+        let pooled = {
+            let mut pool = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            pool.iter()
+                .position(|(k, _)| *k == key)
+                .map(|i| pool.swap_remove(i).1)
+        };
+        let datapath = pooled.unwrap_or_else(|| {
+            Datapath::load_programs(DatapathConfig { max_flows }, programs)
+                .expect("loading the datapath")
+        });
         let interval_start_jiffies = kernel_jiffies(&datapath);
+        let stats_before = datapath.stats().expect("reading the statistics");
         Self {
-            datapath,
+            datapath: Some(datapath),
+            key,
             interval_start_jiffies,
+            stats_before,
         }
+    }
+
+    fn datapath(&self) -> &Datapath {
+        self.datapath.as_ref().expect("until dropped")
+    }
+
+    fn datapath_mut(&mut self) -> &mut Datapath {
+        self.datapath.as_mut().expect("until dropped")
     }
 
     /// Publishes the policy written in `toml` (the `--policy` file format).
@@ -255,7 +311,7 @@ impl TestDatapath {
         let _ = std::fs::remove_file(&path);
         let policy = policy.unwrap_or_else(|error| panic!("{error}"));
         let compiled = policy.compile(4_000_000);
-        self.datapath
+        self.datapath_mut()
             .set_policy(Some(&compiled))
             .expect("publishing the policy");
     }
@@ -295,8 +351,18 @@ impl TestDatapath {
             .run(hook, options)
             .unwrap_or_else(|error| panic!("{hook:?} test run with {skb:?}: {error:?}"));
         assert_eq!(result.return_value, hook.pass_verdict(), "{hook:?} verdict");
-        assert_eq!(result.ctx_size_out as usize, SkBuffContext::SIZE);
+        // Kernels before 5.18 have no `tstamp_type`/`hwtstamp`: their `__sk_buff` ends at 184.
+        let size = result.ctx_size_out as usize;
+        assert!(
+            (SkBuffContext::SIZE_BEFORE_5_18..=SkBuffContext::SIZE).contains(&size),
+            "__sk_buff of {size} bytes"
+        );
         SkBuffContext::from_bytes(&ctx_out)
+    }
+
+    /// The build of the counting programs under test.
+    pub fn programs(&self) -> ProgramSet {
+        self.datapath().programs()
     }
 
     fn run(
@@ -304,10 +370,11 @@ impl TestDatapath {
         hook: Hook,
         options: TestRunOptions<'_>,
     ) -> Result<TestRunResult, ProgramError> {
+        let name = self.datapath().programs().name(hook.program());
         let program = self
-            .datapath
+            .datapath_mut()
             .ebpf_mut()
-            .program_mut(hook.program())
+            .program_mut(name)
             .expect("flowlog's object has every program");
         match hook {
             Hook::TcIngress | Hook::TcEgress => {
@@ -324,9 +391,9 @@ impl TestDatapath {
     /// Ends the interval the way the agent does (switch the epoch, wait a grace period, drain)
     /// and checks every flow's timestamps: non-zero, first <= last, both inside the interval.
     pub fn drain(&mut self) -> DrainedEpoch {
-        let interval_end_jiffies = kernel_jiffies(&self.datapath);
+        let interval_end_jiffies = kernel_jiffies(self.datapath());
         let drained = self
-            .datapath
+            .datapath_mut()
             .drain_interval()
             .expect("draining the interval");
         for (key, counters) in &drained.flows {
@@ -359,15 +426,56 @@ impl TestDatapath {
         flows.into_iter().next().expect("one flow")
     }
 
-    /// The running totals of one datapath statistic.
+    /// The running total of one datapath statistic since the test began.
     pub fn stat(&self, stat: Stat) -> PacketCount {
-        self.datapath.stats().expect("reading the statistics")[&stat]
+        let now = self.datapath().stats().expect("reading the statistics")[&stat];
+        let before = self.stats_before.get(&stat).copied().unwrap_or_default();
+        PacketCount {
+            packets: now.packets - before.packets,
+            bytes: now.bytes - before.bytes,
+        }
     }
 
     /// Both statistics, as (non-IP, malformed).
     pub fn stats(&self) -> (PacketCount, PacketCount) {
         (self.stat(Stat::NonIp), self.stat(Stat::Malformed))
     }
+}
+
+impl Drop for TestDatapath {
+    /// Empties the datapath for the next test of the process and keeps it; one that cannot be
+    /// emptied is dropped (unloaded).
+    fn drop(&mut self) {
+        let Some(mut datapath) = self.datapath.take() else {
+            return;
+        };
+        if empty(&mut datapath).is_ok() {
+            POOL.lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push((self.key, datapath));
+        }
+    }
+}
+
+/// Drains both epochs, removes the policy, the exclusions and the connection state.
+fn empty(datapath: &mut Datapath) -> Result<(), Box<dyn std::error::Error>> {
+    datapath.drain_all_after_detach()?;
+    datapath.set_policy(None)?;
+    datapath.set_exclusions(&[])?;
+    let map = datapath
+        .ebpf_mut()
+        .map_mut(flowlog_common::maps::CONNECTIONS)
+        .ok_or("no connection table")?;
+    let mut connections: aya::maps::HashMap<
+        _,
+        flowlog_common::policy::ConnKey,
+        flowlog_common::policy::ConnState,
+    > = aya::maps::HashMap::try_from(map)?;
+    let keys: Vec<_> = connections.keys().collect::<Result<_, _>>()?;
+    for key in keys {
+        connections.remove(&key)?;
+    }
+    Ok(())
 }
 
 /// The flows of a drained interval with the counts tests compare.

@@ -36,6 +36,20 @@ fn xdp_records_add_up_to_the_traffic_exactly() {
     );
 }
 
+/// Native XDP on ingress with the egress program as a clsact filter: XDP on kernels before TCX.
+#[test]
+fn xdp_clsact_records_add_up_to_the_traffic_exactly() {
+    let stderr = records_add_up_to_the_traffic_exactly(
+        "xdp-clsact",
+        &["--hook", "xdp", "--tc-mode", "clsact"],
+    );
+    assert_eq!(
+        stderr.matches("hook=xdp tc_mode=clsact").count(),
+        2,
+        "{stderr}"
+    );
+}
+
 /// The clsact path older kernels take.
 #[test]
 fn clsact_records_add_up_to_the_traffic_exactly() {

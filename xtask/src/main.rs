@@ -1,9 +1,14 @@
 //! `cargo xtask`: how flowlog is built, run and tested (the alias is in `.cargo/config.toml`).
 mod agent;
+mod apt;
 mod bench;
 mod bpf_linker;
 mod cmd;
+mod guest;
+mod initramfs;
+mod kernels;
 mod lint;
+mod matrix;
 mod run;
 mod setup;
 mod test;
@@ -32,8 +37,13 @@ enum Task {
         args: Vec<String>,
     },
     /// Set up, build the agent, and run every test in release mode (integration tests one at a
-    /// time, with FLOWLOG_AGENT_BIN set to the built agent).
+    /// time, with FLOWLOG_AGENT_BIN set to the built agent), then the kernel matrix: the
+    /// privileged tests in qemu on each of Debian's kernels.
     Test {
+        /// Only these, comma-separated: `host` (the machine's kernel, every test) and kernels of
+        /// the matrix (5.10, 6.1, 6.12, newest). Default: all of them.
+        #[arg(long, value_name = "LIST")]
+        kernels: Option<String>,
         /// Arguments for every test harness, after `--` (a filter, `--nocapture`, ...).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -52,7 +62,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().task {
         Task::Setup => setup::setup(),
         Task::Run { args } => run::run(&args),
-        Task::Test { args } => test::test(&args),
+        Task::Test { kernels, args } => test::test(kernels.as_deref(), &args),
         Task::Bench { args } => bench::bench(&args),
         Task::Lint => lint::lint(),
     };
@@ -94,7 +104,15 @@ mod tests {
         assert_eq!(
             parse(&["test", "--", "--nocapture", "flow"]),
             Task::Test {
+                kernels: None,
                 args: args(&["--nocapture", "flow"])
+            }
+        );
+        assert_eq!(
+            parse(&["test", "--kernels", "5.10,host", "--", "flow"]),
+            Task::Test {
+                kernels: Some("5.10,host".into()),
+                args: args(&["flow"])
             }
         );
         assert_eq!(

@@ -60,15 +60,40 @@ fn has_component(list: &str, component: &str) -> bool {
         .any(|line| line.split_whitespace().next() == Some(component))
 }
 
-/// Installs the Debian `package` (`apt-get install`, as root, non-interactive) unless `binary`
-/// is already on PATH. The package lists are refreshed only when the install fails, since a
-/// fresh machine may have none yet but an update costs time on every other.
+/// Installs the Debian `package` (see [`apt_install`]) unless `binary` is already on PATH.
 pub fn ensure_debian_package(binary: &str, package: &str) -> Result<()> {
     let what = format!("{binary} (Debian package {package})");
     if let Some(path) = cmd::which(binary) {
         step(&what, format!("found at {}", path.display()));
         return Ok(());
     }
+    apt_install(package)?;
+    match cmd::which(binary) {
+        Some(path) => step(&what, format!("installed, {}", path.display())),
+        None => bail!("installed the Debian package {package}, but {binary} is still not on PATH"),
+    }
+    Ok(())
+}
+
+/// Installs the Debian `package` unless `file` exists (for packages that install no command).
+pub fn ensure_debian_file(file: &str, package: &str) -> Result<()> {
+    let what = format!("{file} (Debian package {package})");
+    if std::path::Path::new(file).exists() {
+        step(&what, "found");
+        return Ok(());
+    }
+    apt_install(package)?;
+    if !std::path::Path::new(file).exists() {
+        bail!("installed the Debian package {package}, but {file} is still missing");
+    }
+    step(&what, "installed");
+    Ok(())
+}
+
+/// `apt-get install` as root, non-interactive. The package lists are refreshed only when the
+/// install fails, since a fresh machine may have none yet but an update costs time on every
+/// other.
+fn apt_install(package: &str) -> Result<()> {
     let apt_get = |args: &[&str]| {
         let mut apt = cmd::command("apt-get");
         apt.args(args).env("DEBIAN_FRONTEND", "noninteractive");
@@ -78,10 +103,6 @@ pub fn ensure_debian_package(binary: &str, package: &str) -> Result<()> {
     if !cmd::status(&mut apt_get(&install))?.success() {
         cmd::run(&mut apt_get(&["update"]))?;
         cmd::run(&mut apt_get(&install))?;
-    }
-    match cmd::which(binary) {
-        Some(path) => step(&what, format!("installed, {}", path.display())),
-        None => bail!("installed the Debian package {package}, but {binary} is still not on PATH"),
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ use aya::{
     util::KernelVersion,
 };
 
-use super::{DatapathError, programs};
+use super::{CountingProgram, DatapathError, ProgramSet, programs};
 use crate::sys;
 
 /// How the operator asked interfaces to be hooked (`--hook`).
@@ -111,9 +111,23 @@ pub struct AttachedInterface {
     /// Attached with a pin directory: the programs may stay attached when the agent stops
     /// (links pinned; clsact filters recognized by the programs pinned there).
     outlives_agent: bool,
+    /// The build its programs come from.
+    set: ProgramSet,
 }
 
 impl AttachedInterface {
+    /// The names of its egress and ingress programs in the eBPF object.
+    fn programs(&self) -> (&'static str, &'static str) {
+        let ingress = match self.hook {
+            Hook::Tc => CountingProgram::TcIngress,
+            Hook::Xdp => CountingProgram::Xdp,
+        };
+        (
+            self.set.name(CountingProgram::TcEgress),
+            self.set.name(ingress),
+        )
+    }
+
     /// Whether its programs may stay attached after the agent, for the next one to adopt.
     pub fn is_pinned(&self) -> bool {
         self.outlives_agent
@@ -168,10 +182,12 @@ fn pinned_link(links: &Path, ifindex: u32, point: &str) -> Option<PathBuf> {
         })
 }
 
-pub(super) fn load_programs(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
+/// Loads (verifies) the counting programs of `set` and the helper programs; the other build's
+/// programs stay unloaded (an older kernel refuses them).
+pub(super) fn load_programs(ebpf: &mut Ebpf, set: ProgramSet) -> Result<(), DatapathError> {
     for name in [
-        programs::TC_INGRESS,
-        programs::TC_EGRESS,
+        set.name(CountingProgram::TcIngress),
+        set.name(CountingProgram::TcEgress),
         programs::REFERENCE_TC,
     ] {
         classifier(ebpf, name)?
@@ -179,7 +195,7 @@ pub(super) fn load_programs(ebpf: &mut Ebpf) -> Result<(), DatapathError> {
             .map_err(|source| DatapathError::Program { name, source })?;
     }
     for name in [
-        programs::XDP_INGRESS,
+        set.name(CountingProgram::Xdp),
         programs::REFERENCE_XDP,
         programs::CLOCK,
     ] {
@@ -204,6 +220,8 @@ pub(super) struct AttachPoint<'a> {
     /// The programs a previous agent of this pin directory left (behind its links, or pinned
     /// for its clsact filters): their clsact filters are taken over, not stacked on.
     pub own_programs: &'a [u32],
+    /// The build of the programs to attach.
+    pub set: ProgramSet,
 }
 
 /// Attaches the programs to one interface. With `pins` (a links directory) and TCX, the links
@@ -249,7 +267,7 @@ pub(super) fn attach(
         Ok(link) => link,
         Err(e) => {
             // Leave nothing half attached (an adopted link is not touched until commit).
-            let _ = release(ebpf, programs::TC_EGRESS, egress);
+            let _ = release(ebpf, point.set.name(CountingProgram::TcEgress), egress);
             return Err(error(ingress_point.describe(), e));
         }
     };
@@ -261,6 +279,7 @@ pub(super) fn attach(
         ingress,
         egress,
         outlives_agent: point.pins.is_some(),
+        set: point.set,
     })
 }
 
@@ -273,12 +292,12 @@ enum LinkPoint {
 }
 
 impl LinkPoint {
-    fn program(self) -> &'static str {
-        match self {
-            LinkPoint::TcIngress => programs::TC_INGRESS,
-            LinkPoint::TcEgress => programs::TC_EGRESS,
-            LinkPoint::Xdp => programs::XDP_INGRESS,
-        }
+    fn program(self, set: ProgramSet) -> &'static str {
+        set.name(match self {
+            LinkPoint::TcIngress => CountingProgram::TcIngress,
+            LinkPoint::TcEgress => CountingProgram::TcEgress,
+            LinkPoint::Xdp => CountingProgram::Xdp,
+        })
     }
 
     /// The last part of a pinned link's name.
@@ -323,7 +342,14 @@ fn attach_link(
             if !point.adopt_now {
                 return Ok(ProgramLink::AdoptingFilter { priority, handle });
             }
-            return adopt_filter(ebpf, point.interface, link_point, priority, handle);
+            return adopt_filter(
+                ebpf,
+                point.set,
+                point.interface,
+                link_point,
+                priority,
+                handle,
+            );
         }
         return attach_new(ebpf, point, link_point, None);
     }
@@ -332,7 +358,7 @@ fn attach_link(
         if !point.adopt_now {
             return Ok(ProgramLink::Adopting(existing));
         }
-        if let Some(adopted) = adopt(ebpf, link_point, &existing, &wanted) {
+        if let Some(adopted) = adopt(ebpf, point.set, link_point, &existing, &wanted) {
             return Ok(adopted);
         }
     }
@@ -356,6 +382,7 @@ fn own_filter(point: AttachPoint<'_>, ingress: bool) -> Option<(u16, u32)> {
 /// handle, which cls_bpf applies atomically).
 fn adopt_filter(
     ebpf: &mut Ebpf,
+    set: ProgramSet,
     interface: &str,
     link_point: LinkPoint,
     priority: u16,
@@ -370,7 +397,7 @@ fn adopt_filter(
                     io_error,
                 })
             })?;
-    let program = classifier(ebpf, link_point.program()).map_err(|_| ProgramError::NotLoaded)?;
+    let program = classifier(ebpf, link_point.program(set)).map_err(|_| ProgramError::NotLoaded)?;
     let id = program.attach_to_link(link)?;
     Ok(ProgramLink::Tc(id))
 }
@@ -409,19 +436,25 @@ pub(super) fn adopt_pending(
         pins: Some(links),
         adopt_now: true,
         own_programs: &[],
+        set: attached.set,
     };
     for (link, link_point) in [
         (&mut attached.egress, LinkPoint::TcEgress),
         (&mut attached.ingress, ingress_point),
     ] {
         let adopted = match link {
-            ProgramLink::AdoptingFilter { priority, handle } => {
-                adopt_filter(ebpf, point.interface, link_point, *priority, *handle)
-                    .or_else(|_| attach_new(ebpf, point, link_point, None))
-            }
+            ProgramLink::AdoptingFilter { priority, handle } => adopt_filter(
+                ebpf,
+                point.set,
+                point.interface,
+                link_point,
+                *priority,
+                *handle,
+            )
+            .or_else(|_| attach_new(ebpf, point, link_point, None)),
             ProgramLink::Adopting(existing) => {
                 let wanted = pin_path(links, point.interface, point.ifindex, link_point.pin_name());
-                match adopt(ebpf, link_point, existing, &wanted) {
+                match adopt(ebpf, point.set, link_point, existing, &wanted) {
                     Some(adopted) => Ok(adopted),
                     None => attach_new(ebpf, point, link_point, Some(wanted)),
                 }
@@ -439,12 +472,9 @@ pub(super) fn adopt_pending(
 /// Leaves the programs of `attached` attached after the agent: pinned links are held by their
 /// pins; a clsact filter's link is forgotten, so aya does not detach it.
 pub(super) fn leave_attached(ebpf: &mut Ebpf, attached: AttachedInterface) {
-    let ingress_program = match attached.hook {
-        Hook::Tc => programs::TC_INGRESS,
-        Hook::Xdp => programs::XDP_INGRESS,
-    };
+    let (egress_program, ingress_program) = attached.programs();
     for (program, link) in [
-        (programs::TC_EGRESS, attached.egress),
+        (egress_program, attached.egress),
         (ingress_program, attached.ingress),
     ] {
         if let ProgramLink::Tc(id) = link
@@ -461,11 +491,8 @@ pub(super) fn detach(ebpf: &mut Ebpf, attached: AttachedInterface) -> Result<(),
         interface: attached.name.clone(),
         message: format!("detaching: {source}"),
     };
-    let ingress_program = match attached.hook {
-        Hook::Tc => programs::TC_INGRESS,
-        Hook::Xdp => programs::XDP_INGRESS,
-    };
-    let egress = release(ebpf, programs::TC_EGRESS, attached.egress);
+    let (egress_program, ingress_program) = attached.programs();
+    let egress = release(ebpf, egress_program, attached.egress);
     let ingress = release(ebpf, ingress_program, attached.ingress);
     egress.and(ingress).map_err(error)
 }
@@ -496,13 +523,14 @@ fn release(ebpf: &mut Ebpf, program: &'static str, link: ProgramLink) -> Result<
 /// which case its pin is removed.
 fn adopt(
     ebpf: &mut Ebpf,
+    set: ProgramSet,
     link_point: LinkPoint,
     existing: &Path,
     wanted: &Path,
 ) -> Option<ProgramLink> {
     let program = match link_point {
-        LinkPoint::Xdp => xdp(ebpf, link_point.program()).ok()?.fd().ok()?,
-        _ => classifier(ebpf, link_point.program()).ok()?.fd().ok()?,
+        LinkPoint::Xdp => xdp(ebpf, link_point.program(set)).ok()?.fd().ok()?,
+        _ => classifier(ebpf, link_point.program(set)).ok()?.fd().ok()?,
     };
     let link = match sys::bpf_obj_get(existing)
         .and_then(|link| sys::bpf_link_update(link.as_fd(), program.as_fd()).map(|()| link))
@@ -538,7 +566,8 @@ fn attach_new(
 ) -> Result<ProgramLink, ProgramError> {
     let taken = match link_point {
         LinkPoint::Xdp => {
-            let program = xdp(ebpf, programs::XDP_INGRESS).map_err(|_| ProgramError::NotLoaded)?;
+            let program =
+                xdp(ebpf, link_point.program(point.set)).map_err(|_| ProgramError::NotLoaded)?;
             let id = program.attach_to_if_index(point.ifindex, XdpMode::Driver)?;
             match &pin {
                 None => return Ok(ProgramLink::Xdp(id)),
@@ -553,8 +582,8 @@ fn attach_new(
                 TcMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
                 TcMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
             };
-            let program =
-                classifier(ebpf, link_point.program()).map_err(|_| ProgramError::NotLoaded)?;
+            let program = classifier(ebpf, link_point.program(point.set))
+                .map_err(|_| ProgramError::NotLoaded)?;
             let id = program.attach_with_options(point.interface, attach_type, options)?;
             // A clsact filter is no link: it cannot be pinned.
             match &pin {

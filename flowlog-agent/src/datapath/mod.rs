@@ -4,6 +4,7 @@
 mod attach;
 mod clock;
 mod epoch;
+mod kernel;
 mod kernel_drops;
 pub mod owner;
 mod pins;
@@ -27,6 +28,7 @@ use flowlog_common::{
 pub use attach::{AttachedInterface, Hook, HookChoice, TcMode, TcModeChoice};
 pub use clock::{ClockSample, JiffiesClock};
 pub use epoch::DrainedEpoch;
+pub use kernel::{CountingProgram, ProgramSet, has_tcx, why_no_policy};
 pub use pins::{LAYOUT_VERSION, PinnedLinkName, inspect as inspect_pins, remove_pins};
 pub use start::CommittedStart;
 
@@ -43,6 +45,11 @@ pub mod programs {
     pub const TC_INGRESS: &str = "flowlog_tc_in";
     pub const TC_EGRESS: &str = "flowlog_tc_eg";
     pub const XDP_INGRESS: &str = "flowlog_xdp";
+    /// The same programs with bounded loops instead of `bpf_loop`, and no policy, for kernels
+    /// before 5.17 ([`super::ProgramSet::BoundedLoops`]).
+    pub const TC_INGRESS_BOUNDED: &str = "flowlog_tc_in_b";
+    pub const TC_EGRESS_BOUNDED: &str = "flowlog_tc_eg_b";
+    pub const XDP_INGRESS_BOUNDED: &str = "flowlog_xdp_b";
     /// Benchmark references: one per-CPU hash update per packet.
     pub const REFERENCE_TC: &str = "flowlog_ref_tc";
     pub const REFERENCE_XDP: &str = "flowlog_ref_xdp";
@@ -81,6 +88,10 @@ pub enum DatapathError {
     Attach { interface: String, message: String },
     #[error("starting the eBPF log reader: {0}")]
     Logger(#[from] aya_log::Error),
+    #[error(
+        "the policy cannot run on this kernel ({kernel}): {why}; run without a policy, or on Linux 6.5 or later"
+    )]
+    PolicyUnsupported { kernel: String, why: &'static str },
     #[error("{call}: {source}")]
     Syscall {
         call: &'static str,
@@ -106,6 +117,8 @@ pub struct Datapath {
     stats_reported: Array<MapData, PacketCount>,
     stats_reported_adopted: bool,
     attached: BTreeMap<u32, AttachedInterface>,
+    /// The build of the counting programs this kernel verifies.
+    programs: ProgramSet,
     policy: policy::PolicyTables,
     /// Where maps and links are pinned, if they are.
     pins: Option<pins::Pins>,
@@ -119,21 +132,31 @@ impl Datapath {
     /// Loads the object, sizes the flow maps and loads (verifies) every program. Nothing is
     /// attached yet. Maps are the agent's own and go with it.
     pub fn load(config: DatapathConfig) -> Result<Self, DatapathError> {
-        Self::load_with_pins(config, None)
+        Self::load_with_pins(config, None, ProgramSet::for_running_kernel())
+    }
+
+    /// As [`Datapath::load`], with the given build of the counting programs rather than the
+    /// one the kernel's features call for (tests run the bounded-loop build on new kernels).
+    pub fn load_programs(
+        config: DatapathConfig,
+        programs: ProgramSet,
+    ) -> Result<Self, DatapathError> {
+        Self::load_with_pins(config, None, programs)
     }
 
     /// As [`Datapath::load`], with the maps pinned under `pin_dir` (a BPF filesystem): maps left
     /// there by a previous agent are reused with their counts, and programs attached with TCX
     /// or XDP links are pinned there too, so they keep counting while no agent runs.
     pub fn load_pinned(config: DatapathConfig, pin_dir: &Path) -> Result<Self, DatapathError> {
-        Self::load_with_pins(config, Some(pin_dir))
+        Self::load_with_pins(config, Some(pin_dir), ProgramSet::for_running_kernel())
     }
 
     fn load_with_pins(
         config: DatapathConfig,
         pin_dir: Option<&Path>,
+        programs: ProgramSet,
     ) -> Result<Self, DatapathError> {
-        Self::load_full(config, pin_dir, None)
+        Self::load_inner(config, pin_dir, programs, None)
     }
 
     /// As [`Datapath::load`] (or [`Datapath::load_pinned`] with `pin_dir`), with the kernel drop
@@ -142,6 +165,20 @@ impl Datapath {
     pub fn load_full(
         config: DatapathConfig,
         pin_dir: Option<&Path>,
+        kernel_drops: Option<&crate::kernel_drops::Setup>,
+    ) -> Result<Self, DatapathError> {
+        Self::load_inner(
+            config,
+            pin_dir,
+            ProgramSet::for_running_kernel(),
+            kernel_drops,
+        )
+    }
+
+    fn load_inner(
+        config: DatapathConfig,
+        pin_dir: Option<&Path>,
+        programs: ProgramSet,
         kernel_drops: Option<&crate::kernel_drops::Setup>,
     ) -> Result<Self, DatapathError> {
         if EBPF_OBJECT.is_empty() {
@@ -185,7 +222,14 @@ impl Datapath {
         }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
         start.hold_unpinned_maps(&ebpf)?;
-        attach::load_programs(&mut ebpf)?;
+        attach::load_programs(&mut ebpf, programs)?;
+        if programs == ProgramSet::BoundedLoops {
+            tracing::warn!(
+                kernel = %crate::sys::kernel_release(),
+                "loaded the bounded-loop programs: they count and apply exclusions exactly, but a policy is unavailable: {}",
+                why_no_policy().unwrap_or("requested")
+            );
+        }
         let logger = Some(aya_log::EbpfLogger::init(&mut ebpf)?);
 
         let epoch_map: Array<MapData, u32> = take_map(&mut ebpf, EPOCH)?;
@@ -214,6 +258,7 @@ impl Datapath {
             stats_reported,
             stats_reported_adopted,
             attached: BTreeMap::new(),
+            programs,
             policy,
             start: pins.is_some().then_some(start),
             pins,
@@ -225,6 +270,11 @@ impl Datapath {
     /// programs log only rare events (a full flow map), never per packet.
     pub fn take_logger(&mut self) -> Option<KernelLogger> {
         self.logger.take()
+    }
+
+    /// The build of the counting programs that is loaded.
+    pub fn programs(&self) -> ProgramSet {
+        self.programs
     }
 
     /// The loaded object, for tests and benchmarks that run programs with BPF_PROG_TEST_RUN.
@@ -253,6 +303,7 @@ impl Datapath {
                 .start
                 .as_ref()
                 .map_or(&[], |start| start.own_programs()),
+            set: self.programs,
         };
         let attached = attach::attach(&mut self.ebpf, point)?;
         if let Some(drops) = &mut self.epochs.kernel_drops {
@@ -403,7 +454,14 @@ impl Datapath {
 
     /// Publishes a policy (`None` removes it): every packet sees either the old or the new one.
     /// Returns the policy's generation.
+    /// Refused when the loaded programs enforce no policy (a kernel without `bpf_loop`).
     pub fn set_policy(&mut self, policy: Option<&CompiledPolicy>) -> Result<u32, DatapathError> {
+        if policy.is_some() && !self.programs.has_policy() {
+            return Err(DatapathError::PolicyUnsupported {
+                kernel: crate::sys::kernel_release(),
+                why: why_no_policy().unwrap_or("the programs loaded enforce no policy"),
+            });
+        }
         self.policy.publish(policy)
     }
 

@@ -180,7 +180,10 @@ impl Datapath {
         }
         pins.keep();
         // Pinned so the next agent knows its clsact filters (links carry their own identity).
-        for name in [super::programs::TC_INGRESS, super::programs::TC_EGRESS] {
+        for name in [
+            self.programs.name(super::CountingProgram::TcIngress),
+            self.programs.name(super::CountingProgram::TcEgress),
+        ] {
             let path = pins.program_path(name);
             let _ = std::fs::remove_file(&path);
             let pinned = self

@@ -10,7 +10,7 @@ use aya::{
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
 };
 use flowlog_agent::{
-    datapath::{Datapath, DatapathConfig, programs},
+    datapath::{CountingProgram, Datapath, DatapathConfig, ProgramSet, programs},
     record::RecordKind,
     sys::thread_cpu_time,
 };
@@ -98,9 +98,31 @@ pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
          alternating",
         pin.cpu, settings.rounds, settings.repeat
     );
-    let mut datapath = Datapath::load(DatapathConfig {
-        max_flows: DEFAULT_MAX_FLOWS,
-    })
+    // The build this kernel calls for, and on kernels that get the `bpf_loop` build, the
+    // bounded-loop build older kernels get (same machine, same reference).
+    let kernels_build = ProgramSet::for_running_kernel();
+    let mut builds = vec![(kernels_build, "")];
+    if kernels_build != ProgramSet::BoundedLoops {
+        builds.push((ProgramSet::BoundedLoops, ", bounded-loop build"));
+    }
+    for (build, build_label) in builds {
+        measure_build(report, &settings, build, build_label)?;
+    }
+    Ok(())
+}
+
+fn measure_build(
+    report: &mut Report,
+    settings: &Settings,
+    build: ProgramSet,
+    build_label: &str,
+) -> Result<()> {
+    let mut datapath = Datapath::load_programs(
+        DatapathConfig {
+            max_flows: DEFAULT_MAX_FLOWS,
+        },
+        build,
+    )
     .context("loading the datapath")?;
     let frames = [("", ipv4_udp_frame()), (" IPv6/TCP", ipv6_tcp_frame())];
     let mut real_runs = 0u64;
@@ -109,21 +131,20 @@ pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
         let pairs = [
             (
                 "TC",
-                Runnable::Tc(program(ebpf, programs::TC_INGRESS)?),
+                Runnable::Tc(program(ebpf, build.name(CountingProgram::TcIngress))?),
                 Runnable::Tc(program(ebpf, programs::REFERENCE_TC)?),
                 programs::REFERENCE_TC,
             ),
             (
                 "XDP",
-                Runnable::Xdp(program(ebpf, programs::XDP_INGRESS)?),
+                Runnable::Xdp(program(ebpf, build.name(CountingProgram::Xdp))?),
                 Runnable::Xdp(program(ebpf, programs::REFERENCE_XDP)?),
                 programs::REFERENCE_XDP,
             ),
         ];
         for (frame_label, frame) in &frames {
             for (hook, real, reference, reference_name) in pairs {
-                let (real_cost, reference_cost) =
-                    compare(real, reference, &frame.bytes, &settings)?;
+                let (real_cost, reference_cost) = compare(real, reference, &frame.bytes, settings)?;
                 real_runs += (settings.rounds as u64 + 1) * settings.repeat as u64;
                 let ratio = real_cost.kernel_ns / reference_cost.kernel_ns;
                 let cpu_ratio = real_cost.cpu_ns / reference_cost.cpu_ns;
@@ -143,7 +164,7 @@ pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
                     ));
                 }
                 report.record(Outcome {
-                    figure: format!("per-packet {hook}{frame_label}"),
+                    figure: format!("per-packet {hook}{frame_label}{build_label}"),
                     measured: format!(
                         "{:.0} ns vs reference {:.0} ns = {ratio:.3}",
                         real_cost.kernel_ns, reference_cost.kernel_ns
