@@ -182,8 +182,11 @@ fn records_add_up_to_the_traffic_exactly(name: &str, hook_args: &[&str]) -> Stri
 
     // 4. The programs stay for the next agent (`--on-exit keep`, the default): TCX and XDP
     //    links are pinned, and with clsact exactly one filter per direction stays, never more.
-    let kept_filters = usize::from(hook_args.contains(&"clsact"));
+    let clsact = hook_args.contains(&"clsact");
     for direction in ["ingress", "egress"] {
+        // With `--hook xdp`, ingress is the XDP program: no ingress filter.
+        let kept_filters =
+            usize::from(clsact && !(direction == "ingress" && hook_args.contains(&"xdp")));
         let filters = topology
             .a
             .exec("tc", &["filter", "show", "dev", "a0", direction])
