@@ -51,8 +51,9 @@ pub const MATRIX: &[KernelSpec] = &[
     },
 ];
 
-/// Modules the tests need that Debian builds as modules (veth pairs, clsact, TC BPF filters).
-const MODULES: &[&str] = &["veth", "sch_ingress", "cls_bpf", "act_bpf"];
+/// Modules the tests need that Debian builds as modules (veth pairs, clsact, TC BPF filters,
+/// and nftables for the kernel-drop tests' rules).
+const MODULES: &[&str] = &["veth", "sch_ingress", "cls_bpf", "act_bpf", "nf_tables"];
 
 /// A kernel ready to boot.
 #[derive(Clone, Debug)]
@@ -168,6 +169,13 @@ fn load_cached(spec: KernelSpec, release: &str, dir: &Path) -> Result<Option<Ker
     }
     let order = fs::read_to_string(dir.join("modules.order"))
         .with_context(|| format!("reading {}", dir.join("modules.order").display()))?;
+    // A kernel cached before a module joined the list is unpacked again.
+    if MODULES
+        .iter()
+        .any(|module| !order.lines().any(|line| line == format!("{module}.ko")))
+    {
+        return Ok(None);
+    }
     Ok(Some(Kernel {
         spec,
         release: release.to_owned(),
