@@ -359,8 +359,11 @@ impl Frame for HeaderCopy<'_> {
     fn header<T: Header>(&self, offset: usize) -> Option<&T> {
         // LLVM knows offsets the parser makes stay within the copy and would drop the check
         // below; the verifier, which tracks them less tightly, needs it.
+        // The offset itself is compared with a constant: `offset + LEN > END` (which may wrap)
+        // compiles to a range check on `offset - K`, whose bound 6.1's verifier does not carry
+        // back to `offset` ("R4 max value is outside of the allowed memory range").
         let offset = core::hint::black_box(offset);
-        if offset + T::LEN > ETH_LEN + HEADERS_LEN {
+        if offset > ETH_LEN + HEADERS_LEN - T::LEN {
             return None;
         }
         // Integer arithmetic, as for packet pointers: an in-bounds pointer offset would let LLVM
