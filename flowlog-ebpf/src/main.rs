@@ -187,8 +187,8 @@ mod programs {
     /// `skb:kfree_skb`: packets the kernel drops on the agent's interfaces (`drops.rs`).
     ///
     /// Written out rather than with aya's `#[raw_tracepoint]`, whose entry takes `*mut c_void`:
-    /// before Linux 6.7 the verifier wants the context argument's BTF type to be the program
-    /// type's context struct ("reg type unsupported for arg#0" on 6.1).
+    /// 6.1's verifier wants the context argument's BTF type to be the program type's context
+    /// struct ("reg type unsupported for arg#0"); 6.12's accepts either.
     #[unsafe(no_mangle)]
     #[unsafe(link_section = "raw_tp/kfree_skb")]
     pub fn flowlog_kernel_drops(ctx: *mut aya_ebpf::bindings::bpf_raw_tracepoint_args) -> u32 {

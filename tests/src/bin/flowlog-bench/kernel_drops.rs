@@ -63,7 +63,8 @@ pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
     let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .map_err(|e| format!("enabling BPF run-time statistics: {e}"))?;
     // One interval over the whole flood, then 1 s intervals: a switch while packets are between
-    // TC ingress and their drop leaves their ACCEPT in the interval before (see ARCHITECTURE.md).
+    // TC ingress and their drop leaves their ACCEPT in the interval before (see
+    // docs/kernel-drops.md).
     let long = with_agent(&client, &server, seconds, "600s")?;
     let short = with_agent(&client, &server, seconds, "1s")?;
     drop(stats);
