@@ -202,4 +202,26 @@ mod tests {
             assert!(names.contains(&name), "{name} missing from {names:?}");
         }
     }
+
+    /// README's table of what `refused` counts lists exactly [`REFUSED`], with its words.
+    #[test]
+    fn the_readme_lists_what_refused_counts() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("| reason | what refused the packet |")
+            .expect("README's refused table");
+        let rows: Vec<&str> = readme[start..]
+            .lines()
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .collect();
+        let expected: Vec<String> = REFUSED
+            .iter()
+            .map(|(reason, what)| {
+                let name = reason.to_ascii_lowercase().replace('_', "-");
+                format!("| `{name}` | {what} |")
+            })
+            .collect();
+        assert_eq!(rows, expected);
+    }
 }
