@@ -9,11 +9,11 @@ use aya::util::KernelVersion;
 
 use crate::{
     config::{FlowLogConfig, RunConfig},
-    datapath::{Datapath, DatapathConfig, HookChoice, TcMode, has_tcx, why_no_policy},
+    datapath::{Datapath, DatapathConfig, HookChoice, TcMode, has_tcx, hook, why_no_policy},
     interfaces::{self, Interface},
     kernel_drops::KernelDropsMode,
     privileges,
-    sink::{ObjectStoreSink, SinkSpec, ipfix},
+    sink::SinkSpec,
     sys,
 };
 
@@ -64,7 +64,7 @@ impl Report {
 pub async fn check(config: &RunConfig) -> Report {
     let mut report = Report::default();
     let names: Vec<&str> = config.flow_logs.iter().map(|f| f.name()).collect();
-    let source = match &config.args.config {
+    let source = match &config.config_file {
         Some(path) => format!("{} and the flags", path.display()),
         None => "the flags".to_owned(),
     };
@@ -383,13 +383,8 @@ fn describe(interface: &Interface, choice: HookChoice, tc_mode: TcMode) -> Strin
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "virtual".to_owned());
-    let hook = interfaces::hook_for(choice, interface);
-    let native_xdp = match sys::xdp_features(interface.ifindex) {
-        Ok(Some(features)) if features & 1 != 0 => "native XDP yes",
-        Ok(Some(_)) => "native XDP no",
-        Ok(None) => "native XDP unknown (the kernel does not say before Linux 6.3)",
-        Err(_) => "native XDP unknown",
-    };
+    let hook = hook::for_interface(choice, interface);
+    let native_xdp = hook::native_xdp(interface.ifindex);
     format!(
         "ifindex {}, driver {driver}, {native_xdp}; hook: {hook} ingress, TC egress ({tc_mode})",
         interface.ifindex
@@ -401,45 +396,8 @@ async fn sink(report: &mut Report, flow_log: &FlowLogConfig, spec: &SinkSpec) {
         Some(id) => format!("flow log {id} sink {spec}"),
         None => format!("sink {spec}"),
     };
-    match spec {
-        SinkSpec::Stdout | SinkSpec::JsonStdout(_) => {
-            report.add(Level::Ok, subject, "standard output")
-        }
-        SinkSpec::LogStreams(dir) | SinkSpec::JsonLogStreams(_, dir) => {
-            let existing = dir.ancestors().find(|p| p.exists());
-            let writable = existing.is_some_and(|p| {
-                let probe = p.join(format!(".flowlog-check-{}", std::process::id()));
-                let ok = std::fs::write(&probe, b"").is_ok();
-                let _ = std::fs::remove_file(&probe);
-                ok
-            });
-            if writable {
-                report.add(
-                    Level::Ok,
-                    subject,
-                    format!("{} can be written", dir.display()),
-                );
-            } else {
-                report.add(
-                    Level::Fail,
-                    subject,
-                    format!("{} cannot be created or written", dir.display()),
-                );
-            }
-        }
-        SinkSpec::ObjectStore(url) => {
-            match ObjectStoreSink::check(url, &flow_log.key_layout(url)).await {
-                Ok(()) => report.add(
-                    Level::Ok,
-                    subject,
-                    "configured, and the destination answered (or spooling covers it)",
-                ),
-                Err(error) => report.add(Level::Fail, subject, error.to_string()),
-            }
-        }
-        SinkSpec::Ipfix(spec) => match ipfix::probe(spec).await {
-            Ok(detail) => report.add(Level::Ok, subject, detail),
-            Err(detail) => report.add(Level::Fail, subject, detail),
-        },
+    match spec.health_check(&flow_log.sink_context()).await {
+        Ok(detail) => report.add(Level::Ok, subject, detail),
+        Err(detail) => report.add(Level::Fail, subject, detail),
     }
 }

@@ -1,17 +1,23 @@
-//! The command line as typed: clap parses it, `config` validates it. Every value parser names
-//! the flag and the token it refuses.
+//! The command line as typed: the first of the configuration's two stages. Every value is an
+//! `Option` (or a `Vec`, or a flag), `None` where it was not given, so "was it given" is in the
+//! type; defaults are applied when `config` resolves it. Values are parsed by `values`, and
+//! clap names the flag and the token it refuses.
 
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use flowlog_common::maps::DEFAULT_MAX_FLOWS;
 
 use crate::{
-    config::{parse_interval, parse_max_flows, parse_metadata_value},
     datapath::{HookChoice, TcModeChoice},
-    format::{DEFAULT_FORMAT, RecordFormat},
+    format::RecordFormat,
+    kernel_drops::KernelDropsMode,
     policy::Exclusion,
-    sink::{SinkParser, SinkSpec, object::ArchiveArgs},
+    sink::{SinkParser, SinkSpec, object::FileFormat},
+    values::{
+        self, MetricsAddress, OnExit, TrafficType, parse_byte_size, parse_interval,
+        parse_max_flows, parse_metadata_value, parse_metrics_address, parse_rotate,
+        parse_traffic_type,
+    },
 };
 
 /// VPC Flow Logs for any Linux host: counts every IP flow of the selected interfaces in the
@@ -50,48 +56,11 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct DetachArgs {
     /// The pin directory the agent used.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    #[arg(long, value_name = "DIR", default_value = values::DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
 }
 
-/// Where the agent pins its maps and links by default.
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/flowlog";
-
-/// What happens to the programs when the agent stops.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum OnExit {
-    /// Pinned programs stay attached and keep counting (and enforcing the policy); the next
-    /// agent reports what they counted meanwhile.
-    #[default]
-    Keep,
-    /// Detach everything and write every count before exiting.
-    Detach,
-}
-
 impl Cli {
-    /// Parses the command line and remembers which `run`/`check` arguments were typed (as
-    /// opposed to defaulted), which is how flags and `--config` combine.
-    pub fn try_parse_with_sources<I, T>(arguments: I) -> Result<Self, clap::Error>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
-        let matches = <Self as CommandFactory>::command().try_get_matches_from(arguments)?;
-        let mut cli = Self::from_arg_matches(&matches)?;
-        if let Some((_, sub)) = matches.subcommand() {
-            let given = sub
-                .ids()
-                .filter(|id| sub.value_source(id.as_str()) == Some(ValueSource::CommandLine))
-                .map(|id| id.as_str().to_owned())
-                .collect();
-            if let Some(Command::Run(args) | Command::Check(args)) = &mut cli.command {
-                args.given = given;
-            }
-        }
-        Ok(cli)
-    }
-
     /// The command to carry out: `run` with its defaults when none is given.
     pub fn command(self) -> Command {
         self.command
@@ -99,7 +68,9 @@ impl Cli {
     }
 }
 
-#[derive(Debug, Clone, Parser)]
+/// `run` and `check` as typed. With `--config`, the host-wide values given here override the
+/// file's, and flow-log values given here define one more flow log (which needs `--sink`).
+#[derive(Debug, Clone, Default, Parser)]
 pub struct RunArgs {
     /// Configuration file (TOML): any number of flow logs and the host-wide settings (see
     /// README). Host-wide flags given as well override the file; flow-log flags given as well
@@ -111,13 +82,14 @@ pub struct RunArgs {
     #[arg(short = 'i', long = "interface", value_name = "NAME|GLOB")]
     pub interfaces: Vec<String>,
 
-    /// Aggregation interval, 1s to 600s (e.g. 10s, 1m, 600s).
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_interval)]
-    pub interval: Duration,
+    /// Aggregation interval, 1s to 600s (e.g. 10s, 1m, 600s). Default: 60s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_interval)]
+    pub interval: Option<Duration>,
 
     /// Record format in the AWS syntax: `${field}` tokens separated by single spaces.
-    #[arg(long, value_name = "FORMAT", default_value = DEFAULT_FORMAT)]
-    pub format: RecordFormat,
+    /// Default: the version-2 format.
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<RecordFormat>,
 
     /// Where records go (repeatable): `stdout`, `dir:PATH` (one log stream file per
     /// interface), `json:stdout` or `json:dir:PATH` (the same as JSON lines,
@@ -130,31 +102,32 @@ pub struct RunArgs {
     pub sinks: Vec<SinkSpec>,
 
     /// How to hook interfaces: TC, native XDP for ingress, or auto (XDP only where the driver
-    /// runs it natively without losing receive offloads).
-    #[arg(long, value_enum, default_value_t = HookChoice::Auto)]
-    pub hook: HookChoice,
+    /// runs it natively without losing receive offloads). Default: auto.
+    #[arg(long, value_enum)]
+    pub hook: Option<HookChoice>,
 
     /// How TC programs are attached: TCX links, clsact filters (visible to `tc filter show`),
-    /// or auto (TCX when the kernel has it, Linux 6.6+).
-    #[arg(long, value_enum, default_value_t = TcModeChoice::Auto)]
-    pub tc_mode: TcModeChoice,
+    /// or auto (TCX when the kernel has it, Linux 6.6+). Default: auto.
+    #[arg(long, value_enum)]
+    pub tc_mode: Option<TcModeChoice>,
 
     /// Capacity of each of the two flow maps, in entries (one per flow and CPU that saw it).
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_FLOWS, value_parser = parse_max_flows)]
-    pub max_flows: u32,
+    /// Default: 524288.
+    #[arg(long, value_name = "N", value_parser = parse_max_flows)]
+    pub max_flows: Option<u32>,
 
     /// Policy file (TOML): network ACL and security group enforced in the datapath (see
     /// README). Reloaded on SIGHUP.
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
 
-    /// Records the flow log writes: ACCEPT, REJECT or ALL.
-    #[arg(long, value_name = "TYPE", default_value = "ALL", value_parser = parse_traffic_type)]
-    pub traffic_type: TrafficType,
+    /// Records the flow log writes: ACCEPT, REJECT or ALL. Default: ALL.
+    #[arg(long, value_name = "TYPE", value_parser = parse_traffic_type)]
+    pub traffic_type: Option<TrafficType>,
 
     /// Traffic not to log, added to the defaults (repeatable): CIDR[/PROTO[:PORT]], matching
     /// either address and either port. The policy still applies to it.
-    #[arg(long = "exclude", value_name = "CIDR[/PROTO[:PORT]]", value_parser = parse_exclusion)]
+    #[arg(long = "exclude", value_name = "CIDR[/PROTO[:PORT]]", value_parser = Exclusion::parse)]
     pub exclusions: Vec<Exclusion>,
 
     /// Do not exclude DHCP, DHCPv6 and the instance metadata and time services by default.
@@ -163,8 +136,9 @@ pub struct RunArgs {
 
     /// BPF filesystem directory for the maps and links that outlive the agent (a restart or an
     /// upgrade then loses and double-counts nothing). `/sys/fs/bpf` is mounted if needed.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
-    pub pin_dir: PathBuf,
+    /// Default: /sys/fs/bpf/flowlog.
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
 
     /// Pin nothing: the programs and their counts go with the agent.
     #[arg(long)]
@@ -177,83 +151,26 @@ pub struct RunArgs {
     pub take_over: bool,
 
     /// On SIGINT/SIGTERM: `keep` pinned programs attached (counting, and enforcing the policy,
-    /// until the next agent), or `detach` them and write every count.
-    #[arg(long, value_enum, default_value_t = OnExit::Keep)]
-    pub on_exit: OnExit,
+    /// until the next agent), or `detach` them and write every count. Default: keep.
+    #[arg(long, value_enum)]
+    pub on_exit: Option<OnExit>,
 
     /// Which packets the kernel itself drops become REJECT records with the kernel's reason
     /// (`netfilter-drop`, `no-socket`, ...): `refused` what the host refused (firewall rules, no
     /// socket, reverse path filter, routes; see README), `all` every drop, `off` none. Needs
-    /// drop reasons (Linux 5.17+).
-    #[arg(long, value_enum, default_value_t = crate::kernel_drops::KernelDropsMode::Refused)]
-    pub kernel_drops: crate::kernel_drops::KernelDropsMode,
+    /// drop reasons (Linux 5.17+). Default: refused.
+    #[arg(long, value_enum)]
+    pub kernel_drops: Option<KernelDropsMode>,
 
-    /// Where to serve Prometheus metrics (`GET /metrics`), or `off`.
-    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:9753", value_parser = parse_metrics_address)]
-    pub metrics: MetricsAddress,
+    /// Where to serve Prometheus metrics (`GET /metrics`), or `off`. Default: 127.0.0.1:9753.
+    #[arg(long, value_name = "ADDR|off", value_parser = parse_metrics_address)]
+    pub metrics: Option<MetricsAddress>,
 
     #[command(flatten)]
     pub metadata: MetadataArgs,
 
     #[command(flatten)]
     pub archive: ArchiveArgs,
-
-    /// The ids of the arguments given on the command line (not defaulted), filled by
-    /// [`Cli::try_parse_with_sources`]: with `--config`, only these override or add to the file.
-    #[arg(skip)]
-    pub given: Vec<String>,
-}
-
-impl RunArgs {
-    /// Whether the argument with this id (its field name) was typed on the command line.
-    pub fn was_given(&self, id: &str) -> bool {
-        self.given.iter().any(|given| given == id)
-    }
-}
-
-/// `--metrics`: an address, or none.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MetricsAddress(pub Option<std::net::SocketAddr>);
-
-pub fn parse_metrics_address(text: &str) -> Result<MetricsAddress, String> {
-    if text == "off" {
-        return Ok(MetricsAddress(None));
-    }
-    text.parse()
-        .map(|address| MetricsAddress(Some(address)))
-        .map_err(|_| format!("{text:?}: expected IP:PORT (e.g. 127.0.0.1:9753) or off"))
-}
-
-/// The records a flow log writes, as `--traffic-type` and AWS name them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TrafficType {
-    Accept,
-    Reject,
-    All,
-}
-
-impl TrafficType {
-    /// As it appears in log-stream file names (`eth0-reject.log`).
-    pub fn file_name_part(self) -> &'static str {
-        match self {
-            TrafficType::Accept => "accept",
-            TrafficType::Reject => "reject",
-            TrafficType::All => "all",
-        }
-    }
-}
-
-pub fn parse_traffic_type(text: &str) -> Result<TrafficType, String> {
-    match text.to_ascii_uppercase().as_str() {
-        "ACCEPT" => Ok(TrafficType::Accept),
-        "REJECT" => Ok(TrafficType::Reject),
-        "ALL" => Ok(TrafficType::All),
-        _ => Err(format!("{text:?}: expected ACCEPT, REJECT or ALL")),
-    }
-}
-
-fn parse_exclusion(text: &str) -> Result<Exclusion, String> {
-    Exclusion::parse(text)
 }
 
 /// Values for the fields the host cannot know; each renders as `-` when not given.
@@ -283,4 +200,43 @@ pub struct MetadataArgs {
     /// Value of the sublocation-id field.
     #[arg(long, value_name = "ID", value_parser = parse_metadata_value)]
     pub sublocation_id: Option<String>,
+}
+
+/// Options of the object-store sinks (`s3://`, `gs://`, `az://`, `file://`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct ArchiveArgs {
+    /// Object format: gzip text (header line, then records) or Parquet. Default: text.
+    #[arg(long, value_enum)]
+    pub file_format: Option<FileFormat>,
+
+    /// Hive-compatible key prefixes (aws-account-id=.../year=.../month=...).
+    #[arg(long)]
+    pub hive_partitions: bool,
+
+    /// An hourly partition below the day (`/<HH>/` or `hour=<HH>/`).
+    #[arg(long)]
+    pub per_hour_partition: bool,
+
+    /// A new object every DURATION (windows aligned to the clock), 1s to 1h. Default: 5m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_rotate)]
+    pub rotate: Option<Duration>,
+
+    /// A new object once one reaches this size (e.g. 75MB, 64MiB, 1000000). Default: 75MB.
+    #[arg(long, value_name = "BYTES", value_parser = parse_byte_size)]
+    pub max_object_size: Option<u64>,
+
+    /// The flow-log id in object names. Default: `fl-` and 17 hex digits derived from the
+    /// destination, format, interfaces, account and region (stable across restarts).
+    #[arg(long, value_name = "ID", value_parser = crate::sink::object::parse_flow_log_id)]
+    pub flow_log_id: Option<String>,
+
+    /// Where objects wait until the store has them (one subdirectory per sink); they survive
+    /// restarts and are uploaded oldest first. Default: /var/lib/flowlog/spool.
+    #[arg(long, value_name = "PATH")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Bound of each sink's spool; past it the oldest objects are dropped, counted and logged.
+    /// Default: 1GiB.
+    #[arg(long, value_name = "BYTES", value_parser = parse_byte_size)]
+    pub spool_max_bytes: Option<u64>,
 }

@@ -2,7 +2,7 @@
 //! and globs, interfaces holding an address inside given CIDRs, or every non-loopback
 //! interface.
 
-use std::{fs, io, net::IpAddr, path::Path};
+use std::{io, net::IpAddr};
 
 use crate::{
     policy::Network,
@@ -44,12 +44,30 @@ pub fn list() -> io::Result<Vec<Interface>> {
     Ok(interfaces)
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// A scope entry refused; shown as the flag (`--interface ...`), [`SelectorError::describe`]
+/// for the file's words.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SelectorError {
-    #[error("--interface {pattern:?}: {reason}")]
     BadGlob { pattern: String, reason: String },
-    #[error("--interface {0:?}: empty interface name")]
     Empty(String),
+}
+
+impl std::fmt::Display for SelectorError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "--interface {}", self.describe())
+    }
+}
+
+impl std::error::Error for SelectorError {}
+
+impl SelectorError {
+    /// The refused value and why, without naming where it was written.
+    pub fn describe(&self) -> String {
+        match self {
+            SelectorError::BadGlob { pattern, reason } => format!("{pattern:?}: {reason}"),
+            SelectorError::Empty(name) => format!("{name:?}: empty interface name"),
+        }
+    }
 }
 
 /// A flow log's scope: exact names, which must exist, globs, which may match nothing
@@ -144,54 +162,12 @@ impl InterfaceSelector {
     }
 }
 
-/// Drivers of hypervisor NICs whose native XDP turns off receive offloads (LRO/GRO on the
-/// host side), costing more throughput than TC: like veth, measured at -55% here.
-const PARAVIRTUAL_DRIVERS: &[&str] = &["virtio_net", "hv_netvsc", "xen-netfront", "vmxnet3"];
-
-/// The ingress hook `choice` gives this interface (`auto`: native XDP where it pays, see
-/// [`prefers_native_xdp`]).
-pub fn hook_for(
-    choice: crate::datapath::HookChoice,
-    interface: &Interface,
-) -> crate::datapath::Hook {
-    use crate::datapath::{Hook, HookChoice};
-    match choice {
-        HookChoice::Tc => Hook::Tc,
-        HookChoice::Xdp => Hook::Xdp,
-        HookChoice::Auto if prefers_native_xdp(interface) => Hook::Xdp,
-        HookChoice::Auto => Hook::Tc,
-    }
-}
-
-/// Whether `--hook auto` should try native XDP on this interface: only on a physical device
-/// (one with a bus device in sysfs) whose driver is not a paravirtual one. Virtual devices (veth,
-/// bridges, tunnels, dummy) have no bus device.
-pub fn prefers_native_xdp(interface: &Interface) -> bool {
-    prefers_native_xdp_in(Path::new("/sys/class/net"), interface)
-}
-
-fn prefers_native_xdp_in(sysfs_net: &Path, interface: &Interface) -> bool {
-    let dir = sysfs_net.join(&interface.name);
-    // sysfs shows the namespace it was mounted in; trust it only if it shows this interface.
-    let same_interface = fs::read_to_string(dir.join("ifindex"))
-        .is_ok_and(|index| index.trim() == interface.ifindex.to_string());
-    if !same_interface || !dir.join("device").exists() {
-        return false;
-    }
-    let driver = fs::read_link(dir.join("device/driver"))
-        .ok()
-        .and_then(|path| path.file_name().map(|n| n.to_string_lossy().into_owned()));
-    match driver {
-        Some(driver) => !PARAVIRTUAL_DRIVERS.contains(&driver.as_str()),
-        None => false,
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn interface(name: &str, ifindex: u32, loopback: bool) -> Interface {
+    /// An interface without addresses (shared with other modules' tests).
+    pub(crate) fn interface(name: &str, ifindex: u32, loopback: bool) -> Interface {
         Interface {
             name: name.into(),
             ifindex,
@@ -267,30 +243,5 @@ mod tests {
             error.to_string().starts_with("--interface \"eth[0\""),
             "{error}"
         );
-    }
-
-    #[test]
-    fn native_xdp_only_for_physical_non_paravirtual_devices() {
-        let root = std::env::temp_dir().join(format!("flowlog-sysfs-{}", std::process::id()));
-        let make = |name: &str, ifindex: u32, driver: Option<&str>| {
-            let dir = root.join(name);
-            fs::create_dir_all(&dir).unwrap();
-            fs::write(dir.join("ifindex"), format!("{ifindex}\n")).unwrap();
-            if let Some(driver) = driver {
-                let drivers = root.join("drivers").join(driver);
-                fs::create_dir_all(&drivers).unwrap();
-                fs::create_dir_all(dir.join("device")).unwrap();
-                std::os::unix::fs::symlink(&drivers, dir.join("device/driver")).unwrap();
-            }
-        };
-        make("ens1", 3, Some("mlx5_core"));
-        make("eth0", 2, Some("virtio_net"));
-        make("veth0", 4, None);
-        assert!(prefers_native_xdp_in(&root, &interface("ens1", 3, false)));
-        assert!(!prefers_native_xdp_in(&root, &interface("eth0", 2, false)));
-        assert!(!prefers_native_xdp_in(&root, &interface("veth0", 4, false)));
-        // sysfs of another namespace: a different ifindex under the same name.
-        assert!(!prefers_native_xdp_in(&root, &interface("ens1", 9, false)));
-        fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -10,7 +10,7 @@ use flowlog_agent::{
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::try_parse_with_sources(std::env::args_os()).unwrap_or_else(|error| error.exit());
+    let cli = <Cli as clap::Parser>::parse();
     let log_format = cli.log_format;
     let command = cli.command();
     // Records may go to stdout, so the agent's own log goes to stderr.
@@ -35,7 +35,7 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run(args) => {
-            let config = RunConfig::from_args(*args)?;
+            let config = RunConfig::from_args(&args)?;
             for warning in config.file_warnings() {
                 tracing::warn!("{warning}");
             }
@@ -53,7 +53,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            let result = runtime.block_on(agent::run(config));
+            let result = runtime.block_on(agent::run(*args, config));
             // A sink abandoned at the shutdown deadline may still be blocked in a write
             // (standard output nobody reads): do not wait for it.
             runtime.shutdown_timeout(std::time::Duration::from_millis(200));
@@ -61,7 +61,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Check(args) => {
-            let config = RunConfig::from_args(*args)?;
+            let config = RunConfig::from_args(&args)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;

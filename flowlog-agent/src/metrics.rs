@@ -76,7 +76,7 @@ pub struct Metrics {
     pub flow_logs: Gauge,
     pub config_reloads: Counter,
     pub config_reload_failures: Counter,
-    pub sink_records_offered: Family<SinkLabels, Counter>,
+    pub sink_intervals_offered: Family<SinkLabels, Counter>,
     pub sink_intervals_dropped: Family<SinkLabels, Counter>,
     /// Each sink's live counts, by flow log and sink name.
     pub sinks: std::sync::Mutex<Vec<(SinkLabels, LiveCounters)>>,
@@ -196,7 +196,7 @@ impl Metrics {
         r.register(
             "sink_intervals_offered",
             "Intervals handed to each sink's queue",
-            self.sink_records_offered.clone(),
+            self.sink_intervals_offered.clone(),
         );
         r.register(
             "sink_intervals_dropped",

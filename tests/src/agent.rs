@@ -45,6 +45,8 @@ pub struct Agent {
     stdout: Option<thread::JoinHandle<String>>,
     stderr_lines: mpsc::Receiver<String>,
     stderr_seen: Vec<String>,
+    /// Where it said it was ready; kept open while it runs.
+    notify: Option<NotifySocket>,
 }
 
 /// What a stopped agent left.
@@ -128,72 +130,111 @@ pub fn output_within(command: &mut std::process::Command, timeout: Duration) -> 
     }
 }
 
-impl Agent {
-    /// Starts `flowlog-agent run ARGS` inside `ns` and waits until it has attached to
-    /// `attachments` interfaces (or fails, printing what it said).
-    pub fn start(ns: &NetNs, args: &[&str], attachments: usize) -> Self {
-        Self::start_full(ns, &[], args, &[], attachments)
+/// How to start the agent: inside a namespace, with its arguments, environment and wrapper.
+/// [`AgentBuilder::start`] waits until the agent says it is ready (`READY=1` on the socket
+/// `NOTIFY_SOCKET` names, as systemd's `Type=notify` reads it: every selected interface attached
+/// and the sinks running), or fails printing what it said.
+pub struct AgentBuilder<'n> {
+    ns: &'n NetNs,
+    wrapper: Vec<String>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    stdout: StdoutUse,
+    timeout: Duration,
+}
+
+/// What becomes of the agent's standard output.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StdoutUse {
+    /// Read and returned by [`Agent::stop`].
+    Read,
+    /// A pipe whose reader is closed at once.
+    Closed,
+    /// `/dev/null` (benchmarks: records nobody reads).
+    Discarded,
+}
+
+impl<'n> AgentBuilder<'n> {
+    pub fn new(ns: &'n NetNs) -> Self {
+        Self {
+            ns,
+            wrapper: Vec::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            stdout: StdoutUse::Read,
+            timeout: Duration::from_secs(20),
+        }
     }
 
-    /// [`Agent::start`] with extra environment variables (credentials, for instance).
-    pub fn start_with_env(
-        ns: &NetNs,
-        args: &[&str],
-        env: &[(&str, &str)],
-        attachments: usize,
-    ) -> Self {
-        Self::start_full(ns, &[], args, env, attachments)
+    /// Arguments of `flowlog-agent run`.
+    pub fn args<S: AsRef<str>>(mut self, args: &[S]) -> Self {
+        self.args
+            .extend(args.iter().map(|arg| arg.as_ref().to_owned()));
+        self
     }
 
-    /// As [`Agent::start`], with the agent started through `wrapper` (a program and its
-    /// arguments, e.g. `setpriv` with a capability set).
-    pub fn start_wrapped(ns: &NetNs, wrapper: &[&str], args: &[&str], attachments: usize) -> Self {
-        Self::start_full(ns, wrapper, args, &[], attachments)
+    /// Environment variables of the agent (credentials, for instance).
+    pub fn envs(mut self, env: &[(&str, &str)]) -> Self {
+        self.env
+            .extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        self
     }
 
-    /// As [`Agent::start`], with the agent's standard output a pipe whose reader is closed at
-    /// once: every write to it fails with EPIPE.
-    pub fn start_with_stdout_closed(ns: &NetNs, args: &[&str], attachments: usize) -> Self {
-        Self::start_inner(ns, &[], args, &[], attachments, false)
+    /// Starts the agent through `wrapper` (a program and its arguments, e.g. `setpriv` with a
+    /// capability set).
+    pub fn wrapper(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(|s| (*s).to_owned()).collect();
+        self
     }
 
-    fn start_full(
-        ns: &NetNs,
-        wrapper: &[&str],
-        args: &[&str],
-        env: &[(&str, &str)],
-        attachments: usize,
-    ) -> Self {
-        Self::start_inner(ns, wrapper, args, env, attachments, true)
+    /// The agent's standard output is a pipe whose reader is closed at once: every write to it
+    /// fails with EPIPE.
+    pub fn stdout_closed(mut self) -> Self {
+        self.stdout = StdoutUse::Closed;
+        self
     }
 
-    fn start_inner(
-        ns: &NetNs,
-        wrapper: &[&str],
-        args: &[&str],
-        env: &[(&str, &str)],
-        attachments: usize,
-        read_stdout: bool,
-    ) -> Self {
-        let mut child = agent_command(ns, wrapper)
+    /// The agent's standard output goes to /dev/null.
+    pub fn stdout_discarded(mut self) -> Self {
+        self.stdout = StdoutUse::Discarded;
+        self
+    }
+
+    /// How long it may take to be ready (times [`TIME_SCALE_ENV`]); 20 s by default.
+    pub fn ready_within(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Starts the agent and waits until it is ready; panics with what it said if it is not.
+    pub fn start(self) -> Agent {
+        self.try_start().unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// [`AgentBuilder::start`], returning why the agent did not become ready.
+    pub fn try_start(self) -> Result<Agent, String> {
+        let wrapper: Vec<&str> = self.wrapper.iter().map(String::as_str).collect();
+        let notify = NotifySocket::new();
+        let mut child = agent_command(self.ns, &wrapper)
             .arg("run")
-            .args(args)
-            .envs(env.iter().copied())
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
+            .env("NOTIFY_SOCKET", notify.path())
+            .stdout(match self.stdout {
+                StdoutUse::Discarded => Stdio::null(),
+                _ => Stdio::piped(),
+            })
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", agent_binary().display()));
-        let mut out = child.stdout.take().expect("piped");
-        let stdout = if read_stdout {
-            thread::spawn(move || {
+            .map_err(|e| format!("starting {}: {e}", agent_binary().display()))?;
+        let stdout = match (self.stdout, child.stdout.take()) {
+            (StdoutUse::Read, Some(mut out)) => thread::spawn(move || {
                 let mut text = String::new();
                 let _ = out.read_to_string(&mut text);
                 text
-            })
-        } else {
-            drop(out);
-            thread::spawn(String::new)
+            }),
+            _ => thread::spawn(String::new),
         };
         let err = child.stderr.take().expect("piped");
         let (send, stderr_lines) = mpsc::channel();
@@ -209,22 +250,111 @@ impl Agent {
             stdout: Some(stdout),
             stderr_lines,
             stderr_seen: Vec::new(),
+            notify: Some(notify),
         };
-        agent.wait_for_log("attached", attachments, Duration::from_secs(20));
-        agent
+        agent.wait_for_ready(self.timeout * time_scale())?;
+        Ok(agent)
+    }
+}
+
+/// The socket a started agent says `READY=1` on.
+struct NotifySocket {
+    socket: std::os::unix::net::UnixDatagram,
+    path: PathBuf,
+}
+
+impl NotifySocket {
+    fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("flowlog-notify-{}-{n}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("a notify socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        Self { socket, path }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// The states received so far (`READY=1`, ...), without waiting longer than the socket's
+    /// read timeout.
+    fn receive(&self) -> Vec<String> {
+        let mut states = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = self.socket.recv(&mut buffer) {
+            states.extend(
+                String::from_utf8_lossy(&buffer[..n])
+                    .lines()
+                    .map(str::to_owned),
+            );
+        }
+        states
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Agent {
+    /// Starts `flowlog-agent run ARGS` inside `ns` and waits until it is ready.
+    pub fn start(ns: &NetNs, args: &[&str]) -> Self {
+        AgentBuilder::new(ns).args(args).start()
+    }
+
+    /// Waits for `READY=1`; fails (with what the agent said) if it exits or the time is up.
+    fn wait_for_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let notify = self.notify.as_ref().expect("started with a notify socket");
+        loop {
+            if notify.receive().iter().any(|state| state == "READY=1") {
+                return Ok(());
+            }
+            while let Ok(line) = self.stderr_lines.try_recv() {
+                self.stderr_seen.push(line);
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > deadline {
+                // What it said last, too.
+                while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_millis(200)) {
+                    self.stderr_seen.push(line);
+                }
+                return Err(format!(
+                    "the agent was not ready within {timeout:?} (exit: {exited:?}); it said:\n{}",
+                    self.stderr_seen.join("\n")
+                ));
+            }
+        }
     }
 
     /// Waits until `count` log lines containing `needle` have been seen in total, for at most
     /// `timeout` (times [`TIME_SCALE_ENV`]).
     pub fn wait_for_log(&mut self, needle: &str, count: usize, timeout: Duration) {
+        let seen = |lines: &[String]| lines.iter().filter(|l| l.contains(needle)).count();
+        if let Err(error) = self.wait_until(|lines| seen(lines) >= count, timeout) {
+            panic!("agent did not log {count} x {needle:?}: {error}");
+        }
+    }
+
+    /// Waits until the log lines seen so far satisfy `done`, for at most `timeout` (times
+    /// [`TIME_SCALE_ENV`]); says why not, with what the agent said.
+    pub fn wait_until(
+        &mut self,
+        done: impl Fn(&[String]) -> bool,
+        timeout: Duration,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + timeout * time_scale();
-        while self
-            .stderr_seen
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-            < count
-        {
+        while !done(&self.stderr_seen) {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.stderr_lines.recv_timeout(left) {
                 Ok(line) => self.stderr_seen.push(line),
@@ -233,13 +363,14 @@ impl Agent {
                         .child
                         .as_mut()
                         .and_then(|c| c.try_wait().ok().flatten());
-                    panic!(
-                        "agent did not log {count} x {needle:?} (exit: {status:?}); it said:\n{}",
+                    return Err(format!(
+                        "not within {timeout:?} (exit: {status:?}); it said:\n{}",
                         self.stderr_seen.join("\n")
-                    );
+                    ));
                 }
             }
         }
+        Ok(())
     }
 
     /// Whether a log line containing `needle` has been seen within `timeout` (waiting no
@@ -261,6 +392,14 @@ impl Agent {
     /// The log lines seen so far.
     pub fn log(&self) -> String {
         self.stderr_seen.join("\n")
+    }
+
+    /// The log lines seen so far and those waiting to be read.
+    pub fn log_now(&mut self) -> String {
+        while let Ok(line) = self.stderr_lines.try_recv() {
+            self.stderr_seen.push(line);
+        }
+        self.log()
     }
 
     pub fn pid(&self) -> u32 {
@@ -290,7 +429,14 @@ impl Agent {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("agent did not stop within {timeout:?}");
+                let _ = child.wait();
+                while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_secs(1)) {
+                    self.stderr_seen.push(line);
+                }
+                panic!(
+                    "agent did not stop within {timeout:?}; its log:\n{}",
+                    self.log()
+                );
             }
             thread::sleep(Duration::from_millis(20));
         };

@@ -70,7 +70,7 @@ pub fn v6() -> FrameBuilder {
 
 /// The key a [`v4`] packet must be counted under by `hook` on the loopback, written out field by
 /// field.
-pub fn v4_key(hook: Hook, protocol: u8, src_port: u16, dst_port: u16) -> FlowKey {
+pub fn v4_key(hook: Program, protocol: u8, src_port: u16, dst_port: u16) -> FlowKey {
     let (mut src_addr, mut dst_addr) = ([0; 16], [0; 16]);
     src_addr[..4].copy_from_slice(&V4_SRC);
     dst_addr[..4].copy_from_slice(&V4_DST);
@@ -89,7 +89,7 @@ pub fn v4_key(hook: Hook, protocol: u8, src_port: u16, dst_port: u16) -> FlowKey
 }
 
 /// The key a [`v6`] packet must be counted under by `hook` on the loopback.
-pub fn v6_key(hook: Hook, protocol: u8, src_port: u16, dst_port: u16) -> FlowKey {
+pub fn v6_key(hook: Program, protocol: u8, src_port: u16, dst_port: u16) -> FlowKey {
     FlowKey {
         src_addr: V6_SRC,
         dst_addr: V6_DST,
@@ -98,15 +98,15 @@ pub fn v6_key(hook: Hook, protocol: u8, src_port: u16, dst_port: u16) -> FlowKey
     }
 }
 
-/// A flowlog program to run frames through.
+/// A flowlog counting program to run frames through, by where it hooks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hook {
+pub enum Program {
     TcIngress,
     TcEgress,
     Xdp,
 }
 
-impl Hook {
+impl Program {
     pub const ALL: [Self; 3] = [Self::TcIngress, Self::TcEgress, Self::Xdp];
     pub const TC: [Self; 2] = [Self::TcIngress, Self::TcEgress];
 
@@ -318,7 +318,12 @@ impl TestDatapath {
 
     /// Runs `frame` through `hook`'s program `repeat` times (one packet each) and returns the
     /// program's return value.
-    pub fn try_run(&mut self, hook: Hook, frame: &[u8], repeat: u32) -> Result<u32, ProgramError> {
+    pub fn try_run(
+        &mut self,
+        hook: Program,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<u32, ProgramError> {
         let options = TestRunOptions {
             data_in: Some(frame),
             repeat,
@@ -328,7 +333,7 @@ impl TestDatapath {
     }
 
     /// Sends `frame` through `hook` `repeat` times and checks the program passed it.
-    pub fn send(&mut self, hook: Hook, frame: &[u8], repeat: u32) {
+    pub fn send(&mut self, hook: Program, frame: &[u8], repeat: u32) {
         let verdict = self
             .try_run(hook, frame, repeat)
             .unwrap_or_else(|error| panic!("{hook:?} test run of {frame:02x?}: {error:?}"));
@@ -337,8 +342,12 @@ impl TestDatapath {
 
     /// Sends `frame` once through a classifier with `skb` as its context, checks the program
     /// passed it and returns the context the kernel wrote back.
-    pub fn send_skb(&mut self, hook: Hook, frame: &[u8], skb: SkBuffContext) -> SkBuffContext {
-        assert_ne!(hook, Hook::Xdp, "an __sk_buff context is for classifiers");
+    pub fn send_skb(&mut self, hook: Program, frame: &[u8], skb: SkBuffContext) -> SkBuffContext {
+        assert_ne!(
+            hook,
+            Program::Xdp,
+            "an __sk_buff context is for classifiers"
+        );
         let ctx_in = skb.to_bytes();
         let mut ctx_out = [0u8; SkBuffContext::SIZE];
         let options = TestRunOptions {
@@ -367,7 +376,7 @@ impl TestDatapath {
 
     fn run(
         &mut self,
-        hook: Hook,
+        hook: Program,
         options: TestRunOptions<'_>,
     ) -> Result<TestRunResult, ProgramError> {
         let name = self.datapath().programs().name(hook.program());
@@ -377,11 +386,11 @@ impl TestDatapath {
             .program_mut(name)
             .expect("flowlog's object has every program");
         match hook {
-            Hook::TcIngress | Hook::TcEgress => {
+            Program::TcIngress | Program::TcEgress => {
                 let classifier: &mut SchedClassifier = program.try_into()?;
                 classifier.test_run(options)
             }
-            Hook::Xdp => {
+            Program::Xdp => {
                 let xdp: &mut Xdp = program.try_into()?;
                 xdp.test_run(options)
             }

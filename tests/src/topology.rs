@@ -1,7 +1,8 @@
-//! The two-namespace topology of the traffic tests: namespace `a` (where the agent runs) and
-//! `b`, joined by the veth pair `a0`-`b0`, addressed in 198.18.0.0/24 and fd00::/64, with plain
-//! TCP headers on both sides; optionally an idle pair `a1`-`b1` (no addresses, IPv6 off) whose
-//! NODATA records mark every interval; and a UDP socket pair per address family.
+//! The two-namespace topology every traffic test uses: namespace `a` (where the agent runs) and
+//! `b`, joined by the veth pair `a0`-`b0`, addressed in 198.18.0.0/24 and fd00::/64 (or IPv4
+//! only, or not at all), with plain TCP headers on both sides; optionally a second pair `a1`-`b1`
+//! (idle, whose NODATA records mark every interval, or addressed in 198.18.1.0/24); and a UDP
+//! socket pair per address family.
 
 use std::{
     collections::BTreeMap,
@@ -37,32 +38,128 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Builds the namespaces, links and sockets; `idle` adds the `a1`-`b1` pair.
+    /// The usual topology: `a0`-`b0` addressed in IPv4 and IPv6 with a UDP socket pair per
+    /// family; `idle` adds the `a1`-`b1` pair.
     pub fn new(idle: bool) -> Self {
+        let builder = Topology::builder().udp_sockets();
+        if idle { builder.idle_pair() } else { builder }.build()
+    }
+
+    /// A topology to shape: by default `a0`-`b0` up, with loopback, IPv4 and IPv6 addresses and
+    /// plain TCP headers, no second pair, no sockets.
+    pub fn builder() -> TopologyBuilder {
+        TopologyBuilder {
+            addresses: Addresses::Both,
+            second: None,
+            udp_sockets: false,
+        }
+    }
+}
+
+/// How `a0` and `b0` are addressed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Addresses {
+    /// IPv4 and IPv6 (198.18.0.0/24, fd00::/64).
+    Both,
+    /// IPv4 only, IPv6 off (nothing but the test's own traffic crosses the link).
+    V4,
+    /// None, IPv6 off: the link is only up.
+    None,
+}
+
+/// The second pair, `a1`-`b1`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SecondPair {
+    /// Up, no addresses, IPv6 off: it marks every interval with a NODATA record.
+    Idle,
+    /// Up, IPv4 198.18.1.1/24 and .2, IPv6 off.
+    Addressed,
+}
+
+/// Shapes a [`Topology`]; see [`Topology::builder`].
+pub struct TopologyBuilder {
+    addresses: Addresses,
+    second: Option<SecondPair>,
+    udp_sockets: bool,
+}
+
+impl TopologyBuilder {
+    /// IPv4 only on `a0`-`b0`, IPv6 off.
+    pub fn ipv4_only(mut self) -> Self {
+        self.addresses = Addresses::V4;
+        self
+    }
+
+    /// No addresses on `a0`-`b0`, IPv6 off: the link is only up.
+    pub fn unaddressed(mut self) -> Self {
+        self.addresses = Addresses::None;
+        self
+    }
+
+    /// Adds the idle pair `a1`-`b1` (up, no addresses, IPv6 off).
+    pub fn idle_pair(mut self) -> Self {
+        self.second = Some(SecondPair::Idle);
+        self
+    }
+
+    /// Adds the pair `a1`-`b1` addressed 198.18.1.1/24 and 198.18.1.2/24 (IPv6 off).
+    pub fn second_pair(mut self) -> Self {
+        self.second = Some(SecondPair::Addressed);
+        self
+    }
+
+    /// Binds a UDP socket pair per address family (`a` port 5001, `b` port 5002).
+    pub fn udp_sockets(mut self) -> Self {
+        self.udp_sockets = true;
+        self
+    }
+
+    pub fn build(self) -> Topology {
         let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
         veth_pair(&a, "a0", &b, "b0").expect("veth");
-        if idle {
+        if self.second.is_some() {
             veth_pair(&a, "a1", &b, "b1").expect("veth");
         }
-        for (ns, busy, quiet, v4, v6) in [(&a, "a0", "a1", A4, A6), (&b, "b0", "b1", B4, B6)] {
-            if idle {
+        let second_v4 = [Ipv4Addr::new(198, 18, 1, 1), Ipv4Addr::new(198, 18, 1, 2)];
+        for (i, (ns, busy, quiet, v4, v6)) in [(&a, "a0", "a1", A4, A6), (&b, "b0", "b1", B4, B6)]
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(second) = self.second {
                 ns.disable_ipv6(quiet).expect("sysctl");
+                if second == SecondPair::Addressed {
+                    ns.add_address(quiet, second_v4[i], 24).expect("address");
+                }
                 ns.link_up(quiet).expect("link up");
             }
-            ns.add_address(busy, v4, 24).expect("address");
-            ns.add_address(busy, v6, 64).expect("address");
+            match self.addresses {
+                Addresses::Both => {
+                    ns.add_address(busy, v4, 24).expect("address");
+                    ns.add_address(busy, v6, 64).expect("address");
+                }
+                Addresses::V4 => {
+                    ns.disable_ipv6(busy).expect("sysctl");
+                    ns.add_address(busy, v4, 24).expect("address");
+                }
+                Addresses::None => ns.disable_ipv6(busy).expect("sysctl"),
+            }
             plain_tcp_headers(ns);
             for link in ["lo", busy] {
                 ns.link_up(link).expect("link up");
             }
         }
         let mut udp = Vec::new();
-        for (a_ip, b_ip) in [
-            (IpAddr::V4(A4), IpAddr::V4(B4)),
-            (IpAddr::V6(A6), IpAddr::V6(B6)),
-        ] {
-            let a_addr = SocketAddr::new(a_ip, 5001);
-            let b_addr = SocketAddr::new(b_ip, 5002);
+        let families: &[(IpAddr, IpAddr)] = match (self.udp_sockets, self.addresses) {
+            (false, _) | (true, Addresses::None) => &[],
+            (true, Addresses::V4) => &[(IpAddr::V4(A4), IpAddr::V4(B4))],
+            (true, Addresses::Both) => &[
+                (IpAddr::V4(A4), IpAddr::V4(B4)),
+                (IpAddr::V6(A6), IpAddr::V6(B6)),
+            ],
+        };
+        for (a_ip, b_ip) in families {
+            let a_addr = SocketAddr::new(*a_ip, 5001);
+            let b_addr = SocketAddr::new(*b_ip, 5002);
             udp.push(UdpPair {
                 a: udp_socket(&a, a_addr),
                 b: udp_socket(&b, b_addr),

@@ -6,15 +6,14 @@ use std::{net::TcpListener, process::Output, thread, time::Duration};
 
 use tests::{
     agent::{Agent, agent_command},
-    netns::{NetNs, in_netns, veth_pair},
+    netns::{NetNs, in_netns},
+    topology::Topology,
 };
 
-/// A namespace with one veth end `a0` (up).
+/// A namespace with one veth end `a0` (up, no addresses).
 fn namespace() -> (NetNs, NetNs) {
-    let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
-    veth_pair(&a, "a0", &b, "b0").expect("veth");
-    a.link_up("a0").expect("up");
-    (a, b)
+    let topology = Topology::builder().unaddressed().build();
+    (topology.a, topology.b)
 }
 
 /// `flowlog-agent SUBCOMMAND ARGS` inside `ns`, started through `wrapper` (a program and its
@@ -68,7 +67,7 @@ fn an_interface_that_does_not_exist_is_an_error() {
 #[test]
 fn a_glob_matching_nothing_is_a_warning() {
     let (a, _b) = namespace();
-    let mut agent = Agent::start(&a, &["-i", "zz*", "-i", "a0", "--sink", "stdout"], 1);
+    let mut agent = Agent::start(&a, &["-i", "zz*", "-i", "a0", "--sink", "stdout"]);
     agent.wait_for_log("glob matches no interface", 1, Duration::from_secs(5));
     let stopped = agent.stop();
     assert!(stopped.status.success(), "{}", stopped.stderr);
@@ -164,7 +163,7 @@ fn a_bad_exclusion_or_traffic_type_names_the_token() {
 #[test]
 fn once_running_the_agent_keeps_only_cap_bpf_and_cap_net_admin() {
     let (a, _b) = namespace();
-    let mut agent = Agent::start(&a, &["-i", "a0", "--sink", "stdout", "--no-pin"], 1);
+    let mut agent = Agent::start(&a, &["-i", "a0", "--sink", "stdout", "--no-pin"]);
     agent.wait_for_log("dropped every other capability", 1, Duration::from_secs(5));
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("status");
     let set = |name: &str| {
@@ -199,7 +198,6 @@ fn json_logs_are_one_object_per_line() {
             "--interval",
             "1s",
         ],
-        1,
     );
     thread::sleep(Duration::from_millis(1500));
     let stopped = agent.stop();

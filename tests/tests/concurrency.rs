@@ -16,7 +16,8 @@ use std::{
 use flowlog_agent::datapath::{Datapath, DatapathConfig, Hook, TcMode};
 use flowlog_common::flow::{Direction, FlowKey};
 use tests::{
-    netns::{NetNs, in_netns, veth_pair},
+    netns::in_netns,
+    topology::Topology,
     traffic::{ip_header_len, udp_socket},
 };
 
@@ -114,18 +115,11 @@ fn one_flow_from_every_cpu_while_draining_counts_exactly() {
     let cpus = thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8);
-    let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
-    veth_pair(&a, "a0", &b, "b0").expect("veth");
+    let Topology { a, b, .. } = Topology::builder().build();
     let a4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)), 5001);
     let b4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2)), 5002);
     let a6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1)), 5001);
     let b6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2)), 5002);
-    for (ns, link, v4, v6) in [(&a, "a0", a4, a6), (&b, "b0", b4, b6)] {
-        ns.add_address(link, v4.ip(), 24).expect("address");
-        ns.add_address(link, v6.ip(), 64).expect("address");
-        ns.link_up("lo").expect("up");
-        ns.link_up(link).expect("up");
-    }
 
     let mut datapath = Datapath::load(DatapathConfig { max_flows: 65_536 }).expect("load");
     let ifindex = a.ifindex("a0").expect("ifindex");

@@ -14,7 +14,8 @@ use tests::{
     frames::{ETHERTYPE_ARP, ExtensionHeader, FrameBuilder, tcp_flags},
     netns::{NetNs, in_netns, veth_pair},
     test_run::{
-        Counts, Hook, LOOPBACK_IFINDEX, SkBuffContext, TestDatapath, flows, v4, v4_key, v6, v6_key,
+        Counts, LOOPBACK_IFINDEX, Program, SkBuffContext, TestDatapath, flows, v4, v4_key, v6,
+        v6_key,
     },
 };
 
@@ -37,7 +38,7 @@ const PROTO_ICMPV6: u8 = 58;
 /// An IP version as the tests use it: how to build a frame, the key it must get, its header size.
 struct Family {
     frame: fn() -> FrameBuilder,
-    key: fn(Hook, u8, u16, u16) -> FlowKey,
+    key: fn(Program, u8, u16, u16) -> FlowKey,
     ip_header: u64,
 }
 
@@ -58,7 +59,7 @@ const FAMILIES: [Family; 2] = [
 fn tcp_flags_are_or_ed_in_the_flow_logs_encoding() {
     use tcp_flags::{ACK, FIN, PSH, RST, SYN};
     let mut datapath = TestDatapath::load(MAX_FLOWS);
-    for hook in Hook::ALL {
+    for hook in Program::ALL {
         let mut expected = BTreeMap::new();
         for Family {
             frame,
@@ -110,7 +111,7 @@ fn tcp_flags_are_or_ed_in_the_flow_logs_encoding() {
 #[test]
 fn udp_icmp_and_other_protocols_have_no_tcp_flags() {
     let mut datapath = TestDatapath::load(MAX_FLOWS);
-    for hook in Hook::ALL {
+    for hook in Program::ALL {
         let sends = [
             (
                 v4().udp(5353, 53).payload(18),
@@ -156,7 +157,7 @@ fn udp_icmp_and_other_protocols_have_no_tcp_flags() {
 #[test]
 fn packets_of_one_flow_accumulate() {
     let mut datapath = TestDatapath::load(MAX_FLOWS);
-    for hook in Hook::ALL {
+    for hook in Program::ALL {
         let frame = v4().udp(40000, 4789).payload(100).build();
         let ip_len = IPV4 + UDP + 100;
         // `repeat` runs the program that many times: that many packets.
@@ -185,18 +186,18 @@ fn packets_of_one_flow_accumulate() {
 fn ingress_and_egress_count_apart() {
     let mut datapath = TestDatapath::load(MAX_FLOWS);
     let frame = v6().tcp(22, 50000).payload(64).build();
-    datapath.send(Hook::TcIngress, &frame.bytes, 2);
-    datapath.send(Hook::TcEgress, &frame.bytes, 3);
+    datapath.send(Program::TcIngress, &frame.bytes, 2);
+    datapath.send(Program::TcEgress, &frame.bytes, 3);
     let ip_len = IPV6 + TCP + 64;
     assert_eq!(
         datapath.drain_flows(),
         BTreeMap::from([
             (
-                v6_key(Hook::TcIngress, PROTO_TCP, 22, 50000),
+                v6_key(Program::TcIngress, PROTO_TCP, 22, 50000),
                 Counts::new(2, 2 * ip_len, 0)
             ),
             (
-                v6_key(Hook::TcEgress, PROTO_TCP, 22, 50000),
+                v6_key(Program::TcEgress, PROTO_TCP, 22, 50000),
                 Counts::new(3, 3 * ip_len, 0)
             ),
         ])
@@ -206,7 +207,7 @@ fn ingress_and_egress_count_apart() {
 #[test]
 fn vlan_and_qinq_frames_count_their_inner_ip_packet() {
     let mut datapath = TestDatapath::load(MAX_FLOWS);
-    for hook in Hook::ALL {
+    for hook in Program::ALL {
         let sends = [
             (
                 v4().vlan(100).udp(1, 2).payload(18),
@@ -242,7 +243,7 @@ fn vlan_and_qinq_frames_count_their_inner_ip_packet() {
 #[test]
 fn ipv4_options_and_ipv6_extension_headers_are_followed() {
     let mut datapath = TestDatapath::load(MAX_FLOWS);
-    for hook in Hook::ALL {
+    for hook in Program::ALL {
         let sends = [
             // 8 bytes of options and 12 of TCP options.
             (
@@ -294,7 +295,7 @@ fn ipv4_options_and_ipv6_extension_headers_are_followed() {
 #[test]
 fn non_first_fragments_count_without_ports() {
     let mut datapath = TestDatapath::load(MAX_FLOWS);
-    for hook in Hook::ALL {
+    for hook in Program::ALL {
         // IPv4: the first fragment carries the UDP header, the next one (offset 185 x 8 = 1480)
         // only payload. IPv6: the same with a fragment header (8 bytes) and TCP.
         let first_v4 = v4().fragment(0, true).udp(1, 2).payload(1472).build();
@@ -343,7 +344,7 @@ fn non_first_fragments_count_without_ports() {
 #[test]
 fn ethernet_padding_is_not_counted() {
     let mut datapath = TestDatapath::load(MAX_FLOWS);
-    for hook in Hook::ALL {
+    for hook in Program::ALL {
         let udp = v4().udp(1, 2).pad_to(60).build();
         let tcp = v4().tcp(3, 4).pad_to(60).build();
         assert_eq!((udp.frame_len(), tcp.frame_len()), (60, 60));
@@ -374,7 +375,7 @@ fn non_ip_frames_are_counted_as_statistics_only() {
         (42, 46, 60)
     );
     let mut non_ip = PacketCount::default();
-    for hook in Hook::ALL {
+    for hook in Program::ALL {
         datapath.send(hook, &arp.bytes, 2);
         datapath.send(hook, &tagged_arp.bytes, 1);
         datapath.send(hook, &lldp.bytes, 1);
@@ -419,7 +420,7 @@ fn malformed_frames_are_counted_as_statistics_only() {
     ]
     .map(|builder| builder.build());
     let mut expected = PacketCount::default();
-    for hook in Hook::ALL {
+    for hook in Program::ALL {
         for frame in &malformed {
             datapath.send(hook, &frame.bytes, 1);
             expected.add(&PacketCount {
@@ -444,7 +445,7 @@ fn an_empty_ipv6_packet_is_a_flow() {
     let mut datapath = TestDatapath::load(MAX_FLOWS);
     let frame = v6().protocol(NO_NEXT_HEADER).build();
     assert_eq!(frame.frame_len(), 14 + 40);
-    for hook in Hook::ALL {
+    for hook in Program::ALL {
         datapath.send(hook, &frame.bytes, 1);
         assert_eq!(
             datapath.drain_one_flow(),
@@ -460,7 +461,7 @@ fn gso_super_packets_count_their_segments() {
     // A classifier's test run takes at most a page of linear data (3712 bytes here), so these
     // super-packets hold 2 or 3 segments, not the 4 or 40 of real ones.
     let mut datapath = TestDatapath::load(MAX_FLOWS);
-    for hook in Hook::TC {
+    for hook in Program::TC {
         let cases = [
             // TCP: 2 segments of 1448 payload bytes and one of 100, each with the 20 + 20 header
             // bytes; the segment count given, then derived from the segment size.
@@ -524,7 +525,7 @@ fn each_interval_drains_only_its_own_packets() {
     let a = v4().udp(1, 2).payload(10).build();
     let b = v6().udp(1, 2).payload(10).build();
     let (a_len, b_len) = (IPV4 + UDP + 10, IPV6 + UDP + 10);
-    for hook in Hook::ALL {
+    for hook in Program::ALL {
         let (a_key, b_key) = (v4_key(hook, PROTO_UDP, 1, 2), v6_key(hook, PROTO_UDP, 1, 2));
         datapath.send(hook, &a.bytes, 2);
         assert_eq!(
@@ -550,7 +551,7 @@ fn each_interval_drains_only_its_own_packets() {
 fn a_full_flow_map_counts_new_flows_as_skipped() {
     const CAPACITY: u16 = 8;
     let udp = |port: u16, payload: usize| v4().udp(port, 53).payload(payload).build();
-    for hook in Hook::ALL {
+    for hook in Program::ALL {
         let mut datapath = TestDatapath::load(CAPACITY.into());
         // Fill the map: one packet each of flows 1000..1008.
         let mut expected = BTreeMap::new();
@@ -626,16 +627,16 @@ fn classifier_flows_and_skips_are_keyed_by_the_packets_device() {
         let mut datapath = TestDatapath::load(4);
         let mut expected = BTreeMap::new();
         for (port, device) in [(1, v0), (2, v0), (3, v1), (4, LOOPBACK_IFINDEX)] {
-            datapath.send_skb(Hook::TcEgress, &udp(port).bytes, on(device));
+            datapath.send_skb(Program::TcEgress, &udp(port).bytes, on(device));
             let key = FlowKey {
                 ifindex: device,
-                ..v4_key(Hook::TcEgress, PROTO_UDP, port, 53)
+                ..v4_key(Program::TcEgress, PROTO_UDP, port, 53)
             };
             expected.insert(key, Counts::new(1, ip_len, 0));
         }
         // The map is full: new flows are skipped on the device they were seen on.
         for (port, device) in [(5, v0), (6, v1), (7, v1), (8, LOOPBACK_IFINDEX)] {
-            datapath.send_skb(Hook::TcEgress, &udp(port).bytes, on(device));
+            datapath.send_skb(Program::TcEgress, &udp(port).bytes, on(device));
         }
         let drained = datapath.drain();
         assert_eq!(flows(&drained), expected);

@@ -8,7 +8,7 @@ use aya::{programs::ProgramError, sys::SyscallError};
 use flowlog_common::flow::{FlowKey, PacketCount};
 use tests::{
     frames::{CraftedFrame, ExtensionHeader, tcp_flags},
-    test_run::{Counts, Hook, TestDatapath, v4, v4_key, v6, v6_key},
+    test_run::{Counts, Program, TestDatapath, v4, v4_key, v6, v6_key},
 };
 
 const MAX_FLOWS: u32 = 1024;
@@ -17,7 +17,7 @@ const ETH_HLEN: usize = 14;
 
 /// [802.1ad 4 + 802.1Q 4 +] IPv4 with 8 bytes of options 28 + TCP SYN with 12 bytes of options
 /// 32 + 10 bytes of payload after the Ethernet header: 84 (92 tagged) bytes, an IP packet of 70.
-fn ipv4_options_tcp(hook: Hook, tagged: bool) -> (CraftedFrame, FlowKey, Counts) {
+fn ipv4_options_tcp(hook: Program, tagged: bool) -> (CraftedFrame, FlowKey, Counts) {
     let mut builder = v4();
     if tagged {
         builder = builder.qinq(10, 20);
@@ -37,7 +37,7 @@ fn ipv4_options_tcp(hook: Hook, tagged: bool) -> (CraftedFrame, FlowKey, Counts)
 
 /// [802.1Q 4 +] IPv6 40 + hop-by-hop 8 + destination options 16 + UDP 8 + 6 bytes of payload
 /// after the Ethernet header: 92 (96 tagged) bytes, an IP packet of 78.
-fn ipv6_extensions_udp(hook: Hook, tagged: bool) -> (CraftedFrame, FlowKey, Counts) {
+fn ipv6_extensions_udp(hook: Program, tagged: bool) -> (CraftedFrame, FlowKey, Counts) {
     let mut builder = v6();
     if tagged {
         builder = builder.vlan(7);
@@ -60,7 +60,7 @@ fn ipv6_extensions_udp(hook: Hook, tagged: bool) -> (CraftedFrame, FlowKey, Coun
 /// frame must count as exactly `counts` of `key`.
 fn assert_every_cut_is_malformed(
     datapath: &mut TestDatapath,
-    hook: Hook,
+    hook: Program,
     (frame, key, counts): (CraftedFrame, FlowKey, Counts),
     refused_below: usize,
 ) {
@@ -98,7 +98,7 @@ fn assert_every_cut_is_malformed(
 }
 
 /// Asserts that BPF_PROG_TEST_RUN refuses `frame` with EINVAL.
-fn assert_refused(datapath: &mut TestDatapath, hook: Hook, frame: &[u8]) {
+fn assert_refused(datapath: &mut TestDatapath, hook: Program, frame: &[u8]) {
     match datapath.try_run(hook, frame, 1) {
         Err(ProgramError::SyscallError(SyscallError { io_error, .. })) => assert_eq!(
             io_error.raw_os_error(),
@@ -127,7 +127,7 @@ fn malformed(lengths: std::ops::Range<u64>, times: u64) -> (PacketCount, PacketC
 #[test]
 fn every_cut_of_a_qinq_tagged_ipv4_tcp_stack_is_malformed() {
     let mut datapath = TestDatapath::load(MAX_FLOWS);
-    for hook in Hook::ALL {
+    for hook in Program::ALL {
         let stack = ipv4_options_tcp(hook, true);
         assert_every_cut_is_malformed(&mut datapath, hook, stack, ETH_HLEN);
     }
@@ -145,7 +145,7 @@ fn every_cut_of_a_qinq_tagged_ipv4_tcp_stack_is_malformed() {
 #[test]
 fn every_cut_of_a_vlan_tagged_ipv6_extension_header_udp_stack_is_malformed() {
     let mut datapath = TestDatapath::load(MAX_FLOWS);
-    for hook in Hook::ALL {
+    for hook in Program::ALL {
         let stack = ipv6_extensions_udp(hook, true);
         assert_every_cut_is_malformed(&mut datapath, hook, stack, ETH_HLEN);
     }
@@ -159,10 +159,10 @@ fn every_cut_of_untagged_stacks_is_malformed() {
     // too short for the 40-byte IPv6 header with EINVAL; XDP takes every cut. (The tagged
     // stacks above reach those cuts in the classifiers too.)
     let mut datapath = TestDatapath::load(MAX_FLOWS);
-    for hook in Hook::ALL {
+    for hook in Program::ALL {
         let (ipv4_from, ipv6_from) = match hook {
-            Hook::TcIngress | Hook::TcEgress => (ETH_HLEN + 20, ETH_HLEN + 40),
-            Hook::Xdp => (ETH_HLEN, ETH_HLEN),
+            Program::TcIngress | Program::TcEgress => (ETH_HLEN + 20, ETH_HLEN + 40),
+            Program::Xdp => (ETH_HLEN, ETH_HLEN),
         };
         assert_every_cut_is_malformed(
             &mut datapath,
@@ -184,8 +184,8 @@ fn every_cut_of_untagged_stacks_is_malformed() {
 #[test]
 fn frames_shorter_than_an_ethernet_header_are_refused_by_the_kernel() {
     let mut datapath = TestDatapath::load(MAX_FLOWS);
-    let (frame, _, _) = ipv4_options_tcp(Hook::TcIngress, true);
-    for hook in Hook::ALL {
+    let (frame, _, _) = ipv4_options_tcp(Program::TcIngress, true);
+    for hook in Program::ALL {
         for len in [0, 1, 6, ETH_HLEN - 1] {
             assert_refused(&mut datapath, hook, &frame.bytes[..len]);
         }

@@ -84,7 +84,7 @@ fn records_add_up_to_the_traffic_exactly(name: &str, hook_args: &[&str]) -> Stri
         "123456789010",
     ];
     args.extend_from_slice(hook_args);
-    let agent = Agent::start(&topology.a, &args, 2);
+    let agent = Agent::start(&topology.a, &args);
 
     let mut expected = Expected::default();
     // About 7 s of traffic: at least three interval boundaries.

@@ -19,7 +19,7 @@ use std::{
 };
 
 use tests::{
-    agent::{Agent, agent_binary},
+    agent::{Agent, AgentBuilder, agent_binary},
     faults::{
         Mount, Scratch, counted, cpu_time, descriptors, files_under, fill, lines_under,
         open_files_limit, raise_open_files_limit, sink_totals, wait_for_mid_second,
@@ -95,7 +95,7 @@ fn a_full_disk_under_log_streams_loses_only_what_it_counts() {
     let disk = Mount::tmpfs(&scratch.join("disk"), 256 << 10);
     let streams = disk.0.join("streams");
     let sink = format!("dir:{}", streams.display());
-    let mut agent = Agent::start(&topology.a, &agent_args(&["--sink", &sink]), 2);
+    let mut agent = Agent::start(&topology.a, &agent_args(&["--sink", &sink]));
     send_for(&topology, Duration::from_secs(2));
     let filler = fill(&disk.0);
     // The streams' last pages still take a few lines: the fault bites once they are full.
@@ -159,7 +159,7 @@ fn a_full_spool_disk_keeps_the_object_and_loses_nothing() {
         "--region",
         "local",
     ]);
-    let mut agent = Agent::start(&topology.a, &args, 2);
+    let mut agent = Agent::start(&topology.a, &args);
     send_for(&topology, Duration::from_secs(3));
     let filler = fill(&disk.0);
     send_for(&topology, Duration::from_secs(6));
@@ -232,7 +232,7 @@ fn a_renamed_deleted_or_read_only_log_directory_loses_nothing() {
     let scratch = Scratch::new("dir-moves");
     let streams = scratch.join("streams");
     let sink = format!("dir:{}", streams.display());
-    let mut agent = Agent::start(&topology.a, &agent_args(&["--sink", &sink]), 2);
+    let mut agent = Agent::start(&topology.a, &agent_args(&["--sink", &sink]));
     send_for(&topology, Duration::from_secs(2));
 
     // Renamed, as a directory-level rotation would.
@@ -322,7 +322,7 @@ fn a_collector_that_stops_reading_cannot_hold_the_shutdown() {
         }
     });
     let sink = "ipfix+tcp://127.0.0.1:4740";
-    let mut agent = Agent::start(&topology.a, &agent_args(&["--sink", sink]), 2);
+    let mut agent = Agent::start(&topology.a, &agent_args(&["--sink", sink]));
     // Many flows per interval: each source port is a flow.
     let until = Instant::now() + Duration::from_secs(4);
     let target = topology.udp[0].a.local_addr().unwrap();
@@ -379,7 +379,7 @@ fn a_second_signal_exits_at_once() {
         .unwrap()
         .expect("collector port");
     let sink = "ipfix+tcp://127.0.0.1:4741";
-    let mut agent = Agent::start(&topology.a, &agent_args(&["--sink", sink]), 2);
+    let mut agent = Agent::start(&topology.a, &agent_args(&["--sink", sink]));
     let target = topology.udp[0].a.local_addr().unwrap();
     let sockets: Vec<std::net::UdpSocket> = (0..300)
         .map(|i| {
@@ -424,7 +424,10 @@ fn a_closed_stdout_is_a_permanent_failure() {
     let scratch = Scratch::new("stdout-closed");
     let streams = scratch.join("streams");
     let sink = format!("dir:{}", streams.display());
-    let agent = Agent::start_with_stdout_closed(&topology.a, &agent_args(&["--sink", &sink]), 2);
+    let agent = AgentBuilder::new(&topology.a)
+        .args(&agent_args(&["--sink", &sink]))
+        .stdout_closed()
+        .start();
     send_for(&topology, Duration::from_secs(3));
     let stopping = Instant::now();
     let stopped = agent.stop();
@@ -475,7 +478,6 @@ fn log_streams_of_two_thousand_departed_interfaces_are_closed() {
             "--sink",
             &sink,
         ],
-        1,
     );
     agent.wait_for_log("interval written", 2, Duration::from_secs(5));
     let pid = agent.pid();
@@ -580,7 +582,6 @@ fn idle_metrics_connections_are_bounded_and_never_spin() {
             "--sink",
             "stdout",
         ],
-        1,
     );
     agent.wait_for_log("metrics at", 1, Duration::from_secs(5));
     let pid = agent.pid();

@@ -127,7 +127,7 @@ fn two_flow_logs_share_one_interface_exactly() {
     .expect("config");
     let sink = udp_socket(&topology.a, SocketAddr::new(IpAddr::V4(A4), 7000));
 
-    let mut agent = Agent::start(&topology.a, &["--config", config.to_str().unwrap()], 1);
+    let mut agent = Agent::start(&topology.a, &["--config", config.to_str().unwrap()]);
     // The idle `a1` has no address yet: no flow log covers it. Given one in the CIDR, it is
     // attached for the REJECT flow log.
     topology
@@ -199,7 +199,7 @@ fn sighup_adds_a_flow_log_without_disturbing_the_other() {
     fs::write(&config, config_text(&dir, &[&accepted(&dir)])).expect("config");
     let sink = udp_socket(&topology.a, SocketAddr::new(IpAddr::V4(A4), 7000));
 
-    let mut agent = Agent::start(&topology.a, &["--config", config.to_str().unwrap()], 1);
+    let mut agent = Agent::start(&topology.a, &["--config", config.to_str().unwrap()]);
     let hangup = |agent: &Agent| {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(agent.pid() as libc::pid_t, libc::SIGHUP) };

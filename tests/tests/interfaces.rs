@@ -88,7 +88,6 @@ fn interfaces_that_come_and_go_are_followed_without_leaks() {
             "stdout",
             "--no-pin",
         ],
-        2,
     );
     let pid = agent.pid();
     let (fds_before, links_before) = descriptors(pid);

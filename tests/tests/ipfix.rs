@@ -105,7 +105,7 @@ fn start_agent(topology: &Topology, sink: &str, extra: &[&str]) -> Agent {
         "stdout",
     ];
     args.extend_from_slice(extra);
-    Agent::start(&topology.a, &args, 1)
+    Agent::start(&topology.a, &args)
 }
 
 /// The UDP port the policy of the TCP test drops (ingress, both families).

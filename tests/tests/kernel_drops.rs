@@ -9,7 +9,7 @@
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     process::Command,
     sync::{
         Arc,
@@ -22,15 +22,10 @@ use std::{
 use flowlog_agent::kernel_drops::{self, KernelDropsMode};
 use tests::{
     agent::Agent,
-    netns::{NetNs, in_netns, veth_pair},
-    traffic::{plain_tcp_headers, udp_dropped, udp_exchange, udp_socket},
+    netns::{NetNs, in_netns},
+    topology::{A4, A6, B4, B6, Topology, UDP},
+    traffic::{udp_dropped, udp_exchange, udp_socket},
 };
-
-const A4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-const B4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
-const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
-const UDP: u8 = 17;
 
 const FORMAT: &str = "${interface-id} ${srcaddr} ${dstaddr} ${srcport} ${dstport} ${protocol} ${packets} ${bytes} ${action} ${log-status} ${flow-direction} ${reject-reason}";
 
@@ -55,17 +50,10 @@ fn drop_reasons_available() -> bool {
     }
 }
 
-/// Namespaces `a` (agent) and `b`, joined by `a0`-`b0`; `a0` and `b0` have the same ifindex.
+/// Namespaces `a` (agent) and `b`, joined by `a0`-`b0` (IPv4 and IPv6); `a0` and `b0` have the
+/// same ifindex.
 fn topology() -> (NetNs, NetNs) {
-    let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
-    veth_pair(&a, "a0", &b, "b0").expect("veth");
-    for (ns, link, v4, v6) in [(&a, "a0", A4, A6), (&b, "b0", B4, B6)] {
-        ns.add_address(link, v4, 24).expect("address");
-        ns.add_address(link, v6, 64).expect("address");
-        plain_tcp_headers(ns);
-        ns.link_up("lo").expect("lo");
-        ns.link_up(link).expect("link up");
-    }
+    let Topology { a, b, .. } = Topology::builder().build();
     (a, b)
 }
 
@@ -188,7 +176,7 @@ fn start_agent(a: &NetNs, extra: &[&str]) -> Agent {
         FORMAT,
     ];
     args.extend_from_slice(extra);
-    Agent::start(a, &args, 1)
+    Agent::start(a, &args)
 }
 
 /// Sends `count` datagrams that the sender's own host drops (netfilter OUTPUT): each send is
@@ -540,7 +528,6 @@ fn a_stream_cut_mid_transfer_splits_exactly_into_accept_and_reject() {
             "--format",
             FORMAT,
         ],
-        1,
     );
     let server = SocketAddr::new(IpAddr::V4(A4), 6003);
     let listener = in_netns(&a, || TcpListener::bind(server)).unwrap().unwrap();

@@ -12,7 +12,7 @@ use flowlog_agent::{
 use tests::{
     agent::agent_command,
     netns::NetNs,
-    test_run::{Counts, Hook, TestDatapath, v4, v4_key},
+    test_run::{Counts, Program, TestDatapath, v4, v4_key},
 };
 
 fn kernel_at_least(major: u8, minor: u8) -> bool {
@@ -49,7 +49,7 @@ fn the_bounded_loop_build_counts_exactly_and_refuses_a_policy() {
     // The same build through BPF_PROG_TEST_RUN: one UDP packet on each hook, counted once.
     let mut datapath = TestDatapath::load_programs(64, ProgramSet::BoundedLoops);
     let frame = v4().udp(4000, 53).payload(18).build();
-    for hook in Hook::ALL {
+    for hook in Program::ALL {
         datapath.send(hook, &frame.bytes, 3);
         let (key, counts) = datapath.drain_one_flow();
         assert_eq!(key, v4_key(hook, 17, 4000, 53));

@@ -12,7 +12,8 @@ use std::{
 use tests::{
     agent::Agent,
     metrics::{sample, scrape},
-    netns::{NetNs, veth_pair},
+    netns::NetNs,
+    topology::Topology,
     traffic::{udp_exchange, udp_socket},
 };
 
@@ -43,15 +44,8 @@ fn scrape_while_still(ns: &NetNs, dir: &Path) -> (String, u64) {
 
 #[test]
 fn metrics_count_what_was_sent() {
-    let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
-    veth_pair(&a, "a0", &b, "b0").expect("veth");
+    let Topology { a, b, .. } = Topology::builder().ipv4_only().build();
     let (a_ip, b_ip) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2));
-    for (ns, link, ip) in [(&a, "a0", a_ip), (&b, "b0", b_ip)] {
-        ns.disable_ipv6(link).expect("sysctl");
-        ns.add_address(link, ip, 24).expect("address");
-        ns.link_up(link).expect("up");
-        ns.link_up("lo").expect("lo");
-    }
     let streams = PathBuf::from(format!("/tmp/flowlog-metrics-{}", std::process::id()));
     let _ = fs::remove_dir_all(&streams);
     let dir_sink = format!("dir:{}", streams.display());
@@ -68,7 +62,6 @@ fn metrics_count_what_was_sent() {
             &dir_sink,
             "--no-pin",
         ],
-        1,
     );
     let from = udp_socket(&b, SocketAddr::new(IpAddr::V4(b_ip), 4000));
     let to = udp_socket(&a, SocketAddr::new(IpAddr::V4(a_ip), 4001));

@@ -15,9 +15,9 @@ use std::{
 };
 
 use tests::{
-    agent::{Agent, agent_binary},
+    agent::{Agent, AgentBuilder, agent_binary},
     metrics::scrape,
-    netns::{NetNs, veth_pair},
+    netns::NetNs,
     records::{parse_line, parse_lines},
     s3::{S3Server, create_bucket, download_all, gunzip, run_script},
     topology::{A4, Expected, TCP, Topology, UDP},
@@ -227,7 +227,10 @@ fn s3_text_objects_hold_exactly_the_traffic_under_aws_keys() {
     let spool = work.join("spool");
     let sink = s3_sink(&s3.endpoint());
     let args = archive_args("2s", "4s", &sink, &spool, &["--per-hour-partition"]);
-    let agent = Agent::start_with_env(&topology.a, &as_strs(&args), CREDENTIALS, 2);
+    let agent = AgentBuilder::new(&topology.a)
+        .args(&as_strs(&args))
+        .envs(CREDENTIALS)
+        .start();
     let mut expected = Expected::default();
     // About 9 s of traffic: at least two 4 s objects.
     send_rounds(&topology, 0..6, Duration::from_millis(1500), &mut expected);
@@ -284,7 +287,10 @@ fn a_killed_agent_loses_no_record_of_its_open_object() {
     let args = archive_args("2s", "1h", &sink, &spool, &["--per-hour-partition"]);
     let args = as_strs(&args);
     let mut expected = Expected::default();
-    let mut agent = Agent::start_with_env(&topology.a, &args, CREDENTIALS, 2);
+    let mut agent = AgentBuilder::new(&topology.a)
+        .args(&args)
+        .envs(CREDENTIALS)
+        .start();
     send_round(&topology, 0, &mut expected);
     // Two drains after the traffic, then the kill, well before the next drain.
     agent.wait_for_log("interval written", 2, Duration::from_secs(10));
@@ -294,7 +300,10 @@ fn a_killed_agent_loses_no_record_of_its_open_object() {
     let killed = agent.stop();
     assert!(!killed.status.success());
 
-    let agent = Agent::start_with_env(&topology.a, &args, CREDENTIALS, 2);
+    let agent = AgentBuilder::new(&topology.a)
+        .args(&args)
+        .envs(CREDENTIALS)
+        .start();
     assert!(
         agent
             .log()
@@ -335,7 +344,10 @@ fn a_full_spool_drops_the_oldest_objects_and_accounts_for_every_record() {
     const BOUND: u64 = 1024;
     let bound = BOUND.to_string();
     let args = archive_args("1s", "1s", &sink, &spool, &["--spool-max-bytes", &bound]);
-    let agent = Agent::start_with_env(&topology.a, &as_strs(&args), CREDENTIALS, 2);
+    let agent = AgentBuilder::new(&topology.a)
+        .args(&as_strs(&args))
+        .envs(CREDENTIALS)
+        .start();
     let mut expected = Expected::default();
     send_rounds(&topology, 0..8, Duration::from_millis(800), &mut expected);
     let stopped = agent.stop();
@@ -406,7 +418,10 @@ fn an_outage_with_an_agent_restart_loses_and_duplicates_nothing() {
     let mut stdout = Vec::new();
 
     // 1. Store up: objects arrive.
-    let mut agent = Agent::start_with_env(&topology.a, &args, CREDENTIALS, 2);
+    let mut agent = AgentBuilder::new(&topology.a)
+        .args(&args)
+        .envs(CREDENTIALS)
+        .start();
     send_round(&topology, 0, &mut expected);
     agent.wait_for_log("object uploaded", 1, Duration::from_secs(20));
     // moto keeps objects in memory: keep what arrived before the outage.
@@ -436,7 +451,10 @@ fn an_outage_with_an_agent_restart_loses_and_duplicates_nothing() {
     );
     stdout.extend(stdout_lines(&stopped.stdout));
 
-    let agent = Agent::start_with_env(&topology.a, &args, CREDENTIALS, 2);
+    let agent = AgentBuilder::new(&topology.a)
+        .args(&args)
+        .envs(CREDENTIALS)
+        .start();
     let started = agent.log();
     assert!(
         started.contains("destination unreachable at start-up"),
@@ -609,7 +627,6 @@ fn parquet_objects_read_back_with_pyarrow_and_json_lines_carry_the_records() {
             "--spool-dir",
             work.join("spool").to_str().unwrap(),
         ],
-        2,
     );
     let mut expected = Expected::default();
     send_rounds(&topology, 0..3, Duration::from_millis(1500), &mut expected);
@@ -825,10 +842,8 @@ fn refused(ns: &NetNs, args: &[&str], env: &[(&str, &str)]) -> String {
 
 #[test]
 fn bad_destinations_are_refused_naming_the_sink() {
-    let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
-    veth_pair(&a, "a0", &b, "b0").expect("veth");
-    a.link_up("a0").expect("up");
-    a.link_up("lo").expect("up");
+    // `_b` keeps the peer namespace (and so `a0`) until the test ends.
+    let Topology { a, b: _b, .. } = Topology::builder().unaddressed().build();
 
     let error = refused(&a, &["--sink", "s3:///no-bucket"], &[]);
     assert!(

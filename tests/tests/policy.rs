@@ -16,14 +16,13 @@ use std::{
 
 use tests::{
     agent::Agent,
-    netns::{NetNs, in_netns, veth_pair},
+    netns::{NetNs, in_netns},
     records::{
         FORMAT_WITH_REASON, FlowTuple, Record, VerdictTotals, parse_line,
         parse_records_with_reason, verdict_totals,
     },
-    traffic::{
-        ip_header_len, plain_tcp_headers, tcp_exchange, udp_dropped, udp_exchange, udp_socket,
-    },
+    topology::Topology,
+    traffic::{ip_header_len, tcp_exchange, udp_dropped, udp_exchange, udp_socket},
 };
 
 const A4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -38,18 +37,8 @@ const FORMAT: &str = FORMAT_WITH_REASON;
 
 /// Namespaces `a` (agent) and `b`, joined by `a0`-`b0`.
 fn topology() -> (NetNs, NetNs) {
-    let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
-    veth_pair(&a, "a0", &b, "b0").expect("veth");
-    for (ns, link, v4, v6) in [(&a, "a0", A4, A6), (&b, "b0", B4, B6)] {
-        ns.add_address(link, v4, 24).expect("address");
-        // nodad: the address is usable at once, before the agent's policy is in place.
-        ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", link, "nodad"])
-            .expect("address");
-        plain_tcp_headers(ns);
-        ns.link_up("lo").expect("lo");
-        ns.link_up(link).expect("link up");
-    }
-    (a, b)
+    let topology = Topology::builder().build();
+    (topology.a, topology.b)
 }
 
 fn policy_file(name: &str, text: &str) -> PathBuf {
@@ -76,7 +65,7 @@ fn start_agent(a: &NetNs, policy: &std::path::Path) -> Agent {
         "--policy",
         policy,
     ];
-    Agent::start(a, &args, 1)
+    Agent::start(a, &args)
 }
 
 fn tuple(from: SocketAddr, to: SocketAddr, protocol: u8) -> FlowTuple {
@@ -568,7 +557,6 @@ fn traffic_type_and_exclusions() {
             "--policy",
             policy.to_str().unwrap(),
         ],
-        1,
     );
     let sender = udp_socket(&b, SocketAddr::new(IpAddr::V4(B4), 40000));
     let excluded = udp_socket(&a, SocketAddr::new(IpAddr::V4(A4), 5555));

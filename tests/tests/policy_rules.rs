@@ -6,16 +6,16 @@
 use flowlog_common::flow::{FlowKey, Verdict};
 use tests::{
     frames::FrameBuilder,
-    test_run::{Hook, TestDatapath, V4_DST, V4_SRC, V6_DST, V6_SRC, v4, v6},
+    test_run::{Program, TestDatapath, V4_DST, V4_SRC, V6_DST, V6_SRC, v4, v6},
 };
 
 /// Runs `frame` through the TC ingress program once; returns whether it was dropped and the
 /// verdict it was counted under (the interval holds that one packet).
 fn verdict_of(datapath: &mut TestDatapath, frame: &FrameBuilder) -> (bool, Verdict) {
-    verdict_on(Hook::TcIngress, datapath, frame)
+    verdict_on(Program::TcIngress, datapath, frame)
 }
 
-fn verdict_on(hook: Hook, datapath: &mut TestDatapath, frame: &FrameBuilder) -> (bool, Verdict) {
+fn verdict_on(hook: Program, datapath: &mut TestDatapath, frame: &FrameBuilder) -> (bool, Verdict) {
     let returned = datapath
         .try_run(hook, &frame.build().bytes, 1)
         .expect("test run");
@@ -187,7 +187,7 @@ cidr = "198.18.0.0/15"
     let reply = FrameBuilder::ipv4(V4_DST, V4_SRC)
         .tcp(443, 40001)
         .tcp_flags(0x12);
-    let hook = Hook::TcEgress;
+    let hook = Program::TcEgress;
     let out = v4().tcp(40001, 443).tcp_flags(0x02).build();
     assert_eq!(
         datapath.try_run(hook, &out.bytes, 1).unwrap(),
@@ -235,7 +235,7 @@ fn every_program_enforces_and_audit_mode_drops_nothing() {
     };
     datapath.set_policy(&policy("enforce"));
     let dns = v4().udp(40000, 53);
-    for hook in Hook::ALL {
+    for hook in Program::ALL {
         assert_eq!(
             verdict_on(hook, &mut datapath, &dns),
             DROPPED_BY_ACL,
@@ -243,7 +243,7 @@ fn every_program_enforces_and_audit_mode_drops_nothing() {
         );
     }
     datapath.set_policy(&policy("audit"));
-    for hook in Hook::ALL {
+    for hook in Program::ALL {
         assert_eq!(
             verdict_on(hook, &mut datapath, &dns),
             (false, Verdict::AuditAcl),
@@ -270,7 +270,7 @@ fn in_audit_mode_the_replies_of_a_refused_connection_are_would_be_rejects_too() 
         .tcp(23, 40000)
         .tcp_flags(0x12);
     assert_eq!(
-        verdict_on(Hook::TcEgress, &mut datapath, &syn_ack),
+        verdict_on(Program::TcEgress, &mut datapath, &syn_ack),
         audit_sg
     );
     // An admitted connection is plain ACCEPT.

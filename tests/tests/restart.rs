@@ -14,8 +14,8 @@ use std::{
 use tests::{
     agent::{Agent, agent_binary, interval_total},
     bpffs::Bpffs,
-    netns::{NetNs, veth_pair},
     records::{FlowTuple, parse_lines, totals},
+    topology::Topology,
     traffic::{udp_exchange, udp_socket},
 };
 
@@ -37,13 +37,7 @@ fn stopped_and_killed_agents_lose_and_double_count_nothing() {
     let bpffs = Bpffs::mount();
     let pin_dir = bpffs.0.join("flowlog");
     let pin_arg = pin_dir.to_str().unwrap().to_owned();
-    let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
-    veth_pair(&a, "a0", &b, "b0").expect("veth");
-    for (ns, link, v4) in [(&a, "a0", A4), (&b, "b0", B4)] {
-        ns.disable_ipv6(link).expect("sysctl");
-        ns.add_address(link, v4, 24).expect("address");
-        ns.link_up(link).expect("up");
-    }
+    let Topology { a, b, .. } = Topology::builder().ipv4_only().build();
     let args = |on_exit: &'static str| -> Vec<String> {
         [
             "--interval",
@@ -65,7 +59,7 @@ fn stopped_and_killed_agents_lose_and_double_count_nothing() {
     let start = |on_exit| {
         let args = args(on_exit);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Agent::start(&a, &args, 1)
+        Agent::start(&a, &args)
     };
     let a_socket = udp_socket(&a, SocketAddr::new(IpAddr::V4(A4), 5001));
     let b_socket = udp_socket(&b, SocketAddr::new(IpAddr::V4(B4), 5002));

@@ -19,10 +19,11 @@ use tests::{
     agent::{Agent, Stopped, agent_command, interval_total, output_within},
     bpffs::Bpffs,
     foreign::attach_other_xdp,
-    netns::{NetNs, veth_pair},
+    netns::NetNs,
     records::{
         FORMAT_WITH_REASON, FlowTuple, VerdictTotals, parse_records_with_reason, verdict_totals,
     },
+    topology::Topology,
     traffic::{udp_dropped, udp_exchange, udp_socket},
 };
 
@@ -62,27 +63,13 @@ struct Host {
 
 impl Host {
     fn new(second_pair: bool) -> Self {
-        let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
-        veth_pair(&a, "a0", &b, "b0").expect("veth");
-        if second_pair {
-            veth_pair(&a, "a1", &b, "b1").expect("veth");
-        }
-        for (ns, v4, v6, link) in [(&a, A4, A6, "a0"), (&b, B4, B6, "b0")] {
-            ns.add_address(link, v4, 24).expect("address");
-            ns.add_address(link, v6, 64).expect("address");
-            ns.link_up("lo").expect("lo");
-            ns.link_up(link).expect("up");
-        }
-        if second_pair {
-            for (ns, link, v4) in [
-                (&a, "a1", Ipv4Addr::new(198, 18, 1, 1)),
-                (&b, "b1", Ipv4Addr::new(198, 18, 1, 2)),
-            ] {
-                ns.disable_ipv6(link).expect("sysctl");
-                ns.add_address(link, v4, 24).expect("address");
-                ns.link_up(link).expect("up");
-            }
-        }
+        let builder = Topology::builder();
+        let builder = if second_pair {
+            builder.second_pair()
+        } else {
+            builder
+        };
+        let Topology { a, b, .. } = builder.build();
         Host {
             a,
             b,
@@ -122,10 +109,10 @@ impl Host {
         args
     }
 
-    fn start(&self, extra: &[&str], attachments: usize) -> Agent {
+    fn start(&self, extra: &[&str]) -> Agent {
         let args = self.args(extra);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Agent::start(&self.a, &args, attachments)
+        Agent::start(&self.a, &args)
     }
 
     /// Runs `flowlog-agent run` and expects it to refuse: returns what it said.
@@ -280,14 +267,11 @@ ports = "22"
 cidr = "192.0.2.0/24"
 "#,
     );
-    let agent = host.start(
-        &["--pin-dir", &pins, "--policy", policy.to_str().unwrap()],
-        1,
-    );
+    let agent = host.start(&["--pin-dir", &pins, "--policy", policy.to_str().unwrap()]);
     host.send(false, 6000, 9997, 5, Fate::RejectAcl);
     host.stop(agent);
 
-    let mut agent = host.start(&["--pin-dir", &pins, "--on-exit", "detach"], 1);
+    let mut agent = host.start(&["--pin-dir", &pins, "--on-exit", "detach"]);
     agent.wait_for_log(
         "no policy: every packet is accepted",
         1,
@@ -324,15 +308,12 @@ fn a_new_policy_applies_to_connections_an_earlier_one_admitted() {
         )
     };
     let config_file = write_file("case2.toml", &config(Some(&allow_all)));
-    let mut agent = host.start(
-        &[
-            "--config",
-            config_file.to_str().unwrap(),
-            "--pin-dir",
-            &pins,
-        ],
-        1,
-    );
+    let mut agent = host.start(&[
+        "--config",
+        config_file.to_str().unwrap(),
+        "--pin-dir",
+        &pins,
+    ]);
     // The old connection: its ACL verdict is cached under the allow-all policy's generation.
     host.send(false, 6000, 5000, 50, Fate::Accept);
     fs::write(&config_file, config(None)).expect("rewrite");
@@ -342,17 +323,14 @@ fn a_new_policy_applies_to_connections_an_earlier_one_admitted() {
     host.stop(agent);
 
     let deny = deny_udp_policy("case2-deny", 5000, "");
-    let agent = host.start(
-        &[
-            "--pin-dir",
-            &pins,
-            "--policy",
-            deny.to_str().unwrap(),
-            "--on-exit",
-            "detach",
-        ],
-        1,
-    );
+    let agent = host.start(&[
+        "--pin-dir",
+        &pins,
+        "--policy",
+        deny.to_str().unwrap(),
+        "--on-exit",
+        "detach",
+    ]);
     host.send(false, 6000, 5000, 50, Fate::RejectAcl);
     host.send(false, 6001, 5000, 20, Fate::RejectAcl);
     host.stop(agent);
@@ -366,7 +344,7 @@ fn a_refused_start_leaves_the_datapath_as_it_was() {
     let mut host = Host::new(false);
     let pins = host.pin_dir("pins");
     let keep_args = ["--pin-dir", &pins, "--exclude", "198.18.0.0/24/udp:6100"];
-    let agent = host.start(&keep_args, 1);
+    let agent = host.start(&keep_args);
     host.send(false, 6000, 7000, 4, Fate::Accept);
     host.send(false, 6000, 6100, 3, Fate::Excluded);
     host.stop(agent);
@@ -403,7 +381,7 @@ fn a_refused_start_leaves_the_datapath_as_it_was() {
     host.send(false, 6000, 6100, 2, Fate::Excluded);
     assert_eq!(links_in(&pins).len(), 2, "the kept links are untouched");
 
-    let agent = host.start(&[&keep_args[..], &["--on-exit", "detach"]].concat(), 1);
+    let agent = host.start(&[&keep_args[..], &["--on-exit", "detach"]].concat());
     host.send(false, 6000, 7000, 5, Fate::Accept);
     host.stop(agent);
     host.check();
@@ -416,7 +394,7 @@ fn a_refused_start_leaves_the_datapath_as_it_was() {
         "the refused start left {fresh}"
     );
     drop(other);
-    let mut agent = host.start(&["--pin-dir", &fresh, "--on-exit", "detach"], 1);
+    let mut agent = host.start(&["--pin-dir", &fresh, "--on-exit", "detach"]);
     agent.wait_for_log("max_flows=524288", 1, Duration::from_secs(5));
     host.stop(agent);
 }
@@ -428,7 +406,7 @@ fn a_start_failing_part_way_rolls_back_and_keeps_the_previous_links() {
     let mut host = Host::new(true);
     let pins = host.pin_dir("pins");
     let tc_args = ["--pin-dir", &pins, "--hook", "tc", "-i", "a0", "-i", "a1"];
-    let agent = host.start(&tc_args, 2);
+    let agent = host.start(&tc_args);
     host.send(false, 6000, 7000, 4, Fate::Accept);
     host.stop(agent);
     let kept = links_in(&pins);
@@ -452,7 +430,7 @@ fn a_start_failing_part_way_rolls_back_and_keeps_the_previous_links() {
     // Ingress and egress of the kept links still count, exactly once.
     host.send(false, 6000, 7000, 6, Fate::Accept);
 
-    let agent = host.start(&[&tc_args[..], &["--on-exit", "detach"]].concat(), 2);
+    let agent = host.start(&[&tc_args[..], &["--on-exit", "detach"]].concat());
     host.send(false, 6000, 7000, 3, Fate::Accept);
     host.stop(agent);
     host.check();
@@ -465,10 +443,7 @@ fn programs_of_another_pin_directory_are_found_and_taken_over_only_when_asked() 
     let mut host = Host::new(false);
     let (first, second) = (host.pin_dir("first"), host.pin_dir("second"));
     let deny = deny_udp_policy("case5", 9997, "");
-    let agent = host.start(
-        &["--pin-dir", &first, "--policy", deny.to_str().unwrap()],
-        1,
-    );
+    let agent = host.start(&["--pin-dir", &first, "--policy", deny.to_str().unwrap()]);
     host.send(false, 6000, 9997, 5, Fate::RejectAcl);
     host.stop(agent);
 
@@ -490,10 +465,7 @@ fn programs_of_another_pin_directory_are_found_and_taken_over_only_when_asked() 
     // The first agent's programs still enforce its policy.
     host.send(false, 6000, 9997, 2, Fate::RejectAcl);
 
-    let agent = host.start(
-        &["--pin-dir", &second, "--take-over", "--on-exit", "detach"],
-        1,
-    );
+    let agent = host.start(&["--pin-dir", &second, "--take-over", "--on-exit", "detach"]);
     host.send(false, 6000, 9997, 7, Fate::Accept);
     let stopped = host.stop(agent);
     assert!(stopped.stderr.contains("took over"), "{}", stopped.stderr);
@@ -521,7 +493,7 @@ fn programs_of_another_pin_directory_are_found_and_taken_over_only_when_asked() 
 fn detach_refuses_while_an_agent_runs() {
     let mut host = Host::new(false);
     let pins = host.pin_dir("pins");
-    let agent = host.start(&["--pin-dir", &pins, "--on-exit", "detach"], 1);
+    let agent = host.start(&["--pin-dir", &pins, "--on-exit", "detach"]);
     host.send(false, 6000, 7000, 4, Fate::Accept);
     let output = host.command("detach", &["--pin-dir".into(), pins.clone()]);
     let said = String::from_utf8_lossy(&output.stderr);
@@ -540,7 +512,7 @@ fn counts_on_an_interface_deleted_while_no_agent_ran_are_written() {
     let mut host = Host::new(true);
     let pins = host.pin_dir("pins");
     let glob = ["--pin-dir", &pins, "-i", "a*"];
-    let agent = host.start(&glob, 2);
+    let agent = host.start(&glob);
     host.stop(agent);
     // Counted by the kept programs on a1, which then goes away.
     let a1 = udp_socket(&host.a, "198.18.1.1:7100".parse().unwrap());
@@ -548,7 +520,7 @@ fn counts_on_an_interface_deleted_while_no_agent_ran_are_written() {
     let wire = udp_exchange(&b1, &a1, 9, PAYLOAD);
     host.a.ip(&["link", "del", "a1"]).expect("delete a1");
 
-    let mut agent = host.start(&[&glob[..], &["--on-exit", "detach"]].concat(), 1);
+    let mut agent = host.start(&[&glob[..], &["--on-exit", "detach"]].concat());
     agent.wait_for_log("deleted while no agent ran", 1, Duration::from_secs(5));
     let stopped = host.stop(agent);
     assert!(
@@ -600,7 +572,7 @@ fn restarts_with_changing_configurations_apply_each_exactly() {
         }
         let on_exit = if i == last { "detach" } else { "keep" };
         let args = [&["--pin-dir", pin_dir][..], args, &["--on-exit", on_exit]].concat();
-        let agent = host.start(&args, 1);
+        let agent = host.start(&args);
         host.round(fates, 3 + i as u64, 6600);
         host.stop(agent);
         previous = Some(*fates);
@@ -646,7 +618,7 @@ fn clsact_filters_are_taken_over_in_place_after_a_kill_and_a_stop() {
     let mut host = Host::new(false);
     let pins = host.pin_dir("pins");
     let args = ["--pin-dir", &pins, "--tc-mode", "clsact"];
-    let mut agent = host.start(&args, 1);
+    let mut agent = host.start(&args);
     host.send(false, 6000, 7000, 4, Fate::Accept);
     agent.wait_for_log("interval written", 1, Duration::from_secs(10));
     // Between two drains, once the sink has written the interval (a killed agent loses what
@@ -664,7 +636,7 @@ fn clsact_filters_are_taken_over_in_place_after_a_kill_and_a_stop() {
     );
     host.send(false, 6000, 7000, 5, Fate::Accept);
 
-    let agent = host.start(&args, 1);
+    let agent = host.start(&args);
     assert_eq!(
         clsact_filters(&host),
         (1, 1),
@@ -684,7 +656,7 @@ fn clsact_filters_are_taken_over_in_place_after_a_kill_and_a_stop() {
     );
     host.send(false, 6000, 7000, 7, Fate::Accept);
 
-    let agent = host.start(&[&args[..], &["--on-exit", "detach"]].concat(), 1);
+    let agent = host.start(&[&args[..], &["--on-exit", "detach"]].concat());
     host.send(false, 6000, 7000, 8, Fate::Accept);
     host.stop(agent);
     assert_eq!(clsact_filters(&host), (0, 0), "detached");

@@ -9,9 +9,9 @@ use std::{
 };
 
 use tests::{
-    agent::{Agent, agent_binary},
-    netns::{NetNs, veth_pair},
+    agent::{AgentBuilder, agent_binary},
     records::{FlowTuple, parse_lines, totals},
+    topology::Topology,
     traffic::{udp_exchange, udp_socket},
 };
 
@@ -66,24 +66,17 @@ fn the_units_capabilities_are_enough() {
     assert_eq!(caps.len(), 3, "{caps:?}");
     let set = format!("-all,{}", caps.join(","));
 
-    let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
-    veth_pair(&a, "a0", &b, "b0").expect("veth");
+    let Topology { a, b, .. } = Topology::builder().ipv4_only().build();
     let (a_ip, b_ip) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2));
-    for (ns, link, ip) in [(&a, "a0", a_ip), (&b, "b0", b_ip)] {
-        ns.disable_ipv6(link).expect("sysctl");
-        ns.add_address(link, ip, 24).expect("address");
-        ns.link_up(link).expect("up");
-    }
     // Root with only the unit's capabilities, as systemd starts it.
     let (bounding, inheritable, ambient) = (
         format!("--bounding-set={set}"),
         format!("--inh-caps={set}"),
         format!("--ambient-caps={set}"),
     );
-    let agent = Agent::start_wrapped(
-        &a,
-        &["setpriv", &bounding, &inheritable, &ambient],
-        &[
+    let agent = AgentBuilder::new(&a)
+        .wrapper(&["setpriv", &bounding, &inheritable, &ambient])
+        .args(&[
             "-i",
             "a0",
             "--sink",
@@ -91,9 +84,8 @@ fn the_units_capabilities_are_enough() {
             "--interval",
             "1s",
             "--no-pin",
-        ],
-        1,
-    );
+        ])
+        .start();
     let from = udp_socket(&b, SocketAddr::new(IpAddr::V4(b_ip), 4000));
     let to = udp_socket(&a, SocketAddr::new(IpAddr::V4(a_ip), 4001));
     let wire = udp_exchange(&from, &to, 12, 300);

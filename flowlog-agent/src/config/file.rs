@@ -23,8 +23,6 @@ use std::{
     ops::Range,
     path::{Path, PathBuf},
     str::FromStr,
-    sync::Arc,
-    time::Duration,
 };
 
 use clap::ValueEnum;
@@ -33,45 +31,30 @@ use toml::{
     de::{DeTable, DeValue},
 };
 
-use super::{FlowLogConfig, parse_interval, parse_max_flows, parse_metadata_value};
+use super::{FlowLogConfig, RawAgent, RawArchive, RawFlowLog, Setting};
 use crate::{
-    cli::{MetricsAddress, OnExit, TrafficType, parse_metrics_address, parse_traffic_type},
     datapath::{HookChoice, TcModeChoice},
-    format::{DEFAULT_FORMAT, RecordFormat},
+    format::RecordFormat,
     interfaces::InterfaceSelector,
+    kernel_drops::KernelDropsMode,
     policy::{Exclusion, parse_network},
     record::Metadata,
     sink::{
         SinkSpec,
-        object::{
-            ArchiveOptions, DEFAULT_SPOOL_DIR, FileFormat, parse_byte_size, parse_flow_log_id,
-            parse_rotate,
-        },
+        object::{FileFormat, parse_flow_log_id},
+    },
+    values::{
+        OnExit, parse_byte_size, parse_interval, parse_max_flows, parse_metadata_value,
+        parse_metrics_address, parse_rotate, parse_traffic_type,
     },
 };
 
-/// A configuration file, checked.
+/// A configuration file, checked: its host-wide settings as given (the command line may
+/// override them), and its flow logs, resolved.
 #[derive(Clone, Debug)]
 pub struct ConfigFile {
-    pub agent: AgentSettings,
+    pub agent: RawAgent,
     pub flow_logs: Vec<FlowLogConfig>,
-}
-
-/// The `[agent]` table: settings of the one datapath every flow log shares. `None` where the
-/// file says nothing (the flag's default applies).
-#[derive(Clone, Debug, Default)]
-pub struct AgentSettings {
-    pub hook: Option<HookChoice>,
-    pub tc_mode: Option<TcModeChoice>,
-    pub max_flows: Option<u32>,
-    pub policy: Option<PathBuf>,
-    pub exclude: Vec<Exclusion>,
-    pub default_exclusions: Option<bool>,
-    pub pin: Option<bool>,
-    pub pin_dir: Option<PathBuf>,
-    pub on_exit: Option<OnExit>,
-    pub metrics: Option<MetricsAddress>,
-    pub kernel_drops: Option<crate::kernel_drops::KernelDropsMode>,
 }
 
 /// Everything wrong with a configuration file.
@@ -199,7 +182,7 @@ pub fn parse(text: &str) -> Result<ConfigFile, Vec<Problem>> {
 
     let agent = match document.get("agent") {
         Some(value) => checker.agent(value),
-        None => AgentSettings::default(),
+        None => RawAgent::default(),
     };
     let defaults = match document.get("metadata") {
         Some(value) => checker.metadata(value, &Metadata::default()),
@@ -376,16 +359,16 @@ impl Checker<'_> {
         )
     }
 
-    fn agent(&mut self, value: &Value<'_>) -> AgentSettings {
-        let mut settings = AgentSettings::default();
+    fn agent(&mut self, value: &Value<'_>) -> RawAgent {
+        let mut settings = RawAgent::default();
         let Some(table) = self.table(value, "agent") else {
             return settings;
         };
         self.unknown_keys(table, AGENT_KEYS, "in [agent]");
         for (key, value) in table.iter() {
             match key.get_ref().as_ref() {
-                "hook" => settings.hook = self.choice(value, "hook"),
-                "tc-mode" => settings.tc_mode = self.choice(value, "tc-mode"),
+                "hook" => settings.hook = self.choice::<HookChoice>(value, "hook"),
+                "tc-mode" => settings.tc_mode = self.choice::<TcModeChoice>(value, "tc-mode"),
                 "max-flows" => {
                     let text = match value.get_ref() {
                         DeValue::Integer(number) => Some(number.as_str().replace('_', "")),
@@ -433,8 +416,10 @@ impl Checker<'_> {
                 }
                 "pin" => settings.pin = self.boolean(value, "pin"),
                 "pin-dir" => settings.pin_dir = self.string(value, "pin-dir").map(PathBuf::from),
-                "on-exit" => settings.on_exit = self.choice(value, "on-exit"),
-                "kernel-drops" => settings.kernel_drops = self.choice(value, "kernel-drops"),
+                "on-exit" => settings.on_exit = self.choice::<OnExit>(value, "on-exit"),
+                "kernel-drops" => {
+                    settings.kernel_drops = self.choice::<KernelDropsMode>(value, "kernel-drops")
+                }
                 "metrics" => {
                     settings.metrics = self.parsed(
                         value,
@@ -512,73 +497,75 @@ impl Checker<'_> {
             "as in sinks = [\"dir:/var/log/flowlog\"] or [\"s3://bucket/prefix\"]",
         )
         .map(|v| self.sinks(v));
-        let traffic_type = match table.get("traffic-type") {
-            Some(v) => self.parsed(v, "traffic-type", parse_traffic_type, ""),
-            None => Some(TrafficType::All),
+        let before = self.problems.len();
+        let mut raw = RawFlowLog {
+            id,
+            metadata: match table.get("metadata") {
+                Some(v) => self.metadata(v, defaults),
+                None => defaults.clone(),
+            },
+            ..RawFlowLog::default()
         };
-        let interval = match table.get("interval") {
-            Some(v) => self.parsed(v, "interval", parse_interval, "1s to 600s, as in \"60s\""),
-            None => Some(Duration::from_secs(60)),
-        };
-        let format = match table.get("format") {
-            Some(v) => self.parsed(
+        if let Some(v) = table.get("traffic-type") {
+            raw.traffic_type = self.parsed(v, "traffic-type", parse_traffic_type, "");
+        }
+        if let Some(v) = table.get("interval") {
+            raw.interval = self.parsed(v, "interval", parse_interval, "1s to 600s, as in \"60s\"");
+        }
+        if let Some(v) = table.get("format") {
+            raw.format = self.parsed(
                 v,
                 "format",
                 |text| RecordFormat::from_str(text).map_err(|e| e.to_string()),
                 "${field} tokens separated by single spaces, as AWS writes them",
-            ),
-            None => Some(RecordFormat::from_str(DEFAULT_FORMAT).expect("the default parses")),
-        };
-        let metadata = match table.get("metadata") {
-            Some(v) => self.metadata(v, defaults),
-            None => defaults.clone(),
-        };
-        let archive = match table.get("object-store") {
-            Some(v) => self.object_options(v),
-            None => Some(default_archive()),
-        };
-        let (Some(id), Some(scope), Some(Some(sinks)), Some(traffic_type)) =
-            (id, scope, sinks, traffic_type)
+            );
+        }
+        if let Some(v) = table.get("object-store") {
+            raw.archive = self.object_options(v);
+        }
+        let (Some(_), Some((interfaces, cidrs)), Some(Some(sinks))) = (&raw.id, scope, sinks)
         else {
             return None;
         };
-        let (Some(interval), Some(format), Some(mut archive)) = (interval, format, archive) else {
-            return None;
-        };
-        if !ok {
+        if !ok || self.problems.len() > before {
             return None;
         }
-        archive.flow_log_id = Some(id.clone());
-        let flow_log = FlowLogConfig {
-            id: Some(id),
-            scope: scope.0,
-            scope_text: scope.1,
-            traffic_type,
-            interval,
-            format: Arc::new(format),
-            sinks,
-            metadata: Arc::new(metadata),
-            archive,
-        };
-        if let Err(missing) = flow_log.object_keys_complete() {
-            let span = table.get("sinks").map_or(header, |v| v.span());
-            self.at(
-                span,
-                missing,
-                "set account-id and region in [metadata] or in this flow log's metadata",
-            );
-            return None;
+        raw.interfaces = interfaces;
+        raw.cidrs = cidrs;
+        raw.sinks = sinks;
+        match FlowLogConfig::resolve(raw) {
+            Ok(flow_log) => Some(flow_log),
+            Err(error) => {
+                let (setting, message) = error.as_key();
+                let span = match setting {
+                    Setting::Interfaces => table.get("scope").map(|v| v.span()),
+                    _ => table.get(setting.key()).map(|v| v.span()),
+                };
+                self.at(
+                    span.unwrap_or(header),
+                    message,
+                    match setting {
+                        Setting::Sinks => {
+                            "set account-id and region in [metadata] or in this flow log's metadata"
+                        }
+                        _ => "",
+                    },
+                );
+                None
+            }
         }
-        Some(flow_log)
     }
 
-    /// `"all"`, or `{ interfaces = [...], cidrs = [...] }`.
-    fn scope(&mut self, value: &Value<'_>) -> Option<(InterfaceSelector, Vec<String>)> {
+    /// `"all"`, or `{ interfaces = [...], cidrs = [...] }`: the names and globs, and the
+    /// networks with their text.
+    #[allow(clippy::type_complexity)]
+    fn scope(
+        &mut self,
+        value: &Value<'_>,
+    ) -> Option<(Vec<String>, Vec<(String, crate::policy::Network)>)> {
         let hint = "scope = \"all\", or { interfaces = [\"eth0\", \"veth*\"] }, or { cidrs = [\"10.0.0.0/16\"] }";
         match value.get_ref() {
-            DeValue::String(text) if text.as_ref() == "all" => {
-                Some((InterfaceSelector::default(), vec!["all".to_owned()]))
-            }
+            DeValue::String(text) if text.as_ref() == "all" => Some((Vec::new(), Vec::new())),
             DeValue::Table(table) => {
                 self.unknown_keys(table, SCOPE_KEYS, "in scope");
                 let names = table
@@ -597,33 +584,25 @@ impl Checker<'_> {
                 let mut networks = Vec::new();
                 for (text, span) in &cidrs {
                     match parse_network(text) {
-                        Ok(network) => networks.push(network),
+                        Ok(network) => networks.push(((*text).to_owned(), network)),
                         Err(reason) => {
                             self.at(span.clone(), format!("cidrs: {text:?}: {reason}"), "");
                             ok = false;
                         }
                     }
                 }
-                let selector = match InterfaceSelector::parse(
-                    &names.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-                ) {
-                    Ok(selector) => selector.with_networks(networks),
-                    Err(error) => {
-                        let span = names.first().map_or(value.span(), |(_, s)| s.clone());
+                for (name, span) in &names {
+                    if let Err(error) = InterfaceSelector::parse(&[name]) {
                         self.at(
-                            span,
-                            error.to_string().replace("--interface", "interfaces"),
+                            span.clone(),
+                            format!("interfaces {}", error.describe()),
                             "names, or globs with * ? [..]",
                         );
-                        return None;
+                        ok = false;
                     }
-                };
-                let text = names
-                    .iter()
-                    .chain(&cidrs)
-                    .map(|(t, _)| (*t).to_owned())
-                    .collect();
-                ok.then_some((selector, text))
+                }
+                let names = names.iter().map(|(n, _)| (*n).to_owned()).collect();
+                ok.then_some((names, networks))
             }
             _ => {
                 self.at(value.span(), "scope must be \"all\" or a table", hint);
@@ -663,54 +642,39 @@ impl Checker<'_> {
         ok.then_some(sinks)
     }
 
-    fn object_options(&mut self, value: &Value<'_>) -> Option<ArchiveOptions> {
-        let mut options = default_archive();
-        let table = self.table(value, "object-store")?;
+    fn object_options(&mut self, value: &Value<'_>) -> RawArchive {
+        let mut options = RawArchive::default();
+        let Some(table) = self.table(value, "object-store") else {
+            return options;
+        };
         self.unknown_keys(table, OBJECT_KEYS, "in object-store");
-        let before = self.problems.len();
         for (key, value) in table.iter() {
             match key.get_ref().as_ref() {
                 "file-format" => {
-                    if let Some(format) = self.choice::<FileFormat>(value, "file-format") {
-                        options.file_format = format;
-                    }
+                    options.file_format = self.choice::<FileFormat>(value, "file-format")
                 }
                 "hive-partitions" => {
-                    options.hive_partitions =
-                        self.boolean(value, "hive-partitions").unwrap_or(false)
+                    options.hive_partitions = self.boolean(value, "hive-partitions")
                 }
                 "per-hour-partition" => {
-                    options.per_hour_partition =
-                        self.boolean(value, "per-hour-partition").unwrap_or(false)
+                    options.per_hour_partition = self.boolean(value, "per-hour-partition")
                 }
-                "rotate" => {
-                    if let Some(rotate) = self.parsed(value, "rotate", parse_rotate, "1s to 1h") {
-                        options.rotate = rotate;
-                    }
-                }
+                "rotate" => options.rotate = self.parsed(value, "rotate", parse_rotate, "1s to 1h"),
                 "max-object-size" => {
-                    if let Some(size) =
+                    options.max_object_size =
                         self.parsed(value, "max-object-size", parse_byte_size, "as in \"75MB\"")
-                    {
-                        options.max_object_size = size;
-                    }
                 }
                 "spool-dir" => {
-                    if let Some(dir) = self.string(value, "spool-dir") {
-                        options.spool_dir = PathBuf::from(dir);
-                    }
+                    options.spool_dir = self.string(value, "spool-dir").map(PathBuf::from)
                 }
                 "spool-max-bytes" => {
-                    if let Some(size) =
+                    options.spool_max_bytes =
                         self.parsed(value, "spool-max-bytes", parse_byte_size, "as in \"1GiB\"")
-                    {
-                        options.spool_max_bytes = size;
-                    }
                 }
                 _ => {}
             }
         }
-        (self.problems.len() == before).then_some(options)
+        options
     }
 
     /// What no single flow log can see: repeated ids, and two flow logs writing the same files.
@@ -747,22 +711,12 @@ impl Checker<'_> {
     }
 }
 
-fn default_archive() -> ArchiveOptions {
-    ArchiveOptions {
-        file_format: FileFormat::Text,
-        hive_partitions: false,
-        per_hour_partition: false,
-        rotate: Duration::from_secs(300),
-        max_object_size: 75_000_000,
-        flow_log_id: None,
-        spool_dir: PathBuf::from(DEFAULT_SPOOL_DIR),
-        spool_max_bytes: 1 << 30,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    use crate::values::{MetricsAddress, TrafficType};
 
     fn problems(text: &str) -> Vec<(Option<usize>, String)> {
         parse(text)

@@ -1,37 +1,41 @@
-//! The validated configuration the rest of the agent trusts, and the value parsers that refuse
-//! bad input at start-up, naming the offending token.
+//! The configuration the rest of the agent trusts: the second of its two stages.
 //!
 //! A configuration is the settings of the one datapath (hook, map size, policy, exclusions,
 //! pinning, metrics) and any number of flow logs, each with its scope, traffic type, interval,
-//! format, metadata and sinks. They come from the command line, from `--config FILE`, or both:
+//! format, metadata and sinks. They are given on the command line (`cli`), in `--config FILE`
+//! (`file`), or both, first as raw values (`raw`: `None` where not given), then resolved here
+//! in one place for both, with the defaults of `values`:
 //!
 //! - without `--config`, the flags define the one flow log;
 //! - with `--config`, the file defines the flow logs and the host-wide settings; host-wide flags
-//!   typed on the command line override the file's `[agent]` values (`--exclude` adds to its
-//!   list); flow-log flags typed as well define one more flow log, named `cli`, and need
+//!   given on the command line override the file's `[agent]` values (`--exclude` adds to its
+//!   list); flow-log flags given as well define one more flow log, named `cli`, and need
 //!   `--sink`.
 
 pub mod file;
+pub mod raw;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
+pub use file::{ConfigFile, FileError};
+pub use raw::{RawAgent, RawArchive, RawFlowLog, Setting};
+
 use crate::{
-    cli::{MetadataArgs, OnExit, RunArgs, TrafficType},
+    cli::RunArgs,
     datapath::{HookChoice, TcModeChoice},
-    format::RecordFormat,
+    format::{DEFAULT_FORMAT, RecordFormat},
     interfaces::{InterfaceSelector, SelectorError},
+    kernel_drops::KernelDropsMode,
     policy::{Exclusion, Policy, PolicyError},
     record::Metadata,
     sink::{
-        SinkSpec, check_duplicate_sinks, default_sinks,
+        LineRenderer, SinkContext, SinkSpec, check_duplicate_sinks,
         object::{ArchiveOptions, KeyLayout, ObjectUrl, derived_flow_log_id},
     },
+    values::{
+        DEFAULT_INTERVAL, DEFAULT_MAX_FLOWS, DEFAULT_SINKS, OnExit, TrafficType, default_pin_dir,
+    },
 };
-
-pub use file::{AgentSettings, ConfigFile, FileError};
-
-pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
-pub const MAX_INTERVAL: Duration = Duration::from_secs(600);
 
 /// The name of the flow log the command-line flags define.
 pub const CLI_FLOW_LOG: &str = "cli";
@@ -52,12 +56,12 @@ pub struct RunConfig {
     pub take_over: bool,
     pub on_exit: OnExit,
     /// Which of the kernel's own drops become REJECT records (`--kernel-drops`).
-    pub kernel_drops: crate::kernel_drops::KernelDropsMode,
+    pub kernel_drops: KernelDropsMode,
     /// Where metrics are served, if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
     pub flow_logs: Vec<FlowLogConfig>,
-    /// The command line, kept so SIGHUP can combine it with the file again.
-    pub args: RunArgs,
+    /// The `--config` file this came from, if any (SIGHUP reads it again).
+    pub config_file: Option<PathBuf>,
 }
 
 /// One flow log: which interfaces, which records, how often, in what format, to where.
@@ -80,12 +84,8 @@ pub struct FlowLogConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error(transparent)]
-    Interface(#[from] SelectorError),
-    #[error(
-        "sink {sink}: object keys hold the account and region (AWSLogs/<account-id>/vpcflowlogs/<region>/...): give {flag}"
-    )]
-    ObjectKeyNeeds { sink: String, flag: &'static str },
+    #[error("{}", .0.as_flag())]
+    FlowLog(FlowLogError),
     #[error(transparent)]
     Policy(#[from] PolicyError),
     #[error("{0}")]
@@ -93,13 +93,69 @@ pub enum ConfigError {
     #[error(transparent)]
     File(#[from] FileError),
     #[error(
-        "--{flag}: with --config, flow-log flags define one more flow log ({CLI_FLOW_LOG:?}), which needs --sink; or set it in the file"
+        "{flag}: with --config, flow-log flags define one more flow log ({CLI_FLOW_LOG:?}), which needs --sink; or set it in the file"
     )]
     CliFlowLogWithoutSink { flag: String },
     #[error("{0} (hint: {hint})", hint = .0.hint())]
     SharedFiles(SharedFiles),
-    #[error("--sink: {0} (hint: give each destination once)")]
+}
+
+/// What resolving one flow log can find wrong, told as a flag ([`FlowLogError::as_flag`]) or a
+/// file key ([`FlowLogError::as_key`]) by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlowLogError {
+    Scope(SelectorError),
     DuplicateSink(String),
+    /// Object keys hold the account and region (`AWSLogs/<account-id>/vpcflowlogs/<region>/`).
+    ObjectKeyNeeds {
+        sink: String,
+        missing: Vec<Setting>,
+    },
+}
+
+impl FlowLogError {
+    /// The problem in the words of the command line.
+    pub fn as_flag(&self) -> String {
+        match self {
+            FlowLogError::Scope(error) => error.to_string(),
+            FlowLogError::DuplicateSink(message) => {
+                format!(
+                    "{}: {message} (hint: give each destination once)",
+                    Setting::Sinks.flag()
+                )
+            }
+            FlowLogError::ObjectKeyNeeds { sink, missing } => format!(
+                "sink {sink}: object keys hold the account and region (AWSLogs/<account-id>/vpcflowlogs/<region>/...): give {}",
+                missing
+                    .iter()
+                    .map(|s| s.flag())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+        }
+    }
+
+    /// The problem in the words of the file, and the key it is about.
+    pub fn as_key(&self) -> (Setting, String) {
+        match self {
+            FlowLogError::Scope(error) => (
+                Setting::Interfaces,
+                format!("{} {}", Setting::Interfaces.key(), error.describe()),
+            ),
+            FlowLogError::DuplicateSink(message) => (Setting::Sinks, message.clone()),
+            FlowLogError::ObjectKeyNeeds { missing, .. } => (
+                Setting::Sinks,
+                format!(
+                    "object keys hold the account and region (AWSLogs/<account-id>/vpcflowlogs/<region>/...): {} missing",
+                    missing
+                        .iter()
+                        .map(|s| s.key())
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ),
+            ),
+        }
+    }
 }
 
 /// Two flow logs that would write the same log-stream files.
@@ -149,123 +205,62 @@ pub fn check_shared_files<'a>(
     Ok(())
 }
 
-/// The ids of the flags that describe the command line's flow log (clap's argument ids).
-const FLOW_LOG_FLAGS: &[&str] = &[
-    "interfaces",
-    "interval",
-    "format",
-    "sinks",
-    "traffic_type",
-    "account_id",
-    "region",
-    "vpc_id",
-    "subnet_id",
-    "instance_id",
-    "az_id",
-    "sublocation_type",
-    "sublocation_id",
-    "file_format",
-    "hive_partitions",
-    "per_hour_partition",
-    "rotate",
-    "max_object_size",
-    "flow_log_id",
-    "spool_dir",
-    "spool_max_bytes",
-];
-
 impl RunConfig {
     /// The command line, with the file it names (if any).
-    pub fn from_args(args: RunArgs) -> Result<Self, ConfigError> {
+    pub fn from_args(args: &RunArgs) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(path) => Some(file::load(path)?),
             None => None,
         };
-        Self::combine(args, file)
+        Self::resolve(args, file)
     }
 
-    /// Combines the command line with a file already read (SIGHUP reads it again).
-    pub fn combine(args: RunArgs, file: Option<ConfigFile>) -> Result<Self, ConfigError> {
+    /// Resolves the command line and a file already read: the file's values, the flags' in
+    /// their place where given, the defaults where neither gives one.
+    pub fn resolve(args: &RunArgs, file: Option<ConfigFile>) -> Result<Self, ConfigError> {
         let (agent, mut flow_logs) = match file {
             Some(file) => (file.agent, file.flow_logs),
-            None => (AgentSettings::default(), Vec::new()),
+            None => (RawAgent::default(), Vec::new()),
         };
-        let from_file = args.config.is_some();
-        // A flag typed on the command line wins; then the file; then the flag's default.
-        let pick = |id: &str| !from_file || args.was_given(id);
-        if !from_file || args.was_given("sinks") {
-            let flow_log = cli_flow_log(&args)?;
-            flow_logs.push(flow_log);
-        } else if let Some(flag) = FLOW_LOG_FLAGS.iter().find(|id| args.was_given(id)) {
+        let agent = agent.overridden_by(RawAgent::from(args));
+        let cli = RawFlowLog::from(args);
+        if args.config.is_none() || !cli.sinks.is_empty() {
+            flow_logs.push(FlowLogConfig::resolve(cli).map_err(ConfigError::FlowLog)?);
+        } else if let Some(setting) = cli.first_given() {
             return Err(ConfigError::CliFlowLogWithoutSink {
-                flag: flag.replace('_', "-").replace("interfaces", "interface"),
+                flag: setting.flag(),
             });
         }
         check_shared_files(flow_logs.iter()).map_err(ConfigError::SharedFiles)?;
 
-        let policy_path = match (&args.policy, agent.policy) {
-            (Some(path), _) => Some(path.clone()),
-            (None, from_file) => from_file,
-        };
-        let policy = match policy_path {
+        let policy = match agent.policy {
             Some(path) => {
                 let policy = Policy::load(&path)?;
                 Some((path, policy))
             }
             None => None,
         };
-        let default_exclusions = if args.was_given("no_default_exclusions") || !from_file {
-            !args.no_default_exclusions
-        } else {
-            agent.default_exclusions.unwrap_or(true)
-        };
-        let mut exclusions = if default_exclusions {
+        let mut exclusions = if agent.default_exclusions.unwrap_or(true) {
             Exclusion::defaults()
         } else {
             Vec::new()
         };
         exclusions.extend(agent.exclude);
-        exclusions.extend(args.exclusions.iter().cloned());
         Exclusion::compile(&exclusions).map_err(ConfigError::Exclusions)?;
-
-        let pin = if pick("no_pin") {
-            !args.no_pin
-        } else {
-            agent.pin.unwrap_or(true)
-        };
-        let pin_dir = match agent.pin_dir {
-            Some(dir) if !pick("pin_dir") => dir,
-            _ => args.pin_dir.clone(),
-        };
+        let pin_dir = agent.pin_dir.unwrap_or_else(default_pin_dir);
         Ok(Self {
-            hook: agent.hook.filter(|_| !pick("hook")).unwrap_or(args.hook),
-            tc_mode: agent
-                .tc_mode
-                .filter(|_| !pick("tc_mode"))
-                .unwrap_or(args.tc_mode),
-            max_flows: agent
-                .max_flows
-                .filter(|_| !pick("max_flows"))
-                .unwrap_or(args.max_flows),
+            hook: agent.hook.unwrap_or_default(),
+            tc_mode: agent.tc_mode.unwrap_or_default(),
+            max_flows: agent.max_flows.unwrap_or(DEFAULT_MAX_FLOWS),
             policy,
             exclusions,
-            pin_dir: pin.then_some(pin_dir),
-            take_over: args.take_over,
-            on_exit: agent
-                .on_exit
-                .filter(|_| !pick("on_exit"))
-                .unwrap_or(args.on_exit),
-            kernel_drops: agent
-                .kernel_drops
-                .filter(|_| !pick("kernel_drops"))
-                .unwrap_or(args.kernel_drops),
-            metrics: agent
-                .metrics
-                .filter(|_| !pick("metrics"))
-                .unwrap_or(args.metrics)
-                .0,
+            pin_dir: agent.pin.unwrap_or(true).then_some(pin_dir),
+            take_over: agent.take_over.unwrap_or(false),
+            on_exit: agent.on_exit.unwrap_or_default(),
+            kernel_drops: agent.kernel_drops.unwrap_or_default(),
+            metrics: agent.metrics.unwrap_or_default().0,
             flow_logs,
-            args,
+            config_file: args.config.clone(),
         })
     }
 
@@ -274,18 +269,12 @@ impl RunConfig {
     /// `check`.
     pub fn file_warnings(&self) -> Vec<String> {
         let files = self
-            .args
-            .config
+            .config_file
             .iter()
             .chain(self.policy.as_ref().map(|(path, _)| path));
         files
             .filter_map(|path| crate::files::writable_by_others(path))
             .collect()
-    }
-
-    /// Reads the `--config` file again and combines it with the same command line (SIGHUP).
-    pub fn reload(&self) -> Result<Self, ConfigError> {
-        Self::from_args(self.args.clone())
     }
 
     /// How often the datapath is drained: the greatest common divisor of the flow logs'
@@ -311,70 +300,87 @@ impl RunConfig {
     }
 }
 
-/// The flow log the command-line flags describe.
-fn cli_flow_log(args: &RunArgs) -> Result<FlowLogConfig, ConfigError> {
-    let sinks = if args.sinks.is_empty() {
-        default_sinks()
-    } else {
-        args.sinks.clone()
-    };
-    check_duplicate_sinks(&sinks).map_err(|(_, message)| ConfigError::DuplicateSink(message))?;
-    let flow_log = FlowLogConfig {
-        id: args.archive.flow_log_id.clone(),
-        scope: InterfaceSelector::parse(&args.interfaces)?,
-        scope_text: args.interfaces.clone(),
-        traffic_type: args.traffic_type,
-        interval: args.interval,
-        format: Arc::new(args.format.clone()),
-        sinks,
-        metadata: Arc::new(metadata(args.metadata.clone())),
-        archive: args.archive.clone(),
-    };
-    for sink in &flow_log.sinks {
-        if let SinkSpec::ObjectStore(url) = sink {
-            for (value, flag) in [
-                (&flow_log.metadata.account_id, "--account-id"),
-                (&flow_log.metadata.region, "--region"),
-            ] {
-                if value.is_none() {
-                    return Err(ConfigError::ObjectKeyNeeds {
-                        sink: url.location().to_owned(),
-                        flag,
-                    });
-                }
-            }
+impl FlowLogConfig {
+    /// Applies the defaults to a flow log as given and checks what needs the whole of it.
+    pub fn resolve(raw: RawFlowLog) -> Result<Self, FlowLogError> {
+        let sinks = if raw.sinks.is_empty() {
+            DEFAULT_SINKS
+                .iter()
+                .map(|text| text.parse().expect("the default sinks parse"))
+                .collect()
+        } else {
+            raw.sinks
+        };
+        check_duplicate_sinks(&sinks)
+            .map_err(|(_, message)| FlowLogError::DuplicateSink(message))?;
+        let (texts, networks): (Vec<String>, Vec<_>) = raw.cidrs.into_iter().unzip();
+        let scope = InterfaceSelector::parse(&raw.interfaces)
+            .map_err(FlowLogError::Scope)?
+            .with_networks(networks);
+        let id = raw.id;
+        let archive = ArchiveOptions {
+            flow_log_id: id.clone(),
+            ..ArchiveOptions::from(raw.archive)
+        };
+        let flow_log = FlowLogConfig {
+            id,
+            scope,
+            scope_text: raw.interfaces.into_iter().chain(texts).collect(),
+            traffic_type: raw.traffic_type.unwrap_or_default(),
+            interval: raw.interval.unwrap_or(DEFAULT_INTERVAL),
+            format: Arc::new(
+                raw.format
+                    .unwrap_or_else(|| DEFAULT_FORMAT.parse().expect("the default parses")),
+            ),
+            sinks,
+            metadata: Arc::new(raw.metadata),
+            archive,
+        };
+        flow_log.object_keys_complete()?;
+        Ok(flow_log)
+    }
+
+    /// What its sinks need of the flow log: its renderer, traffic type, object options and key
+    /// layout.
+    pub fn sink_context(&self) -> SinkContext {
+        let this = self.clone();
+        SinkContext {
+            renderer: LineRenderer::new(Arc::clone(&self.format), Arc::clone(&self.metadata)),
+            traffic_type: self.traffic_type,
+            archive: self.archive.clone(),
+            key_layout: Box::new(move |url| this.key_layout(url)),
         }
     }
-    Ok(flow_log)
-}
 
-impl FlowLogConfig {
     /// How the flow log is named in logs, metrics and errors.
     pub fn name(&self) -> &str {
         self.id.as_deref().unwrap_or(CLI_FLOW_LOG)
     }
 
     /// Object keys hold the account and region: a flow log with an object sink needs both.
-    pub fn object_keys_complete(&self) -> Result<(), String> {
-        let needs_keys = self
+    fn object_keys_complete(&self) -> Result<(), FlowLogError> {
+        let Some(SinkSpec::ObjectStore(url)) = self
             .sinks
             .iter()
-            .any(|s| matches!(s, SinkSpec::ObjectStore(_)));
-        let missing: Vec<&str> = [
-            (&self.metadata.account_id, "account-id"),
-            (&self.metadata.region, "region"),
+            .find(|s| matches!(s, SinkSpec::ObjectStore(_)))
+        else {
+            return Ok(());
+        };
+        let missing: Vec<Setting> = [
+            (&self.metadata.account_id, Setting::AccountId),
+            (&self.metadata.region, Setting::Region),
         ]
         .into_iter()
         .filter(|(value, _)| value.is_none())
-        .map(|(_, name)| name)
+        .map(|(_, setting)| setting)
         .collect();
-        if needs_keys && !missing.is_empty() {
-            return Err(format!(
-                "object keys hold the account and region (AWSLogs/<account-id>/vpcflowlogs/<region>/...): {} missing",
-                missing.join(" and ")
-            ));
+        if missing.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        Err(FlowLogError::ObjectKeyNeeds {
+            sink: url.location().to_owned(),
+            missing,
+        })
     }
 
     /// Where an object-store sink's objects go. Without an id, one is derived from what
@@ -399,70 +405,22 @@ impl FlowLogConfig {
     }
 }
 
-fn metadata(args: MetadataArgs) -> Metadata {
-    Metadata {
-        account_id: args.account_id,
-        vpc_id: args.vpc_id,
-        subnet_id: args.subnet_id,
-        instance_id: args.instance_id,
-        region: args.region,
-        az_id: args.az_id,
-        sublocation_type: args.sublocation_type,
-        sublocation_id: args.sublocation_id,
+impl From<RawArchive> for ArchiveOptions {
+    fn from(raw: RawArchive) -> Self {
+        let defaults = ArchiveOptions::default();
+        ArchiveOptions {
+            file_format: raw.file_format.unwrap_or(defaults.file_format),
+            hive_partitions: raw.hive_partitions.unwrap_or(defaults.hive_partitions),
+            per_hour_partition: raw
+                .per_hour_partition
+                .unwrap_or(defaults.per_hour_partition),
+            rotate: raw.rotate.unwrap_or(defaults.rotate),
+            max_object_size: raw.max_object_size.unwrap_or(defaults.max_object_size),
+            flow_log_id: defaults.flow_log_id,
+            spool_dir: raw.spool_dir.unwrap_or(defaults.spool_dir),
+            spool_max_bytes: raw.spool_max_bytes.unwrap_or(defaults.spool_max_bytes),
+        }
     }
-}
-
-/// A duration written as a whole number with a unit: `30s`, `5m`, `1h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let digits_end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(digits_end);
-    let number: u64 = number.parse().map_err(|_| {
-        format!("{text:?} is not a duration: write a whole number and a unit, as in 60s or 5m")
-    })?;
-    let seconds = match unit {
-        "s" => number,
-        "m" => number.saturating_mul(60),
-        "h" => number.saturating_mul(3600),
-        "" => return Err(format!("{text:?} has no unit: write {text}s or {text}m")),
-        other => return Err(format!("{text:?}: unknown unit {other:?} (use s, m or h)")),
-    };
-    Ok(Duration::from_secs(seconds))
-}
-
-/// `--interval`: 1s to 600s.
-pub fn parse_interval(text: &str) -> Result<Duration, String> {
-    let interval = parse_duration(text)?;
-    if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
-        return Err(format!("{text:?} is outside 1s..600s"));
-    }
-    Ok(interval)
-}
-
-/// `--max-flows`: at least 1024 entries (anything smaller is a typo), at most 2^28.
-pub fn parse_max_flows(text: &str) -> Result<u32, String> {
-    let n: u32 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a whole number of flow entries"))?;
-    if !(1024..=1 << 28).contains(&n) {
-        return Err(format!("{n} is outside 1024..268435456"));
-    }
-    Ok(n)
-}
-
-/// A metadata value becomes one field of a space-separated record, so it must be non-empty
-/// printable ASCII without spaces.
-pub fn parse_metadata_value(text: &str) -> Result<String, String> {
-    if text.is_empty() {
-        return Err("empty value (leave the flag out to write -)".to_owned());
-    }
-    if let Some(bad) = text.chars().find(|c| !c.is_ascii_graphic()) {
-        return Err(format!(
-            "{text:?} contains {bad:?}: values are written into space-separated records, so only printable ASCII without spaces is allowed"
-        ));
-    }
-    Ok(text.to_owned())
 }
 
 #[cfg(test)]
@@ -475,7 +433,7 @@ mod tests {
     use crate::cli::{Cli, Command};
 
     fn run_args(args: &[&str]) -> Result<RunArgs, String> {
-        let cli = Cli::try_parse_with_sources(["flowlog-agent", "run"].iter().chain(args))
+        let cli = Cli::try_parse_from(["flowlog-agent", "run"].iter().chain(args))
             .map_err(|e| e.to_string())?;
         match cli.command() {
             Command::Run(args) => Ok(*args),
@@ -485,7 +443,7 @@ mod tests {
 
     #[test]
     fn defaults_are_the_embedded_default() {
-        let config = RunConfig::from_args(run_args(&[]).unwrap()).unwrap();
+        let config = RunConfig::from_args(&run_args(&[]).unwrap()).unwrap();
         let [flow_log] = &config.flow_logs[..] else {
             panic!("one flow log: {:?}", config.flow_logs)
         };
@@ -507,35 +465,13 @@ mod tests {
         let Command::Run(args) = Cli::try_parse_from(["flowlog-agent"]).unwrap().command() else {
             panic!("no subcommand must mean run");
         };
-        assert_eq!(args.interval, Duration::from_secs(60));
+        let no_subcommand = RunConfig::from_args(&args).unwrap();
+        assert_eq!(no_subcommand.flow_logs[0].interval, Duration::from_secs(60));
         assert_eq!(
             config.pin_dir.as_deref(),
             Some(Path::new("/sys/fs/bpf/flowlog"))
         );
         assert_eq!(config.on_exit, OnExit::Keep);
-    }
-
-    #[test]
-    fn durations_need_a_unit_and_a_range() {
-        assert_eq!(parse_interval("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_interval("10m"), Ok(Duration::from_secs(600)));
-        assert!(
-            parse_interval("11m")
-                .unwrap_err()
-                .contains("outside 1s..600s")
-        );
-        assert!(parse_interval("0s").unwrap_err().contains("outside"));
-        assert!(parse_interval("60").unwrap_err().contains("no unit"));
-        assert!(
-            parse_interval("1.5s")
-                .unwrap_err()
-                .contains("unknown unit \".5s\"")
-        );
-        assert!(
-            parse_interval("soon")
-                .unwrap_err()
-                .contains("not a duration")
-        );
     }
 
     #[test]
@@ -595,7 +531,7 @@ mod tests {
             "eu-west-1",
         ])
         .unwrap();
-        let config = RunConfig::from_args(args).unwrap();
+        let config = RunConfig::from_args(&args).unwrap();
         let flow_log = &config.flow_logs[0];
         assert!(!flow_log.scope.is_default());
         assert_eq!(flow_log.interval, Duration::from_secs(2));
@@ -644,7 +580,7 @@ sinks = ["dir:/tmp/flowlog-a"]
     fn the_file_defines_the_flow_logs_and_typed_flags_override_it() {
         let path = config_file(FILE);
         let path_text = path.to_str().unwrap();
-        let config = RunConfig::from_args(run_args(&["--config", path_text]).unwrap()).unwrap();
+        let config = RunConfig::from_args(&run_args(&["--config", path_text]).unwrap()).unwrap();
         let names: Vec<&str> = config.flow_logs.iter().map(|f| f.name()).collect();
         assert_eq!(names, ["fl-accepted", "fl-rejected"]);
         assert_eq!(config.hook, HookChoice::Xdp);
@@ -662,18 +598,18 @@ sinks = ["dir:/tmp/flowlog-a"]
             "--metrics",
             "127.0.0.1:1",
         ]);
-        let config = RunConfig::from_args(args.unwrap()).unwrap();
+        let config = RunConfig::from_args(&args.unwrap()).unwrap();
         assert_eq!(config.hook, HookChoice::Tc);
         assert_eq!(config.max_flows, 8192, "not typed: the file's value");
         assert_eq!(config.metrics, Some("127.0.0.1:1".parse().unwrap()));
 
         // Flow-log flags add one more flow log; without --sink they are refused.
         let args = run_args(&["--config", path_text, "--sink", "stdout", "-i", "lo"]);
-        let config = RunConfig::from_args(args.unwrap()).unwrap();
+        let config = RunConfig::from_args(&args.unwrap()).unwrap();
         let names: Vec<&str> = config.flow_logs.iter().map(|f| f.name()).collect();
         assert_eq!(names, ["fl-accepted", "fl-rejected", CLI_FLOW_LOG]);
         let error =
-            RunConfig::from_args(run_args(&["--config", path_text, "--interval", "5s"]).unwrap())
+            RunConfig::from_args(&run_args(&["--config", path_text, "--interval", "5s"]).unwrap())
                 .unwrap_err()
                 .to_string();
         assert!(error.starts_with("--interval: with --config"), "{error}");
@@ -687,7 +623,9 @@ sinks = ["dir:/tmp/flowlog-a"]
             "--traffic-type",
             "accept",
         ]);
-        let error = RunConfig::from_args(args.unwrap()).unwrap_err().to_string();
+        let error = RunConfig::from_args(&args.unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(
             error.contains("\"fl-accepted\" and \"cli\"") && error.contains("dir:/tmp/flowlog-a"),
             "{error}"
@@ -700,7 +638,7 @@ sinks = ["dir:/tmp/flowlog-a"]
         let path = config_file(
             "[agent]\nhook = \"ebpf\"\n[[flow-log]]\nid = \"fl-a\"\nscope = \"all\"\nsinks = [\"kafka://x\"]\n",
         );
-        let error = RunConfig::from_args(run_args(&["--config", path.to_str().unwrap()]).unwrap())
+        let error = RunConfig::from_args(&run_args(&["--config", path.to_str().unwrap()]).unwrap())
             .unwrap_err()
             .to_string();
         let shown = path.display().to_string();
@@ -718,12 +656,11 @@ sinks = ["dir:/tmp/flowlog-a"]
 
     #[test]
     fn kernel_drops_comes_from_the_flag_or_the_file_and_a_bad_value_names_its_line() {
-        use crate::kernel_drops::KernelDropsMode;
-        let config = RunConfig::from_args(run_args(&[]).unwrap()).unwrap();
+        let config = RunConfig::from_args(&run_args(&[]).unwrap()).unwrap();
         assert_eq!(config.kernel_drops, KernelDropsMode::Refused, "the default");
         let args = run_args(&["--kernel-drops", "all"]).unwrap();
         assert_eq!(
-            RunConfig::from_args(args).unwrap().kernel_drops,
+            RunConfig::from_args(&args).unwrap().kernel_drops,
             KernelDropsMode::All
         );
         let error = run_args(&["--kernel-drops", "some"]).unwrap_err();
@@ -737,11 +674,11 @@ sinks = ["dir:/tmp/flowlog-a"]
             "metrics = \"off\"\nkernel-drops = \"off\"",
         ));
         let file = path.to_str().unwrap();
-        let config = RunConfig::from_args(run_args(&["--config", file]).unwrap()).unwrap();
+        let config = RunConfig::from_args(&run_args(&["--config", file]).unwrap()).unwrap();
         assert_eq!(config.kernel_drops, KernelDropsMode::Off);
         let args = run_args(&["--config", file, "--kernel-drops", "refused"]).unwrap();
         assert_eq!(
-            RunConfig::from_args(args).unwrap().kernel_drops,
+            RunConfig::from_args(&args).unwrap().kernel_drops,
             KernelDropsMode::Refused,
             "the flag typed wins"
         );
@@ -750,7 +687,7 @@ sinks = ["dir:/tmp/flowlog-a"]
         let path = config_file(
             "[agent]\nhook = \"tc\"\nkernel-drops = \"sometimes\"\n[[flow-log]]\nid = \"fl-a\"\nscope = \"all\"\nsinks = [\"stdout\"]\n",
         );
-        let error = RunConfig::from_args(run_args(&["--config", path.to_str().unwrap()]).unwrap())
+        let error = RunConfig::from_args(&run_args(&["--config", path.to_str().unwrap()]).unwrap())
             .unwrap_err()
             .to_string();
         let shown = path.display().to_string();

@@ -2,7 +2,7 @@
 //! clsact otherwise), or XDP on ingress with TC on egress.
 
 use std::{
-    fmt, io,
+    io,
     os::fd::AsFd,
     path::{Path, PathBuf},
 };
@@ -15,89 +15,14 @@ use aya::{
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
         xdp::XdpLinkId,
     },
-    util::KernelVersion,
 };
 
-use super::{CountingProgram, DatapathError, ProgramSet, programs};
+use super::{
+    CountingProgram, DatapathError, ProgramSet,
+    hook::{Hook, TcMode},
+    programs,
+};
 use crate::sys;
-
-/// How the operator asked interfaces to be hooked (`--hook`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum HookChoice {
-    /// XDP on devices whose driver runs it natively without giving up receive offloads, TC
-    /// everywhere else (veth, bridges, tunnels, paravirtual NICs).
-    #[default]
-    Auto,
-    /// TC on ingress and egress.
-    Tc,
-    /// Native (driver) XDP on ingress, TC on egress. Generic (skb) XDP is never used: it sees
-    /// GRO super-packets without their segment count and costs more than TC.
-    Xdp,
-}
-
-/// How one interface is hooked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hook {
-    Tc,
-    Xdp,
-}
-
-impl fmt::Display for Hook {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Hook::Tc => "tc",
-            Hook::Xdp => "xdp",
-        })
-    }
-}
-
-/// How the operator asked TC programs to be attached (`--tc-mode`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum TcModeChoice {
-    /// TCX where the kernel has it (Linux 6.6+), clsact otherwise.
-    #[default]
-    Auto,
-    Tcx,
-    Clsact,
-}
-
-impl TcModeChoice {
-    pub fn resolve(self) -> TcMode {
-        match self {
-            TcModeChoice::Auto => TcMode::for_running_kernel(),
-            TcModeChoice::Tcx => TcMode::Tcx,
-            TcModeChoice::Clsact => TcMode::Clsact,
-        }
-    }
-}
-
-/// How TC programs are attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TcMode {
-    /// BPF links on the TCX hook (Linux 6.6 and later): owned by the agent, gone with it.
-    Tcx,
-    /// Filters under a clsact qdisc (older kernels).
-    Clsact,
-}
-
-impl TcMode {
-    /// TCX when the running kernel has it (6.6 and later), clsact otherwise.
-    pub fn for_running_kernel() -> Self {
-        match KernelVersion::current() {
-            Ok(version) if version >= KernelVersion::new(6, 6, 0) => TcMode::Tcx,
-            _ => TcMode::Clsact,
-        }
-    }
-}
-
-impl fmt::Display for TcMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            TcMode::Tcx => "tcx",
-            TcMode::Clsact => "clsact",
-        })
-    }
-}
 
 /// An interface with programs attached; detaching it (or dropping the `Datapath`) removes them.
 #[derive(Debug)]

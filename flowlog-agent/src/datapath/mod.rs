@@ -4,11 +4,12 @@
 mod attach;
 mod clock;
 mod epoch;
+pub mod hook;
 mod kernel;
 mod kernel_drops;
 pub mod owner;
 mod pins;
-mod policy;
+mod policy_slots;
 mod start;
 
 use std::{collections::BTreeMap, io, path::Path};
@@ -25,9 +26,10 @@ use flowlog_common::{
     stats::Stat,
 };
 
-pub use attach::{AttachedInterface, Hook, HookChoice, TcMode, TcModeChoice};
+pub use attach::AttachedInterface;
 pub use clock::{ClockSample, JiffiesClock};
 pub use epoch::DrainedEpoch;
+pub use hook::{Hook, HookChoice, TcMode, TcModeChoice};
 pub use kernel::{CountingProgram, ProgramSet, has_tcx, why_no_policy};
 pub use pins::{LAYOUT_VERSION, PinnedLinkName, inspect as inspect_pins, remove_pins};
 pub use start::CommittedStart;
@@ -119,7 +121,7 @@ pub struct Datapath {
     attached: BTreeMap<u32, AttachedInterface>,
     /// The build of the counting programs this kernel verifies.
     programs: ProgramSet,
-    policy: policy::PolicyTables,
+    policy: policy_slots::PolicyTables,
     /// Where maps and links are pinned, if they are.
     pins: Option<pins::Pins>,
     /// What a start that has not committed yet must finish or undo; `None` once it committed.
@@ -248,7 +250,7 @@ impl Datapath {
         if let Some(setup) = kernel_drops {
             epochs.kernel_drops = Some(kernel_drops::KernelDrops::load(&mut ebpf, setup)?);
         }
-        let policy = policy::PolicyTables::take(&mut ebpf)?;
+        let policy = policy_slots::PolicyTables::take(&mut ebpf)?;
         let first_clock = clock::sample(&ebpf)?;
         Ok(Self {
             ebpf,

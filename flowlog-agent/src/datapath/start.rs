@@ -11,7 +11,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use aya::{Ebpf, maps::MapData};
 use flowlog_common::maps::FLOWS;
 
-use super::{Datapath, DatapathError, DrainedEpoch, attach, epoch, pins::Pins, policy::InForce};
+use super::{
+    Datapath, DatapathError, DrainedEpoch, attach, epoch, pins::Pins, policy_slots::InForce,
+};
 
 /// What a start that has not committed yet has to finish, or to undo.
 #[derive(Default)]

@@ -21,6 +21,7 @@ mod log_stream;
 pub mod object;
 pub mod secrets;
 mod spec;
+mod start;
 mod stdout;
 
 use std::{future::Future, sync::Arc};
@@ -38,12 +39,22 @@ pub use object::{ObjectStoreSink, SpoolGauges};
 pub use spec::{
     DEFAULT_LOG_DIR, SinkParser, SinkSpec, SinkSpecError, check_duplicate_sinks, default_sinks,
 };
+pub use start::{Health, SinkContext};
 pub use stdout::StdoutSink;
 
 use crate::{
     format::{ColumnType, FieldValue, RecordFormat},
     record::{FlowRecord, IntervalRecords, Metadata},
 };
+
+/// A sink that could not start (the agent, or a reload, refuses to run it).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("sink {sink}: {error}")]
+    Io { sink: String, error: std::io::Error },
+    #[error(transparent)]
+    Object(#[from] object::ObjectSinkError),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {

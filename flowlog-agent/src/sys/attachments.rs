@@ -8,7 +8,7 @@ use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
-use super::{netlink_attribute, netlink_receive, netlink_send, netlink_socket};
+use super::netlink::{netlink_attribute, netlink_receive, netlink_send, netlink_socket};
 
 /// `enum bpf_cmd` values (include/uapi/linux/bpf.h).
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;

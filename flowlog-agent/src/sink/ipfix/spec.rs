@@ -6,7 +6,7 @@
 
 use std::{fmt, str::FromStr, time::Duration};
 
-use crate::config::parse_duration;
+use crate::values::parse_duration;
 
 /// IANA's port for IPFIX.
 pub const DEFAULT_PORT: u16 = 4739;

@@ -22,7 +22,7 @@ use std::{
 
 pub use journal::Journal;
 pub use key::{FileFormat, KeyLayout, UtcTime, derived_flow_log_id, parse_flow_log_id};
-pub use options::{ArchiveArgs, ArchiveOptions, DEFAULT_SPOOL_DIR, parse_byte_size, parse_rotate};
+pub use options::ArchiveOptions;
 pub use parquet::{ParquetObject, schema as parquet_schema};
 pub use spool::{Spool, SpoolGauges, SpoolLoss, SpooledObject};
 pub use store::{ObjectUrl, ObjectUrlError, Scheme};

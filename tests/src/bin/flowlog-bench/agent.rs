@@ -1,33 +1,21 @@
-//! The real `flowlog-agent` binary, run inside a benchmark namespace.
+//! The real `flowlog-agent` binary, run inside a benchmark namespace: the test harness's agent
+//! ([`tests::agent::AgentBuilder`]), with its records discarded and its errors returned.
 
-use std::{
-    fs,
-    io::{BufRead, BufReader},
-    path::PathBuf,
-    process::{Child, ExitStatus, Stdio},
-    sync::mpsc,
-    thread,
-    time::{Duration, Instant},
+use std::{fs, time::Duration};
+
+use ::tests::{
+    agent::{Agent as Running, AgentBuilder, agent_binary},
+    netns::NetNs,
 };
 
-use ::tests::netns::NetNs;
-
-use crate::support::{Context, Result};
+use crate::support::Result;
 
 /// How long the agent may take to load and attach its programs.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long it may take for its final drain and exit after SIGTERM.
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// `FLOWLOG_AGENT_BIN` (set by `cargo xtask bench`), else `flowlog-agent` next to this binary
-/// (both are in `target/release`).
-pub fn binary() -> Result<PathBuf> {
-    let path = match std::env::var_os("FLOWLOG_AGENT_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => std::env::current_exe()
-            .context("locating flowlog-bench")?
-            .with_file_name("flowlog-agent"),
-    };
+/// The agent binary the benchmark runs, if it exists.
+pub fn binary() -> Result<std::path::PathBuf> {
+    let path = agent_binary();
     if !path.is_file() {
         return Err(format!(
             "no agent binary at {} (build it with `cargo build --release -p flowlog-agent`, \
@@ -39,44 +27,18 @@ pub fn binary() -> Result<PathBuf> {
 }
 
 /// A running agent. [`Agent::stop`] ends it with SIGTERM; dropping it kills it.
-pub struct Agent {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    /// Every stderr line read so far, colour codes removed.
-    log: Vec<String>,
-}
+pub struct Agent(Running);
 
 impl Agent {
-    /// Starts `flowlog-agent run ARGS` inside `ns` and waits until it says it attached.
+    /// Starts `flowlog-agent run ARGS` inside `ns` and waits until it is ready.
     pub fn start(ns: &NetNs, args: &[&str]) -> Result<Self> {
-        let binary = binary()?;
-        let program = binary.to_str().context("the agent's path is not UTF-8")?;
-        let mut child = ns
-            .command(program)
-            .arg("run")
+        binary()?;
+        let agent = AgentBuilder::new(ns)
             .args(args)
-            .env("NO_COLOR", "1")
-            .env("FLOWLOG_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context(format!("starting {}", binary.display()))?;
-        let stderr = child.stderr.take().context("the agent's stderr")?;
-        let (send, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(|line| line.ok()) {
-                if send.send(strip_ansi(&line)).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut agent = Agent {
-            child,
-            lines,
-            log: Vec::new(),
-        };
-        agent.wait_for(|line| line.contains("attached"), ATTACH_TIMEOUT)?;
+            .envs(&[("FLOWLOG_LOG", "info")])
+            .stdout_discarded()
+            .ready_within(ATTACH_TIMEOUT)
+            .try_start()?;
         // `ip netns exec` execs the program in place, so the child is the agent itself: its
         // /proc entry is the agent's, memory included.
         let comm = fs::read_to_string(format!("/proc/{}/comm", agent.pid())).unwrap_or_default();
@@ -87,77 +49,36 @@ impl Agent {
                 comm.trim()
             ));
         }
-        Ok(agent)
+        Ok(Self(agent))
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.pid()
     }
 
     /// Waits until a log line (seen before or arriving within `timeout`) satisfies `matches`.
     pub fn wait_for(&mut self, matches: impl Fn(&str) -> bool, timeout: Duration) -> Result<()> {
-        if self.log.iter().any(|line| matches(line)) {
-            return Ok(());
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let found = matches(&line);
-                    self.log.push(line);
-                    if found {
-                        return Ok(());
-                    }
-                }
-                Err(_) => {
-                    let exit = self.child.try_wait().ok().flatten();
-                    return Err(format!(
-                        "the agent did not log what was expected within {timeout:?} (exit: \
-                         {exit:?}); it said:\n{}",
-                        self.log.join("\n")
-                    ));
-                }
-            }
-        }
+        self.0.wait_until(
+            |lines| lines.iter().any(|line| matches(&strip_ansi(line))),
+            timeout,
+        )
     }
 
-    /// Every line logged so far.
-    pub fn log(&mut self) -> &[String] {
-        while let Ok(line) = self.lines.try_recv() {
-            self.log.push(line);
-        }
-        &self.log
+    /// Every line logged so far, colour codes removed.
+    pub fn log(&mut self) -> Vec<String> {
+        self.0.log_now().lines().map(strip_ansi).collect()
     }
 
     /// Sends SIGTERM and waits for the agent's final drain and exit.
-    pub fn stop(mut self) -> Result<ExitStatus> {
-        // SAFETY: kill(2) on our own child, which has not been waited for (so its pid is not
-        // reused); it touches no memory.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().context("waiting for the agent")? {
-                if !status.success() {
-                    let log = self.log().join("\n");
-                    return Err(format!("the agent exited with {status}; it said:\n{log}"));
-                }
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                return Err(format!("the agent did not stop within {STOP_TIMEOUT:?}"));
-            }
-            thread::sleep(Duration::from_millis(20));
+    pub fn stop(self) -> Result<std::process::ExitStatus> {
+        let stopped = self.0.stop();
+        if !stopped.status.success() {
+            return Err(format!(
+                "the agent exited with {}; it said:\n{}",
+                stopped.status, stopped.stderr
+            ));
         }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        Ok(stopped.status)
     }
 }
 

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 use ::tests::frames::FrameBuilder;
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use flowlog_agent::{
-    collector::IntervalBuilder,
     datapath::{Datapath, DatapathConfig, programs},
     format::RecordFormat,
+    interval::IntervalBuilder,
     record::{Metadata, RecordKind},
     sys::{self, thread_cpu_time},
 };

@@ -149,19 +149,12 @@ fn with_agent(client: &NetNs, server: &NetNs, seconds: u64, interval: &str) -> R
     let flood = flood(client, seconds)?;
     let program_after = program_stats()?;
     let uncovered_key = "kernel drops of packets counted in an earlier interval";
-    let log: Vec<String> = agent.log().to_vec();
+    let log = agent.log();
     agent.stop().context("stopping the agent")?;
     let uncovered = log
         .iter()
         .filter(|line| line.contains(uncovered_key))
-        .filter_map(|line| {
-            line.split("packets=")
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
+        .filter_map(|line| crate::agent::field(line, "packets"))
         .sum();
     let dropped = counter(server)? - counter_before;
     let (rejected, accepted) = records(&sinks)?;

@@ -266,7 +266,7 @@ fn check_counted(datapath: &mut Datapath, frames: usize, runs: u64) -> Result<()
     let mut flows = 0;
     let mut packets = 0;
     let interval =
-        flowlog_agent::collector::IntervalBuilder::new(drained.switched_at).build(drained);
+        flowlog_agent::interval::IntervalBuilder::new(drained.switched_at).build(drained);
     for record in &interval.records {
         if let RecordKind::Flow(flow) = &record.kind {
             flows += 1;

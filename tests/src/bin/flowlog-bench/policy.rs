@@ -18,7 +18,7 @@ use std::{fs, net::Ipv4Addr};
 use ::tests::frames::{CraftedFrame, FrameBuilder};
 use aya::Ebpf;
 use flowlog_agent::{
-    datapath::{Datapath, DatapathConfig, programs},
+    datapath::{Datapath, DatapathConfig, Hook, programs},
     policy::{CompiledPolicy, Policy},
 };
 use flowlog_common::{flow::Verdict, maps::DEFAULT_MAX_FLOWS};
@@ -127,38 +127,31 @@ fn udp_frame(source_port: u16, destination_port: u16) -> CraftedFrame {
         .build()
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Hook {
-    Tc,
-    Xdp,
+/// The ingress hooks measured.
+const HOOKS: [Hook; 2] = [Hook::Tc, Hook::Xdp];
+
+fn hook_name(hook: Hook) -> &'static str {
+    match hook {
+        Hook::Tc => "TC",
+        Hook::Xdp => "XDP",
+    }
 }
 
-impl Hook {
-    const ALL: [Hook; 2] = [Hook::Tc, Hook::Xdp];
-
-    fn name(self) -> &'static str {
-        match self {
-            Hook::Tc => "TC",
-            Hook::Xdp => "XDP",
-        }
+/// Both programs see the test run's frames inbound on the loopback, so they share connection
+/// entries: each hook's new flows get their own source ports.
+fn first_source_port(hook: Hook) -> u16 {
+    match hook {
+        Hook::Tc => 10_000,
+        Hook::Xdp => 20_000,
     }
+}
 
-    /// Both programs see the test run's frames inbound on the loopback, so they share
-    /// connection entries: each hook's new flows get their own source ports.
-    fn first_source_port(self) -> u16 {
-        match self {
-            Hook::Tc => 10_000,
-            Hook::Xdp => 20_000,
-        }
-    }
-
-    fn runnable(self, datapath: &mut Datapath) -> Result<Runnable<'_>> {
-        let ebpf: &Ebpf = datapath.ebpf_mut();
-        Ok(match self {
-            Hook::Tc => Runnable::Tc(per_packet::program(ebpf, programs::TC_INGRESS)?),
-            Hook::Xdp => Runnable::Xdp(per_packet::program(ebpf, programs::XDP_INGRESS)?),
-        })
-    }
+fn runnable(hook: Hook, datapath: &mut Datapath) -> Result<Runnable<'_>> {
+    let ebpf: &Ebpf = datapath.ebpf_mut();
+    Ok(match hook {
+        Hook::Tc => Runnable::Tc(per_packet::program(ebpf, programs::TC_INGRESS)?),
+        Hook::Xdp => Runnable::Xdp(per_packet::program(ebpf, programs::XDP_INGRESS)?),
+    })
 }
 
 /// Datapaths without a policy, with the 1,000-rule policy and with a 1-rule one, and the
@@ -226,14 +219,14 @@ impl KernelBench {
     /// packets below are allowed by its last rule, not by a default.
     fn check_rules_are_live(&mut self) -> Result<()> {
         let frame = udp_frame(STEADY_SOURCE_PORT, DENIED_PORT);
-        for hook in Hook::ALL {
-            let program = hook.runnable(&mut self.with_policy)?;
+        for hook in HOOKS {
+            let program = runnable(hook, &mut self.with_policy)?;
             let result = program.run(&frame.bytes, 1).context("BPF_PROG_TEST_RUN")?;
             if result.return_value != program.drop_verdict() {
                 return Err(format!(
                     "{}: a packet to port {DENIED_PORT} returned {:#x}, not the drop verdict: \
                      the policy is not in force",
-                    hook.name(),
+                    hook_name(hook),
                     result.return_value
                 ));
             }
@@ -255,9 +248,9 @@ impl KernelBench {
             }
         };
         let frame = udp_frame(STEADY_SOURCE_PORT, ALLOWED_PORT);
-        for hook in Hook::ALL {
-            let with = hook.runnable(&mut self.with_policy)?;
-            let without = hook.runnable(&mut self.plain)?;
+        for hook in HOOKS {
+            let with = runnable(hook, &mut self.with_policy)?;
+            let without = runnable(hook, &mut self.plain)?;
             let (with_cost, without_cost) =
                 per_packet::compare(with, without, &frame.bytes, &settings)?;
             let runs = (settings.rounds as u64 + 1) * u64::from(settings.repeat);
@@ -266,14 +259,14 @@ impl KernelBench {
             let ratio = with_cost.kernel_ns / without_cost.kernel_ns;
             // The same comparison with a 1-rule policy: a cached verdict should not care how
             // many rules produced it.
-            let one_rule = hook.runnable(&mut self.one_rule)?;
-            let without = hook.runnable(&mut self.plain)?;
+            let one_rule = runnable(hook, &mut self.one_rule)?;
+            let without = runnable(hook, &mut self.plain)?;
             let (one_rule_cost, without_again) =
                 per_packet::compare(one_rule, without, &frame.bytes, &settings)?;
             self.one_rule_accepted += runs;
             self.plain_accepted += runs;
             report.record(Outcome {
-                figure: format!("policy per-packet {}, 1,000 rules vs none", hook.name()),
+                figure: format!("policy per-packet {}, 1,000 rules vs none", hook_name(hook)),
                 measured: format!(
                     "{:.0} ns vs {:.0} ns without a policy = {ratio:.3}",
                     with_cost.kernel_ns, without_cost.kernel_ns
@@ -312,10 +305,10 @@ impl KernelBench {
 
     fn first_packet(&mut self, quick: bool, report: &mut Report) -> Result<()> {
         let flows: u16 = if quick { 300 } else { 3_000 };
-        for hook in Hook::ALL {
+        for hook in HOOKS {
             let mut times = FirstPacketTimes::default();
             let frames: Vec<CraftedFrame> = (0..flows)
-                .map(|i| udp_frame(hook.first_source_port() + i, ALLOWED_PORT))
+                .map(|i| udp_frame(first_source_port(hook) + i, ALLOWED_PORT))
                 .collect();
             for (i, frame) in frames.iter().enumerate() {
                 // Which datapath sees the flow first alternates, so neither always gets the
@@ -335,7 +328,7 @@ impl KernelBench {
                             &mut times.plain_second,
                         )
                     };
-                    let program = hook.runnable(datapath)?;
+                    let program = runnable(hook, datapath)?;
                     first.push(run_once(program, frame)?);
                     second.push(run_once(program, frame)?);
                 }
@@ -348,7 +341,7 @@ impl KernelBench {
                 .set_policy(Some(&self.compiled))
                 .context("publishing the policy again")?;
             for frame in &frames {
-                let program = hook.runnable(&mut self.with_policy)?;
+                let program = runnable(hook, &mut self.with_policy)?;
                 times.after_swap.push(run_once(program, frame)?);
                 times.after_swap_second.push(run_once(program, frame)?);
             }
@@ -438,7 +431,7 @@ impl FirstPacketTimes {
         let after_swap_second = median(&self.after_swap_second);
         let rescan = after_swap - after_swap_second;
         report.record(Outcome {
-            figure: format!("policy first packet {}, 1,000 rules", hook.name()),
+            figure: format!("policy first packet {}, 1,000 rules", hook_name(hook)),
             measured: format!(
                 "{first:.0} ns (p90 {:.0}); {:.0} ns more than the flow's second packet",
                 percentile(&self.first, 0.9),

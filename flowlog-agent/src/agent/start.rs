@@ -13,22 +13,31 @@
 //!
 //! A plan that is dropped without committing (an error on the way) is undone the same way.
 
-use std::path::PathBuf;
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::SystemTime,
+};
 
-use aya::util::KernelVersion;
-use flowlog_common::policy::Rule;
+use flowlog_common::{maps::flow_maps_memory_bytes, policy::Rule};
 
+use super::{
+    Agent, AgentError, Inputs, RunSummary, follow::LinkWatcher, signals::Signals,
+    spawn_kernel_log_reader, stats::StatsDelta,
+};
 use crate::{
-    agent::AgentError,
+    cli::RunArgs,
     config::RunConfig,
     datapath::{
-        CommittedStart, Datapath, DatapathConfig, Hook, HookChoice, TcMode, TcModeChoice,
+        CommittedStart, Datapath, DatapathConfig, Hook, HookChoice, TcMode, hook,
         owner::{self, ForeignProgram},
     },
+    flow_log::FlowLog,
     interfaces::{self, Interface},
     kernel_drops::{self, KernelDropsMode},
+    metrics::{self, Metrics},
     policy::{CompiledPolicy, Exclusion},
-    privileges, sys,
+    privileges,
 };
 
 /// Everything a start needs, resolved and checked; the datapath is loaded but changes nothing.
@@ -66,6 +75,113 @@ pub struct Started {
     pub vanished: Vec<VanishedInterface>,
 }
 
+impl Agent {
+    /// Starts the agent: plans, starts the flow logs' sinks and the metrics endpoint, then
+    /// commits the plan (attaches), and gathers what a previous agent left to write.
+    pub(super) async fn start(
+        args: RunArgs,
+        config: RunConfig,
+    ) -> Result<(Agent, Inputs), AgentError> {
+        let mut plan = Plan::make(&config)?;
+        let datapath = plan.datapath_mut();
+        // Statistics of pinned maps are running totals of earlier agents too: report from what
+        // they reported, or else from here on (before anything is attached, so nothing is
+        // missed).
+        let stats = StatsDelta::starting_from(datapath)?;
+        let max_flows = datapath.flow_capacity().unwrap_or(config.max_flows);
+        let metrics = Arc::new(Metrics::default());
+        metrics.map_capacity.set(i64::from(max_flows));
+        if datapath.reused_pinned_maps() {
+            tracing::info!(
+                pin_dir = %config.pin_dir.as_deref().unwrap_or(Path::new("")).display(),
+                "adopted the maps of the previous agent: what it left undrained and what was counted since is in the first interval"
+            );
+        }
+        tracing::info!(
+            max_flows,
+            kernel_memory_mib_max = flow_maps_memory_bytes(max_flows) >> 20,
+            "datapath loaded"
+        );
+        if let Some(logger) = datapath.take_logger() {
+            spawn_kernel_log_reader(logger);
+        }
+        let now = SystemTime::now();
+        let mut flow_logs = Vec::new();
+        for flow_log in &config.flow_logs {
+            flow_logs.push(FlowLog::start(flow_log.clone(), now).await?);
+        }
+        let signals = Signals::install().map_err(AgentError::Signals)?;
+        // Subscribed before the first listing, so no interface can appear unseen in between.
+        let links = LinkWatcher::new().map_err(AgentError::LinkWatch)?;
+        if let Some(address) = config.metrics {
+            // Flow logs matter more than their metrics: a port that cannot be bound (taken, or
+            // no loopback) is reported, not fatal.
+            match metrics::serve(address, Arc::clone(&metrics)).await {
+                Ok(bound) => tracing::info!("metrics at http://{bound}/metrics"),
+                Err(error) => tracing::error!(%address, %error, "metrics not served"),
+            }
+        }
+
+        let Started {
+            datapath,
+            committed,
+            vanished,
+        } = plan.commit()?;
+        let mut agent = Agent {
+            config,
+            args,
+            datapath,
+            flow_logs,
+            stats,
+            metrics,
+            leftovers: None,
+            summary: RunSummary::default(),
+        };
+        agent.publish_sink_metrics();
+        agent.follow_interfaces();
+        for flow_log in &mut agent.flow_logs {
+            for interface in &vanished {
+                if flow_log.add_vanished(interface.ifindex, &interface.name) {
+                    tracing::info!(
+                        flow_log = flow_log.name(),
+                        interface = %interface.name,
+                        ifindex = interface.ifindex,
+                        "interface deleted while no agent ran: what was counted on it is written under its name"
+                    );
+                }
+            }
+        }
+        if !committed.stale_links.is_empty() {
+            tracing::info!(links = ?committed.stale_links, "removed pinned links of interfaces no longer logged");
+        }
+        // Everything that needs more than the running set is done: programs loaded, bpffs
+        // mounted, sinks and the metrics port open.
+        match privileges::drop_to_running_set() {
+            Ok(kept) => tracing::info!(kept, "dropped every other capability"),
+            Err(error) => tracing::warn!(%error, "could not drop capabilities"),
+        }
+        // A previous agent's undrained epoch (it was killed, or stopped with its programs kept)
+        // joins the first interval, and so do flow maps replaced by maps of another size.
+        let datapath = &mut agent.datapath;
+        if datapath.reused_pinned_maps() {
+            agent.leftovers = Some(tokio::task::block_in_place(|| datapath.drain_leftovers())?);
+        }
+        if let Some((capacity, replaced)) = committed.replaced_flows {
+            tracing::info!(
+                from = capacity,
+                to = max_flows,
+                "flow maps resized: the previous agent's counts carry over"
+            );
+            match &mut agent.leftovers {
+                Some(leftovers) => leftovers.absorb(replaced),
+                None => agent.leftovers = Some(replaced),
+            }
+        }
+        super::notify::notify("READY=1");
+        Ok((agent, Inputs { signals, links }))
+    }
+}
+
 impl Plan {
     /// Resolves and checks everything `config` asks for.
     pub fn make(config: &RunConfig) -> Result<Self, AgentError> {
@@ -73,12 +189,21 @@ impl Plan {
         let exclusions = Exclusion::compile(&config.exclusions).map_err(AgentError::Exclusions)?;
         let available = interfaces::list().map_err(AgentError::ListInterfaces)?;
         let selected = select_interfaces(config, &available)?;
-        let tc_mode = resolve_tc_mode(config.tc_mode)?;
+        let tc_mode = hook::plan_tc_mode(config.tc_mode).map_err(AgentError::Plan)?;
+        if config.tc_mode == crate::datapath::TcModeChoice::Auto && tc_mode == TcMode::Clsact {
+            tracing::warn!(
+                "this kernel has no TCX (Linux 6.6+): falling back to clsact for TC programs"
+            );
+        }
         let interfaces = selected
             .into_iter()
             .map(|interface| {
-                let hook = plan_hook(config.hook, &interface)?;
-                Ok((interface, hook))
+                let planned =
+                    hook::plan(config.hook, &interface).map_err(|message| AgentError::Hook {
+                        interface: interface.name.clone(),
+                        message,
+                    })?;
+                Ok((interface, planned))
             })
             .collect::<Result<Vec<_>, AgentError>>()?;
         let datapath_config = DatapathConfig {
@@ -248,44 +373,6 @@ pub fn select_interfaces(
         tracing::warn!("no interface selected: every interval will be empty");
     }
     Ok(selected)
-}
-
-/// How TC programs attach on this kernel; an explicit `--tc-mode tcx` where there is none is
-/// refused now rather than at the first attach.
-fn resolve_tc_mode(choice: TcModeChoice) -> Result<TcMode, AgentError> {
-    let tc_mode = choice.resolve();
-    if choice == TcModeChoice::Auto && tc_mode == TcMode::Clsact {
-        tracing::warn!(
-            "this kernel has no TCX (Linux 6.6+): falling back to clsact for TC programs"
-        );
-    }
-    if choice == TcModeChoice::Tcx && TcMode::for_running_kernel() == TcMode::Clsact {
-        let kernel = KernelVersion::current()
-            .map(|v| v.to_string())
-            .unwrap_or_else(|_| "unknown".into());
-        return Err(AgentError::Unsupported(format!(
-            "--tc-mode tcx: this kernel ({kernel}) has no TCX, which came in Linux 6.6; use --tc-mode auto or clsact"
-        )));
-    }
-    Ok(tc_mode)
-}
-
-/// The ingress hook of one interface. An explicit `--hook xdp` on a driver that says it has no
-/// native XDP (Linux 6.3+ says) is refused now; `auto` falls back to TC when attaching.
-fn plan_hook(choice: HookChoice, interface: &Interface) -> Result<Hook, AgentError> {
-    let hook = interfaces::hook_for(choice, interface);
-    if hook == Hook::Xdp
-        && choice == HookChoice::Xdp
-        && matches!(sys::xdp_features(interface.ifindex), Ok(Some(features)) if features & 1 == 0)
-    {
-        return Err(AgentError::Hook {
-            interface: interface.name.clone(),
-            message:
-                "its driver has no native XDP (as the kernel says); use --hook tc or --hook auto"
-                    .into(),
-        });
-    }
-    Ok(hook)
 }
 
 /// Attaches with the hook planned; `auto` falls back to TC if the driver refuses native XDP.

@@ -1,6 +1,17 @@
 //! The policy file (`--policy FILE`, TOML): network ACL and security group, read, checked as a
 //! whole (an error names the file, the line and the reason) and compiled into the rule tables
-//! the kernel programs evaluate (`flowlog_common::policy`).
+//! the kernel programs evaluate.
+//!
+//! The policy's story, in the order a packet meets it:
+//! 1. here: the file is read, checked and compiled ([`Policy::load`], [`Policy::compile`]);
+//!    what rules and exclusions match is in `matcher.rs`, exclusions in `exclusion.rs`;
+//! 2. `flowlog_common::policy`: the layout both sides share (rules, slot settings, the
+//!    connection table's entries, the `POLICY_ACTIVE` word);
+//! 3. `datapath/policy_slots.rs`: a compiled policy written into the slot the programs do not
+//!    use, then made live by one store;
+//! 4. `flowlog-ebpf/src/decide.rs`: per packet, the live slot, the connection table and, when not
+//!    cached, the rules; the semantics it applies (layer order, connection tracking) are
+//!    host-tested in `flowlog-ebpf/src/policy.rs`.
 //!
 //! ```toml
 //! mode = "enforce"             # or "audit"
@@ -20,18 +31,21 @@
 //! cidr = "0.0.0.0/0"
 //! ```
 
+mod exclusion;
+mod matcher;
+
 use std::{
-    net::IpAddr,
     ops::Range,
     path::{Path, PathBuf},
 };
 
-use flowlog_common::{
-    flow::AddressFamily,
-    policy::{
-        ANY_PROTOCOL, MAX_ACL_RULES, MAX_EXCLUSIONS, MAX_SG_RULES, MODE_AUDIT, MODE_ENFORCE,
-        PolicyConfig, RULE_ALLOW, RULE_DENY, Rule,
-    },
+pub use exclusion::Exclusion;
+pub use matcher::{Matcher, Network, parse_network};
+use matcher::{family_mismatch, parse_ports};
+
+use flowlog_common::policy::{
+    MAX_ACL_RULES, MAX_SG_RULES, MODE_AUDIT, MODE_ENFORCE, PolicyConfig, RULE_ALLOW, RULE_DENY,
+    Rule,
 };
 use serde::Deserialize;
 use toml::Spanned;
@@ -76,21 +90,6 @@ pub struct SecurityGroup {
     pub ingress: Vec<Matcher>,
     /// `None`: no egress section, every outbound connection is allowed.
     pub egress: Option<Vec<Matcher>>,
-}
-
-/// What a rule matches: protocol (`None` = all), remote network, port range.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Matcher {
-    pub protocol: Option<u8>,
-    pub network: Network,
-    pub ports: (u16, u16),
-}
-
-/// An address prefix (`198.18.0.0/15`, `fd00::/8`).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Network {
-    pub address: IpAddr,
-    pub prefix_len: u8,
 }
 
 // The file as written. Values that need checking keep their span, for the line number.
@@ -425,232 +424,10 @@ fn parse_matcher(
     })
 }
 
-/// Why a rule for `protocol` on `network` could never match: ICMP is IPv4's, ICMPv6 IPv6's.
-fn family_mismatch(protocol: Option<u8>, network: &Network) -> Option<String> {
-    match (protocol, network.address.is_ipv4()) {
-        (Some(1), false) => Some(
-            "icmp is IPv4's; an IPv6 CIDR never matches it (use icmpv6, or an IPv4 CIDR)".into(),
-        ),
-        (Some(58), true) => Some(
-            "icmpv6 is IPv6's; an IPv4 CIDR never matches it (use icmp, or an IPv6 CIDR)".into(),
-        ),
-        _ => None,
-    }
-}
-
-/// `198.18.0.0/15`, `fd00::/8`, or a bare address (a /32 or /128).
-pub fn parse_network(text: &str) -> Result<Network, String> {
-    let (address, prefix_len) = match text.split_once('/') {
-        Some((address, len)) => (address, Some(len)),
-        None => (text, None),
-    };
-    let address: IpAddr = address
-        .parse()
-        .map_err(|_| "not an IPv4 or IPv6 address with a prefix length".to_owned())?;
-    let max = if address.is_ipv4() { 32 } else { 128 };
-    let prefix_len = match prefix_len {
-        None => max,
-        Some(len) => len
-            .parse::<u8>()
-            .ok()
-            .filter(|len| *len <= max)
-            .ok_or_else(|| format!("prefix length {len:?}: expected 0 to {max}"))?,
-    };
-    let network = Network {
-        address,
-        prefix_len,
-    };
-    let (prefix, _) = network.prefix_and_mask();
-    if prefix != key_bytes(address) {
-        return Err(format!(
-            "host bits are set; the network is {}/{prefix_len}",
-            network.masked_address()
-        ));
-    }
-    Ok(network)
-}
-
-fn parse_ports(text: &str) -> Result<(u16, u16), String> {
-    let port = |part: &str| {
-        part.trim()
-            .parse::<u16>()
-            .map_err(|_| format!("{part:?} is not a port (0-65535)"))
-    };
-    let (min, max) = match text.split_once('-') {
-        Some((min, max)) => (port(min)?, port(max)?),
-        None => {
-            let p = port(text)?;
-            (p, p)
-        }
-    };
-    if min > max {
-        return Err("the range is empty (first port above the last)".into());
-    }
-    Ok((min, max))
-}
-
-/// An address in the flow key's layout: IPv4 in the first four bytes.
-fn key_bytes(address: IpAddr) -> [u8; 16] {
-    let mut out = [0; 16];
-    match address {
-        IpAddr::V4(v4) => out[..4].copy_from_slice(&v4.octets()),
-        IpAddr::V6(v6) => out = v6.octets(),
-    }
-    out
-}
-
-impl Network {
-    /// Whether `address` is inside this network (never across families).
-    pub fn contains(&self, address: IpAddr) -> bool {
-        if address.is_ipv4() != self.address.is_ipv4() {
-            return false;
-        }
-        let (prefix, mask) = self.prefix_and_mask();
-        let bytes = key_bytes(address);
-        bytes
-            .iter()
-            .zip(mask)
-            .zip(prefix)
-            .all(|((byte, mask), prefix)| byte & mask == prefix)
-    }
-
-    fn family(&self) -> AddressFamily {
-        if self.address.is_ipv4() {
-            AddressFamily::Ipv4
-        } else {
-            AddressFamily::Ipv6
-        }
-    }
-
-    /// Prefix (masked address) and mask, in the flow key's layout.
-    fn prefix_and_mask(&self) -> ([u8; 16], [u8; 16]) {
-        let mut mask = [0u8; 16];
-        for bit in 0..self.prefix_len as usize {
-            mask[bit / 8] |= 0x80 >> (bit % 8);
-        }
-        let mut prefix = key_bytes(self.address);
-        for (byte, m) in prefix.iter_mut().zip(mask) {
-            *byte &= m;
-        }
-        (prefix, mask)
-    }
-
-    fn masked_address(&self) -> IpAddr {
-        let (prefix, _) = self.prefix_and_mask();
-        match self.address {
-            IpAddr::V4(_) => IpAddr::from([prefix[0], prefix[1], prefix[2], prefix[3]]),
-            IpAddr::V6(_) => IpAddr::from(prefix),
-        }
-    }
-}
-
-impl Matcher {
-    fn compile(&self, action: u8) -> Rule {
-        let (prefix, mask) = self.network.prefix_and_mask();
-        Rule {
-            prefix,
-            mask,
-            port_min: self.ports.0,
-            port_max: self.ports.1,
-            protocol: self.protocol.map_or(ANY_PROTOCOL, u16::from),
-            family: self.network.family() as u8,
-            action,
-        }
-    }
-}
-
-/// Traffic not logged (`--exclude CIDR[/PROTO[:PORT]]`): it matches when either address is in
-/// the network, the protocol matches and either port is the port.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Exclusion(pub Matcher);
-
-impl Exclusion {
-    /// The defaults, as AWS excludes them: DHCP and DHCPv6, the instance metadata service and
-    /// the time sync service (IPv4 and IPv6).
-    pub fn defaults() -> Vec<Exclusion> {
-        [
-            "0.0.0.0/0/udp:67",
-            "0.0.0.0/0/udp:68",
-            "::/0/udp:546",
-            "::/0/udp:547",
-            "169.254.169.254/32",
-            "169.254.169.123/32",
-            "fd00:ec2::254/128",
-            "fd00:ec2::123/128",
-        ]
-        .into_iter()
-        .map(|text| Exclusion::parse(text).expect("the defaults parse"))
-        .collect()
-    }
-
-    /// `CIDR`, `CIDR/PROTO` or `CIDR/PROTO:PORT` (`169.254.169.254/32`, `0.0.0.0/0/udp:67`).
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = |why: String| format!("--exclude {text:?}: {why}");
-        // The CIDR has at most one '/'; a second one starts the protocol.
-        let (cidr, rest) = match text.match_indices('/').nth(1) {
-            Some((at, _)) => (&text[..at], Some(&text[at + 1..])),
-            None => (text, None),
-        };
-        let network = parse_network(cidr).map_err(|why| bad(format!("{cidr:?}: {why}")))?;
-        let (protocol, ports) = match rest {
-            None => (None, (0, u16::MAX)),
-            Some(rest) => {
-                let (name, port) = match rest.split_once(':') {
-                    Some((name, port)) => (name, Some(port)),
-                    None => (rest, None),
-                };
-                let protocol = match name {
-                    "tcp" => Some(6),
-                    "udp" => Some(17),
-                    "icmp" => Some(1),
-                    "icmpv6" => Some(58),
-                    "all" => None,
-                    other => Some(other.parse::<u8>().map_err(|_| {
-                        bad(format!(
-                            "protocol {other:?}: expected tcp, udp, icmp, icmpv6, all or 0-255"
-                        ))
-                    })?),
-                };
-                let ports = match port {
-                    None => (0, u16::MAX),
-                    Some(port) => {
-                        if !matches!(protocol, Some(6 | 17)) {
-                            return Err(bad(format!(
-                                "port {port:?}: {name} has no ports (only tcp and udp do)"
-                            )));
-                        }
-                        let port: u16 = port
-                            .parse()
-                            .map_err(|_| bad(format!("port {port:?}: expected 0-65535")))?;
-                        (port, port)
-                    }
-                };
-                (protocol, ports)
-            }
-        };
-        if let Some(message) = family_mismatch(protocol, &network) {
-            return Err(bad(format!("{cidr:?}: {message}")));
-        }
-        Ok(Exclusion(Matcher {
-            protocol,
-            network,
-            ports,
-        }))
-    }
-
-    pub fn compile(list: &[Exclusion]) -> Result<Vec<Rule>, String> {
-        if list.len() > MAX_EXCLUSIONS as usize {
-            return Err(format!(
-                "{} exclusions: at most {MAX_EXCLUSIONS} are supported",
-                list.len()
-            ));
-        }
-        Ok(list.iter().map(|e| e.0.compile(RULE_ALLOW)).collect())
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use flowlog_common::{flow::AddressFamily, policy::ANY_PROTOCOL};
+
     use super::*;
 
     const EXAMPLE: &str = r#"
