@@ -2,7 +2,7 @@
 //! an absolute within one run (variants alternate, medians are kept: the machine is shared).
 //!
 //! ```text
-//! cargo xtask bench [-- [--only per-packet|throughput|drain|memory|ipfix|policy|encoders|kernel-drops]... [--quick]]
+//! cargo xtask bench [-- [--only per-packet|throughput|drain|memory|ipfix|policy|encoders|kernel-drops|rate|idle]... [--quick]]
 //! ```
 //!
 //! Exits 0 when every figure asked for was measured, whether or not it met its goal; 1 when a
@@ -11,11 +11,13 @@
 mod agent;
 mod drain;
 mod encoders;
+mod idle;
 mod ipfix;
 mod kernel_drops;
 mod memory;
 mod per_packet;
 mod policy;
+mod rate;
 mod report;
 mod support;
 mod throughput;
@@ -34,10 +36,12 @@ enum Figure {
     Policy,
     Encoders,
     KernelDrops,
+    Rate,
+    Idle,
 }
 
 impl Figure {
-    const ALL: [Figure; 8] = [
+    const ALL: [Figure; 10] = [
         Figure::PerPacket,
         Figure::Throughput,
         Figure::Drain,
@@ -46,6 +50,8 @@ impl Figure {
         Figure::Policy,
         Figure::Encoders,
         Figure::KernelDrops,
+        Figure::Rate,
+        Figure::Idle,
     ];
 
     fn name(self) -> &'static str {
@@ -58,6 +64,8 @@ impl Figure {
             Figure::Policy => "policy",
             Figure::Encoders => "encoders",
             Figure::KernelDrops => "kernel-drops",
+            Figure::Rate => "rate",
+            Figure::Idle => "idle",
         }
     }
 
@@ -71,6 +79,8 @@ impl Figure {
             Figure::Policy => policy::measure(quick, report),
             Figure::Encoders => encoders::measure(quick, report),
             Figure::KernelDrops => kernel_drops::measure(quick, report),
+            Figure::Rate => rate::measure(quick, report),
+            Figure::Idle => idle::measure(quick, report),
         }
     }
 }
@@ -82,7 +92,7 @@ struct Options {
     quick: bool,
 }
 
-const USAGE: &str = "usage: flowlog-bench [--only per-packet|throughput|drain|memory|ipfix|policy|encoders|kernel-drops]... [--quick]";
+const USAGE: &str = "usage: flowlog-bench [--only per-packet|throughput|drain|memory|ipfix|policy|encoders|kernel-drops|rate|idle]... [--quick]";
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
     let mut only = Vec::new();
