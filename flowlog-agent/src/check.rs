@@ -11,6 +11,7 @@ use crate::{
     config::{FlowLogConfig, RunConfig},
     datapath::{Datapath, DatapathConfig, HookChoice, TcMode, has_tcx, hook, why_no_policy},
     interfaces::{self, Interface},
+    kernel_drops::KernelDropsMode,
     privileges,
     sink::SinkSpec,
     sys,
@@ -91,9 +92,14 @@ pub async fn check(config: &RunConfig) -> Report {
         Err(error) => report.add(Level::Fail, "privileges", error.to_string()),
     }
     bpffs(&mut report, config);
-    let programs = Datapath::load(DatapathConfig {
-        max_flows: config.max_flows,
-    });
+    let drops = kernel_drops(&mut report, config.kernel_drops);
+    let programs = Datapath::load_full(
+        DatapathConfig {
+            max_flows: config.max_flows,
+        },
+        None,
+        drops.as_ref(),
+    );
     match programs {
         Ok(datapath) => report.add(
             Level::Ok,
@@ -123,6 +129,41 @@ pub async fn check(config: &RunConfig) -> Report {
         }
     }
     report
+}
+
+/// Whether the kernel's own drops can be REJECT records here (`--kernel-drops`); the setup, for
+/// the programs check to verify the drop program too.
+fn kernel_drops(report: &mut Report, mode: KernelDropsMode) -> Option<crate::kernel_drops::Setup> {
+    match crate::kernel_drops::probe(mode) {
+        Ok(Some(setup)) => {
+            report.add(
+                Level::Ok,
+                "kernel drops",
+                format!(
+                    "--kernel-drops {mode}: the kernel names its drops ({} reasons, {} counted); skb:kfree_skb carries them",
+                    setup.reasons.iter().count(),
+                    setup.counted_slots().len()
+                ),
+            );
+            Some(setup)
+        }
+        Ok(None) => {
+            report.add(
+                Level::Ok,
+                "kernel drops",
+                "--kernel-drops off: packets the host drops are recorded as flowlog's programs see them",
+            );
+            None
+        }
+        Err(unavailable) => {
+            report.add(
+                Level::Warn,
+                "kernel drops",
+                format!("{unavailable}; the agent runs without them"),
+            );
+            None
+        }
+    }
 }
 
 fn kernel(report: &mut Report, config: &RunConfig) {

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     datapath::{HookChoice, TcModeChoice},
     format::RecordFormat,
+    kernel_drops::KernelDropsMode,
     policy::Exclusion,
     sink::{SinkParser, SinkSpec, object::FileFormat},
     values::{
@@ -153,6 +154,13 @@ pub struct RunArgs {
     /// until the next agent), or `detach` them and write every count. Default: keep.
     #[arg(long, value_enum)]
     pub on_exit: Option<OnExit>,
+
+    /// Which packets the kernel itself drops become REJECT records with the kernel's reason
+    /// (`netfilter-drop`, `no-socket`, ...): `refused` what the host refused (firewall rules, no
+    /// socket, reverse path filter, routes; see README), `all` every drop, `off` none. Needs
+    /// drop reasons (Linux 5.17+). Default: refused.
+    #[arg(long, value_enum)]
+    pub kernel_drops: Option<KernelDropsMode>,
 
     /// Where to serve Prometheus metrics (`GET /metrics`), or `off`. Default: 127.0.0.1:9753.
     #[arg(long, value_name = "ADDR|off", value_parser = parse_metrics_address)]

@@ -527,6 +527,7 @@ mod tests {
                 Verdict::RejectAcl
             },
             tcp_flags: 19,
+            drop_reason: None,
         }
     }
 

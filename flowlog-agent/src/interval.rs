@@ -179,6 +179,7 @@ fn flow_of(key: &FlowKey, counters: &FlowCounters) -> Option<Flow> {
             IpAddr::V6(Ipv6Addr::from(key.dst_addr)),
         ),
     };
+    let verdict = Verdict::try_from(key.verdict).ok()?;
     Some(Flow {
         direction: Direction::try_from(key.direction).ok()?,
         src_addr,
@@ -188,8 +189,11 @@ fn flow_of(key: &FlowKey, counters: &FlowCounters) -> Option<Flow> {
         protocol: key.protocol,
         packets: counters.packets,
         bytes: counters.bytes,
-        verdict: Verdict::try_from(key.verdict).ok()?,
+        verdict,
         tcp_flags: counters.tcp_flags as u8,
+        // A kernel drop's key holds its reason in place of the CPU.
+        drop_reason: (verdict == Verdict::KernelDrop)
+            .then(|| crate::kernel_drops::reason_name(key.cpu)),
     })
 }
 
@@ -257,6 +261,7 @@ mod tests {
             flows: flows.into_iter().collect::<FxHashMap<_, _>>(),
             skipped: BTreeMap::new(),
             unattributed: PacketCount::default(),
+            kernel_drops: Default::default(),
             entries: 0,
             switched_at: at(end),
             quiescent_at: at(end),

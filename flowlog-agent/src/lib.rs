@@ -11,6 +11,7 @@ pub mod flow_log;
 pub mod format;
 pub mod interfaces;
 pub mod interval;
+pub mod kernel_drops;
 pub mod metrics;
 pub mod policy;
 pub mod privileges;

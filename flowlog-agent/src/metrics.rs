@@ -29,6 +29,11 @@ pub struct VerdictLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
 }
@@ -54,6 +59,11 @@ pub struct Metrics {
     pub skipped_packets: Counter,
     pub skipped_bytes: Counter,
     pub not_flows: Family<KindLabels, Counter>,
+    pub kernel_drop_packets: Family<ReasonLabels, Counter>,
+    pub kernel_drop_bytes: Family<ReasonLabels, Counter>,
+    pub kernel_drops_uncovered: Counter,
+    pub kernel_drops_unrecorded: Counter,
+    pub kernel_drops_missed: Counter,
     pub flows: Gauge,
     pub map_entries: Gauge,
     pub map_capacity: Gauge,
@@ -121,6 +131,31 @@ impl Metrics {
             "datapath_not_flow_packets",
             "Packets seen but not counted as flows: non_ip, malformed, excluded",
             self.not_flows.clone(),
+        );
+        r.register(
+            "kernel_drop_packets",
+            "Packets the kernel dropped on the logged interfaces (REJECT records), by the kernel's drop reason",
+            self.kernel_drop_packets.clone(),
+        );
+        r.register(
+            "kernel_drop_bytes",
+            "IP bytes of those packets, by reason",
+            self.kernel_drop_bytes.clone(),
+        );
+        r.register(
+            "kernel_drops_uncovered_packets",
+            "Kernel drops whose ACCEPT count was not in the same drain (counted in an earlier interval, or never seen by flowlog's programs)",
+            self.kernel_drops_uncovered.clone(),
+        );
+        r.register(
+            "kernel_drops_missed",
+            "Drops the kernel did not show the drop program (it interrupted itself on a CPU and was not re-entered)",
+            self.kernel_drops_missed.clone(),
+        );
+        r.register(
+            "kernel_drops_unrecorded_packets",
+            "Kernel drops that found the drop map full: not recorded",
+            self.kernel_drops_unrecorded.clone(),
         );
         r.register(
             "flows",
@@ -229,13 +264,32 @@ impl Metrics {
             let Ok(verdict) = Verdict::try_from(key.verdict) else {
                 continue;
             };
+            let reason = match verdict {
+                Verdict::KernelDrop => Some(crate::kernel_drops::reason_name(key.cpu)),
+                verdict => reject_reason(verdict),
+            };
             let labels = VerdictLabels {
                 action: action(verdict).to_owned(),
-                reason: reject_reason(verdict).unwrap_or("-").to_owned(),
+                reason: reason.unwrap_or("-").to_owned(),
             };
             self.packets.get_or_create(&labels).inc_by(counters.packets);
             self.bytes.get_or_create(&labels).inc_by(counters.bytes);
         }
+        let drops = &drained.kernel_drops;
+        for (reason, count) in &drops.by_reason {
+            let labels = ReasonLabels {
+                reason: (*reason).to_owned(),
+            };
+            self.kernel_drop_packets
+                .get_or_create(&labels)
+                .inc_by(count.packets);
+            self.kernel_drop_bytes
+                .get_or_create(&labels)
+                .inc_by(count.bytes);
+        }
+        self.kernel_drops_uncovered.inc_by(drops.uncovered.packets);
+        self.kernel_drops_unrecorded
+            .inc_by(drops.unrecorded.packets);
         for count in drained.skipped.values().chain([&drained.unattributed]) {
             self.skipped_packets.inc_by(count.packets);
             self.skipped_bytes.inc_by(count.bytes);

@@ -46,6 +46,9 @@ pub struct Flow {
     pub verdict: Verdict,
     /// OR of the TCP flags in the VPC Flow Logs encoding; 0 for other protocols.
     pub tcp_flags: u8,
+    /// For [`Verdict::KernelDrop`]: the kernel's drop reason (`netfilter-drop`, `no-socket`,
+    /// ...).
+    pub drop_reason: Option<&'static str>,
 }
 
 impl RecordKind {
@@ -68,9 +71,10 @@ impl Flow {
     /// The `reject-reason` field: the policy layer that dropped the packets (`acl`,
     /// `security-group`, `closed-connection`), or in audit mode the layer that would have,
     /// prefixed `audit-` (the action stays ACCEPT, since nothing was dropped). None (`-`) for
-    /// packets the policy accepted.
+    /// packets the policy accepted. A packet the kernel dropped has the kernel's reason
+    /// (`netfilter-drop`, `no-socket`, ...).
     pub fn reject_reason(&self) -> Option<&'static str> {
-        reject_reason(self.verdict)
+        self.drop_reason.or_else(|| reject_reason(self.verdict))
     }
 
     /// The `type` field.
@@ -109,6 +113,8 @@ pub fn reject_reason(verdict: Verdict) -> Option<&'static str> {
         Verdict::AuditAcl => Some("audit-acl"),
         Verdict::AuditSecurityGroup => Some("audit-security-group"),
         Verdict::AuditClosedConnection => Some("audit-closed-connection"),
+        // The kernel's reason is in the flow ([`Flow::drop_reason`]).
+        Verdict::KernelDrop => Some("kernel"),
     }
 }
 

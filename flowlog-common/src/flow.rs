@@ -62,6 +62,9 @@ pub enum Verdict {
     AuditSecurityGroup = 0x12,
     /// Passed in audit mode; it belongs to a closed connection.
     AuditClosedConnection = 0x13,
+    /// Dropped by the kernel itself (netfilter, no socket, ...): only in the agent's drained
+    /// flows, whose `cpu` field then holds the kernel's drop reason (see `crate::drops`).
+    KernelDrop = 0x20,
 }
 
 /// The policy layer that rejects a packet (the low nibble of a [`Verdict`]).
@@ -94,6 +97,7 @@ impl TryFrom<u8> for Verdict {
             0x11 => Ok(Self::AuditAcl),
             0x12 => Ok(Self::AuditSecurityGroup),
             0x13 => Ok(Self::AuditClosedConnection),
+            0x20 => Ok(Self::KernelDrop),
             other => Err(other),
         }
     }
@@ -112,7 +116,8 @@ impl TryFrom<u8> for Verdict {
 pub struct FlowKey {
     /// Interface index the packet was seen on.
     pub ifindex: u32,
-    /// CPU that counted the packet (see the type's documentation). Zero in merged keys.
+    /// CPU that counted the packet (see the type's documentation). Zero in merged keys, except
+    /// those of kernel drops ([`Verdict::KernelDrop`]), where it holds the drop reason.
     pub cpu: u32,
     /// Source address: IPv4 in the first 4 bytes (rest zero), or IPv6.
     pub src_addr: [u8; 16],
@@ -247,9 +252,13 @@ mod tests {
             Verdict::AuditAcl,
             Verdict::AuditSecurityGroup,
             Verdict::AuditClosedConnection,
+            Verdict::KernelDrop,
         ] {
             assert_eq!(Verdict::try_from(v as u8), Ok(v));
-            assert_eq!(v.is_reject(), (1..=3).contains(&(v as u8)));
+            assert_eq!(
+                v.is_reject(),
+                (1..=3).contains(&(v as u8)) || v == Verdict::KernelDrop
+            );
         }
         assert_eq!(
             Verdict::AuditAcl as u8,

@@ -6,6 +6,7 @@
 //! are decoded with `TryFrom`, never transmuted.
 #![no_std]
 
+pub mod drops;
 pub mod flow;
 pub mod maps;
 pub mod policy;

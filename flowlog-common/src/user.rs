@@ -16,3 +16,9 @@ unsafe impl aya::Pod for PolicyConfig {}
 unsafe impl aya::Pod for Rule {}
 unsafe impl aya::Pod for ConnKey {}
 unsafe impl aya::Pod for ConnState {}
+
+// SAFETY: as above: `#[repr(C)]`, integers only, no implicit padding (checked by
+// `drops::tests::layouts_have_no_hidden_padding`).
+unsafe impl aya::Pod for crate::drops::DropKey {}
+unsafe impl aya::Pod for crate::drops::DropConfig {}
+unsafe impl aya::Pod for crate::drops::OwnDrop {}

@@ -14,6 +14,8 @@ mod counting;
 #[cfg(target_arch = "bpf")]
 mod decide;
 #[cfg(target_arch = "bpf")]
+mod drops;
+#[cfg(target_arch = "bpf")]
 mod frames;
 #[cfg(target_arch = "bpf")]
 mod loops;
@@ -139,6 +141,9 @@ mod programs {
                 let decision = decide::<L>(key, &parsed, now);
                 key.verdict = decision.verdict;
                 count_flow::<L, _>(ctx, key, count, parsed.tcp_flags, now);
+                if decision.drop {
+                    crate::drops::note_own_drop(key.ifindex, count.bytes);
+                }
                 decision.drop
             }
             Err(error) => {
@@ -177,6 +182,18 @@ mod programs {
     pub fn flowlog_ref_tc(ctx: TcContext) -> i32 {
         count_reference(ctx.len() as u64);
         TC_PASS
+    }
+
+    /// `skb:kfree_skb`: packets the kernel drops on the agent's interfaces (`drops.rs`).
+    ///
+    /// Written out rather than with aya's `#[raw_tracepoint]`, whose entry takes `*mut c_void`:
+    /// 6.1's verifier wants the context argument's BTF type to be the program type's context
+    /// struct ("reg type unsupported for arg#0"); 6.12's accepts either.
+    #[unsafe(no_mangle)]
+    #[unsafe(link_section = "raw_tp/kfree_skb")]
+    pub fn flowlog_kernel_drops(ctx: *mut aya_ebpf::bindings::bpf_raw_tracepoint_args) -> u32 {
+        crate::drops::count_drop(&aya_ebpf::programs::RawTracePointContext::new(ctx.cast()));
+        0
     }
 
     #[panic_handler]

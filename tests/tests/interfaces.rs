@@ -91,7 +91,15 @@ fn interfaces_that_come_and_go_are_followed_without_leaks() {
     );
     let pid = agent.pid();
     let (fds_before, links_before) = descriptors(pid);
-    assert_eq!(links_before, 4, "two interfaces, ingress and egress each");
+    // The kernel drop program's link too, where the kernel reports drop reasons.
+    let drop_link =
+        flowlog_agent::kernel_drops::probe(flowlog_agent::kernel_drops::KernelDropsMode::Refused)
+            .is_ok() as usize;
+    assert_eq!(
+        links_before,
+        4 + drop_link,
+        "two interfaces, ingress and egress each"
+    );
     let rss_before = rss_kib(pid);
 
     // A short-lived interface with traffic: attached within a second, its counts outlive it.

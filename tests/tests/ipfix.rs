@@ -153,7 +153,16 @@ fn check_collected(
 ) {
     let seen = nf_totals(collected);
     for (key, want) in &expected.0 {
-        assert_eq!(seen.get(key), Some(want), "flow {key:?}: collector vs wire");
+        assert_eq!(
+            seen.get(key),
+            Some(want),
+            "flow {key:?}: collector vs wire; the agent wrote:\n{}",
+            stdout
+                .lines()
+                .filter(|l| l.contains(&format!(" {} ", key.1.dst_port)))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     }
     // Every flow the agent wrote (neighbour discovery too) reached the collector, and nothing
     // else did.

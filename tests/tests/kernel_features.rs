@@ -57,8 +57,8 @@ fn the_bounded_loop_build_counts_exactly_and_refuses_a_policy() {
     }
 }
 
-/// `check` names every feature this kernel lacks, with why, and fails a configured policy
-/// where the kernel cannot enforce it.
+/// `check` names every feature this kernel lacks, with why, fails a configured policy where
+/// the kernel cannot enforce it, and says whether the kernel's own drops can be recorded.
 #[test]
 fn check_names_every_feature_this_kernel_lacks() {
     let ns = NetNs::new().expect("netns");
@@ -98,4 +98,13 @@ fn check_names_every_feature_this_kernel_lacks() {
         out.contains("ok    programs: the kernel verified and loaded every program"),
         "{out}"
     );
+    // The kernel's own drops (`--kernel-drops refused`, the default) need drop reasons (5.17);
+    // where the kernel has them, "programs" above verified the drop program too.
+    let drops_line = if kernel_at_least(5, 17) {
+        "ok    kernel drops: --kernel-drops refused: the kernel names its drops ("
+    } else {
+        "warn  kernel drops: kernel drops are unavailable: this kernel has no drop reasons"
+    };
+    assert_eq!(out.matches("kernel drops: ").count(), 1, "{out}");
+    assert!(out.contains(drops_line), "{drops_line:?} in:\n{out}");
 }

@@ -6,8 +6,9 @@ use anyhow::Result;
 
 use crate::{agent, cmd, setup};
 
-/// (binary, Debian package) pairs the bench needs.
-const PACKAGES: [(&str, &str); 1] = [("iperf3", "iperf3")];
+/// (binary, Debian package) pairs the bench needs (nft: the drop flood drops with a real
+/// nftables rule, in its namespace only).
+const PACKAGES: [(&str, &str); 2] = [("iperf3", "iperf3"), ("nft", "nftables")];
 
 /// (binary, Debian package) pairs of the exporters the packet-rate figure compares with: without
 /// one, that comparison is skipped with one line and every other figure is still measured.

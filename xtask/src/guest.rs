@@ -98,8 +98,10 @@ pub fn build_initramfs(
     }
     // The tests drive iproute2 (`ip netns`, veth peers, `tc filter show`), which busybox's
     // applets of the same names do not replace.
-    for tool in ["ip", "tc"] {
-        let path = cmd::which(tool).with_context(|| format!("{tool} (Debian package iproute2)"))?;
+    // The kernel-drop tests write their drop rules with nftables' `nft`.
+    for tool in ["ip", "tc", "nft"] {
+        let path = cmd::which(tool)
+            .with_context(|| format!("{tool} (Debian packages iproute2, nftables)"))?;
         let real = fs::canonicalize(&path)?;
         let guest = format!("/usr/sbin/{tool}");
         archive.file(&guest, &real)?;

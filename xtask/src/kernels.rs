@@ -51,8 +51,9 @@ pub const MATRIX: &[KernelSpec] = &[
     },
 ];
 
-/// Modules the tests need that Debian builds as modules (veth pairs, clsact, TC BPF filters).
-const MODULES: &[&str] = &["veth", "sch_ingress", "cls_bpf", "act_bpf"];
+/// Modules the tests need that Debian builds as modules (veth pairs, clsact, TC BPF filters,
+/// and nftables for the kernel-drop tests' rules).
+const MODULES: &[&str] = &["veth", "sch_ingress", "cls_bpf", "act_bpf", "nf_tables"];
 
 /// A kernel ready to boot.
 #[derive(Clone, Debug)]
@@ -343,6 +344,29 @@ fn add_module(root: &Path, name: &str, out: &Path, order: &mut Vec<String>) -> R
     let depends = cmd::probe(&mut modinfo)?;
     for dependency in depends.trim().split(',').filter(|d| !d.is_empty()) {
         add_module(root, dependency, out, order)?;
+    }
+    // Soft dependencies a module needs at init, not by symbol: libcrc32c (nf_tables) asks the
+    // crypto API for "crc32c", which crc32c_generic provides. Named by alias; taken if a module
+    // of that name (or `<name>_generic`) exists, skipped otherwise (built in).
+    let mut modinfo = cmd::command("modinfo");
+    modinfo.args(["-F", "softdep"]).arg(&target);
+    let softdeps = cmd::probe(&mut modinfo)?;
+    // `pre: a b post: c`: only the `pre:` names must be loaded first.
+    let mut in_pre = false;
+    for word in softdeps.split_whitespace() {
+        match word {
+            "pre:" => in_pre = true,
+            "post:" => in_pre = false,
+            alias if in_pre => {
+                for name in [alias.to_owned(), format!("{alias}_generic")] {
+                    if find_module(root, &name)?.is_some() {
+                        add_module(root, &name, out, order)?;
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
     }
     order.push(file_name);
     Ok(())

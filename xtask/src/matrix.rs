@@ -12,7 +12,10 @@
 //! - `restart_config`: a killed and a stopped agent's clsact filters taken over in place by the
 //!   next agent, counts exact (every kernel: restarts lose nothing without TCX too). Its other
 //!   tests (refusals, ownership, policies across restarts) run on the host only: under emulation
-//!   each of their many agent starts costs up to half a minute.
+//!   each of their many agent starts costs up to half a minute;
+//! - `kernel_drops`: the kernel's own drops (nftables rules in the guest, a closed port, a TCP
+//!   stream cut mid-transfer) as exact REJECT records, where the kernel names its drops (5.17);
+//!   the one that runs flowlog's policy too where the kernel runs the policy.
 //!
 //! What each kernel supports is the table below, the same as the README's and the agent's
 //! (`flowlog-agent/src/datapath/kernel.rs`): a test that needs a feature the kernel lacks is
@@ -63,6 +66,8 @@ impl Selection {
 /// First kernels with what the tests need (see the module documentation).
 const POLICY: (u32, u32) = (6, 5);
 const TCX: (u32, u32) = (6, 6);
+/// `skb:kfree_skb` carries a drop reason (the kernel-drop tests).
+const DROP_REASONS: (u32, u32) = (5, 17);
 /// The first kernel of the matrix whose BPF_PROG_TEST_RUN refuses XDP input shorter than an
 /// Ethernet header (5.10 runs it, and the program counts it as malformed).
 const SHORT_XDP_REFUSED: (u32, u32) = (6, 1);
@@ -74,6 +79,8 @@ const TCX_TESTS: &[&str] = &[
 ];
 /// The restart test every kernel runs (clsact filters kept across agents).
 const CLSACT_RESTART_TEST: &str = "clsact_filters_are_taken_over_in_place_after_a_kill_and_a_stop";
+/// The kernel-drop test that runs flowlog's own policy (6.5).
+const POLICY_DROP_TEST: &str = "flowlogs_own_policy_drops_are_counted_once";
 /// A test of the kernel's BPF_PROG_TEST_RUN rather than of flowlog.
 const SHORT_XDP_TEST: &str = "frames_shorter_than_an_ethernet_header_are_refused_by_the_kernel";
 
@@ -128,6 +135,13 @@ pub fn guest_runs(
         add("end_to_end", &skip(TCX_TESTS))?;
     }
     add("restart_config", &["--exact", CLSACT_RESTART_TEST])?;
+    // Before 5.17 the kernel names no drop: the feature is unavailable (`kernel_features` and
+    // `end_to_end` check that the agent and `check` say so once), and these tests do not run.
+    if version >= POLICY {
+        add("kernel_drops", &[])?;
+    } else if version >= DROP_REASONS {
+        add("kernel_drops", &skip(&[POLICY_DROP_TEST]))?;
+    }
     Ok(runs)
 }
 
@@ -319,6 +333,7 @@ mod tests {
             "end_to_end",
             "restart",
             "restart_config",
+            "kernel_drops",
         ]
         .iter()
         .map(|n| (n.to_string(), PathBuf::from(format!("/t/{n}"))))
@@ -358,6 +373,7 @@ mod tests {
                  --skip xdp_records_add_up_to_the_traffic_exactly",
                 "restart_config --test-threads=1 --exact \
                  clsact_filters_are_taken_over_in_place_after_a_kill_and_a_stop",
+                "kernel_drops --test-threads=1 --skip flowlogs_own_policy_drops_are_counted_once",
             ]
         );
         assert_eq!(
@@ -371,6 +387,7 @@ mod tests {
                 "restart --test-threads=1",
                 "restart_config --test-threads=1 --exact \
                  clsact_filters_are_taken_over_in_place_after_a_kill_and_a_stop",
+                "kernel_drops --test-threads=1",
             ]
         );
     }

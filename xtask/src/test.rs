@@ -89,6 +89,10 @@ pub fn test(kernels: Option<&str>, extra: &[String]) -> Result<()> {
     // runs the agent under `setpriv` with the unit's capabilities.
     setup::ensure_debian_package("systemd-analyze", "systemd")?;
     setup::ensure_debian_package("setpriv", "util-linux")?;
+    // The kernel-drop tests drop packets with real nftables and iptables rules (inside their
+    // namespaces only).
+    setup::ensure_debian_package("nft", "nftables")?;
+    setup::ensure_debian_package("iptables-nft", "iptables")?;
     if !selection.kernels.is_empty() {
         // The kernel matrix: qemu, the guest's busybox, Debian's kernels and their modules.
         setup::ensure_debian_package("qemu-system-x86_64", "qemu-system-x86")?;

@@ -198,6 +198,7 @@ impl Agent {
                 });
             }
         }
+        drained.kernel_drops.log_losses();
         if orphaned.packets != 0 {
             tracing::warn!(
                 packets = orphaned.packets,
@@ -221,6 +222,9 @@ impl Agent {
     fn final_drain(&mut self) -> Result<DrainedEpoch, AgentError> {
         let datapath = &mut self.datapath;
         let keep = self.config.on_exit == OnExit::Keep && datapath.has_pinned_links();
+        // Its link is not pinned: stopped before the last switch, so the drops of the epoch the
+        // programs leave behind are all in the maps drained now.
+        datapath.detach_kernel_drops();
         if keep {
             datapath.detach_unpinned()?;
             let drained = tokio::task::block_in_place(|| datapath.drain_interval())?;

@@ -161,6 +161,10 @@ fn keep_restart_only_settings(old: &RunConfig, new: &mut RunConfig) {
         kept.push("on-exit");
         new.on_exit = old.on_exit;
     }
+    if new.kernel_drops != old.kernel_drops {
+        kept.push("kernel-drops");
+        new.kernel_drops = old.kernel_drops;
+    }
     if new.metrics != old.metrics {
         kept.push("metrics");
         new.metrics = old.metrics;

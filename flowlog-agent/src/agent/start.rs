@@ -34,6 +34,7 @@ use crate::{
     },
     flow_log::FlowLog,
     interfaces::{self, Interface},
+    kernel_drops::{self, KernelDropsMode},
     metrics::{self, Metrics},
     policy::{CompiledPolicy, Exclusion},
     privileges,
@@ -208,10 +209,12 @@ impl Plan {
         let datapath_config = DatapathConfig {
             max_flows: config.max_flows,
         };
-        let datapath = match &config.pin_dir {
-            Some(dir) => Datapath::load_pinned(datapath_config, dir)?,
-            None => Datapath::load(datapath_config)?,
-        };
+        let kernel_drops = plan_kernel_drops(config.kernel_drops);
+        let datapath = Datapath::load_full(
+            datapath_config,
+            config.pin_dir.as_deref(),
+            kernel_drops.as_ref(),
+        )?;
         let mut plan = Plan {
             datapath: Some(datapath),
             interfaces,
@@ -289,6 +292,8 @@ impl Plan {
         for (interface, hook) in &self.interfaces {
             attach_one(datapath, interface, *hook, self.hook_choice, self.tc_mode)?;
         }
+        // After the interfaces: a drop is only counted on an interface the agent attached.
+        datapath.attach_kernel_drops()?;
         Ok(())
     }
 }
@@ -297,6 +302,34 @@ impl Drop for Plan {
     fn drop(&mut self) {
         if let Some(datapath) = &mut self.datapath {
             datapath.abort_start();
+        }
+    }
+}
+
+/// What the kernel drop program needs on this kernel, said once: `None` when `--kernel-drops
+/// off`, or when the kernel cannot report drops (then the agent runs without, and says why).
+fn plan_kernel_drops(mode: KernelDropsMode) -> Option<kernel_drops::Setup> {
+    match kernel_drops::probe(mode) {
+        Ok(Some(setup)) => {
+            kernel_drops::publish_reasons(&setup.reasons);
+            tracing::info!(
+                kernel_drops = %mode,
+                reasons = setup.counted_slots().len(),
+                "the kernel's own drops on the logged interfaces become REJECT records"
+            );
+            Some(setup)
+        }
+        Ok(None) => {
+            tracing::info!(
+                "kernel drops off: packets the host drops are recorded as flowlog's programs saw them"
+            );
+            None
+        }
+        Err(unavailable) => {
+            tracing::warn!(
+                "{unavailable}; packets the host drops are recorded as flowlog's programs saw them"
+            );
+            None
         }
     }
 }

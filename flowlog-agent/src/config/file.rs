@@ -36,6 +36,7 @@ use crate::{
     datapath::{HookChoice, TcModeChoice},
     format::RecordFormat,
     interfaces::InterfaceSelector,
+    kernel_drops::KernelDropsMode,
     policy::{Exclusion, parse_network},
     record::Metadata,
     sink::{
@@ -122,6 +123,7 @@ const AGENT_KEYS: &[&str] = &[
     "pin",
     "pin-dir",
     "on-exit",
+    "kernel-drops",
     "metrics",
 ];
 const METADATA_KEYS: &[&str] = &[
@@ -415,6 +417,9 @@ impl Checker<'_> {
                 "pin" => settings.pin = self.boolean(value, "pin"),
                 "pin-dir" => settings.pin_dir = self.string(value, "pin-dir").map(PathBuf::from),
                 "on-exit" => settings.on_exit = self.choice::<OnExit>(value, "on-exit"),
+                "kernel-drops" => {
+                    settings.kernel_drops = self.choice::<KernelDropsMode>(value, "kernel-drops")
+                }
                 "metrics" => {
                     settings.metrics = self.parsed(
                         value,

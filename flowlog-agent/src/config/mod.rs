@@ -25,6 +25,7 @@ use crate::{
     datapath::{HookChoice, TcModeChoice},
     format::{DEFAULT_FORMAT, RecordFormat},
     interfaces::{InterfaceSelector, SelectorError},
+    kernel_drops::KernelDropsMode,
     policy::{Exclusion, Policy, PolicyError},
     record::Metadata,
     sink::{
@@ -54,6 +55,8 @@ pub struct RunConfig {
     /// Replace flowlog programs of another owner on the selected interfaces (`--take-over`).
     pub take_over: bool,
     pub on_exit: OnExit,
+    /// Which of the kernel's own drops become REJECT records (`--kernel-drops`).
+    pub kernel_drops: KernelDropsMode,
     /// Where metrics are served, if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
     pub flow_logs: Vec<FlowLogConfig>,
@@ -254,6 +257,7 @@ impl RunConfig {
             pin_dir: agent.pin.unwrap_or(true).then_some(pin_dir),
             take_over: agent.take_over.unwrap_or(false),
             on_exit: agent.on_exit.unwrap_or_default(),
+            kernel_drops: agent.kernel_drops.unwrap_or_default(),
             metrics: agent.metrics.unwrap_or_default().0,
             flow_logs,
             config_file: args.config.clone(),
@@ -645,6 +649,54 @@ sinks = ["dir:/tmp/flowlog-a"]
         );
         assert!(
             error.contains("hint: expected one of: auto, tc, xdp"),
+            "{error}"
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn kernel_drops_comes_from_the_flag_or_the_file_and_a_bad_value_names_its_line() {
+        let config = RunConfig::from_args(&run_args(&[]).unwrap()).unwrap();
+        assert_eq!(config.kernel_drops, KernelDropsMode::Refused, "the default");
+        let args = run_args(&["--kernel-drops", "all"]).unwrap();
+        assert_eq!(
+            RunConfig::from_args(&args).unwrap().kernel_drops,
+            KernelDropsMode::All
+        );
+        let error = run_args(&["--kernel-drops", "some"]).unwrap_err();
+        assert!(
+            error.contains("--kernel-drops") && error.contains("some"),
+            "{error}"
+        );
+
+        let path = config_file(&FILE.replace(
+            "metrics = \"off\"",
+            "metrics = \"off\"\nkernel-drops = \"off\"",
+        ));
+        let file = path.to_str().unwrap();
+        let config = RunConfig::from_args(&run_args(&["--config", file]).unwrap()).unwrap();
+        assert_eq!(config.kernel_drops, KernelDropsMode::Off);
+        let args = run_args(&["--config", file, "--kernel-drops", "refused"]).unwrap();
+        assert_eq!(
+            RunConfig::from_args(&args).unwrap().kernel_drops,
+            KernelDropsMode::Refused,
+            "the flag typed wins"
+        );
+        std::fs::remove_file(path).unwrap();
+
+        let path = config_file(
+            "[agent]\nhook = \"tc\"\nkernel-drops = \"sometimes\"\n[[flow-log]]\nid = \"fl-a\"\nscope = \"all\"\nsinks = [\"stdout\"]\n",
+        );
+        let error = RunConfig::from_args(&run_args(&["--config", path.to_str().unwrap()]).unwrap())
+            .unwrap_err()
+            .to_string();
+        let shown = path.display().to_string();
+        assert!(
+            error.contains(&format!("{shown}:3: kernel-drops")),
+            "{error}"
+        );
+        assert!(
+            error.contains("expected one of: off, refused, all"),
             "{error}"
         );
         std::fs::remove_file(path).unwrap();

@@ -9,6 +9,7 @@ use crate::{
     cli::{ArchiveArgs, MetadataArgs, RunArgs},
     datapath::{HookChoice, TcModeChoice},
     format::RecordFormat,
+    kernel_drops::KernelDropsMode,
     policy::{Exclusion, Network},
     record::Metadata,
     sink::{SinkSpec, object::FileFormat},
@@ -30,6 +31,7 @@ pub struct RawAgent {
     pub pin_dir: Option<PathBuf>,
     pub take_over: Option<bool>,
     pub on_exit: Option<OnExit>,
+    pub kernel_drops: Option<KernelDropsMode>,
     pub metrics: Option<MetricsAddress>,
 }
 
@@ -50,6 +52,7 @@ impl RawAgent {
             pin_dir: over.pin_dir.or(self.pin_dir),
             take_over: over.take_over.or(self.take_over),
             on_exit: over.on_exit.or(self.on_exit),
+            kernel_drops: over.kernel_drops.or(self.kernel_drops),
             metrics: over.metrics.or(self.metrics),
         }
     }
@@ -68,6 +71,7 @@ impl From<&RunArgs> for RawAgent {
             pin_dir: args.pin_dir.clone(),
             take_over: args.take_over.then_some(true),
             on_exit: args.on_exit,
+            kernel_drops: args.kernel_drops,
             metrics: args.metrics,
         }
     }

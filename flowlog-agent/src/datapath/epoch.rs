@@ -12,7 +12,8 @@ use flowlog_common::{
 };
 use rustc_hash::FxHashMap;
 
-use super::{DatapathError, JiffiesClock};
+use super::{DatapathError, JiffiesClock, kernel_drops::KernelDrops};
+use crate::kernel_drops::DropTotals;
 use crate::sys::{self, GracePeriod};
 
 /// Entries fetched per batch system call.
@@ -27,6 +28,8 @@ pub struct DrainedEpoch {
     pub skipped: BTreeMap<u32, PacketCount>,
     /// Packets that found the skip map full as well: their interface is unknown.
     pub unattributed: PacketCount,
+    /// The kernel's drops, by reason (they are in `flows` as REJECT flows too).
+    pub kernel_drops: DropTotals,
     /// Map entries read (a flow seen on several CPUs has several).
     pub entries: usize,
     /// When the programs were switched away from this epoch.
@@ -49,6 +52,7 @@ impl DrainedEpoch {
             self.skipped.entry(ifindex).or_default().add(&count);
         }
         self.unattributed.add(&other.unattributed);
+        self.kernel_drops.add(&other.kernel_drops);
         self.entries += other.entries;
     }
 
@@ -58,6 +62,7 @@ impl DrainedEpoch {
         Self {
             flows: FxHashMap::default(),
             skipped: BTreeMap::new(),
+            kernel_drops: DropTotals::default(),
             ..*self
         }
     }
@@ -67,6 +72,7 @@ impl DrainedEpoch {
             flows: FxHashMap::default(),
             skipped: BTreeMap::new(),
             unattributed: PacketCount::default(),
+            kernel_drops: DropTotals::default(),
             entries: 0,
             switched_at,
             quiescent_at: SystemTime::now(),
@@ -83,6 +89,8 @@ pub(super) struct Epochs {
     overflow: PerCpuArray<MapData, PacketCount>,
     /// The epoch the programs count into now.
     current: u32,
+    /// The kernel drop program's maps, when it is loaded: drained with the flows.
+    pub(super) kernel_drops: Option<KernelDrops>,
 }
 
 impl Epochs {
@@ -110,6 +118,7 @@ impl Epochs {
             skipped,
             overflow,
             current,
+            kernel_drops: None,
         })
     }
 
@@ -163,6 +172,10 @@ impl Epochs {
     fn drain_into(&mut self, epoch: u32, drained: &mut DrainedEpoch) -> Result<(), DatapathError> {
         let e = epoch as usize;
         drain_flows(&self.flows[e], FLOWS[e], drained)?;
+        // After the flows: their ACCEPT counts are what the drops are taken from.
+        if let Some(drops) = &mut self.kernel_drops {
+            drops.drain_into(epoch, drained)?;
+        }
 
         let skipped = &mut drained.skipped;
         sys::drain_hash_map::<SkipKey, PacketCount>(

@@ -6,6 +6,7 @@ mod clock;
 mod epoch;
 pub mod hook;
 mod kernel;
+mod kernel_drops;
 pub mod owner;
 mod pins;
 mod policy_slots;
@@ -57,6 +58,8 @@ pub mod programs {
     /// Reads jiffies and the monotonic clock together (run with BPF_PROG_TEST_RUN, never
     /// attached).
     pub const CLOCK: &str = "flowlog_clock";
+    /// Counts the kernel's own drops (`skb:kfree_skb`) on the agent's interfaces.
+    pub const KERNEL_DROPS: &str = "flowlog_kernel_drops";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +158,31 @@ impl Datapath {
         pin_dir: Option<&Path>,
         programs: ProgramSet,
     ) -> Result<Self, DatapathError> {
+        Self::load_inner(config, pin_dir, programs, None)
+    }
+
+    /// As [`Datapath::load`] (or [`Datapath::load_pinned`] with `pin_dir`), with the kernel drop
+    /// program loaded too when `kernel_drops` says how to read this kernel; it is attached by
+    /// [`Datapath::attach_kernel_drops`].
+    pub fn load_full(
+        config: DatapathConfig,
+        pin_dir: Option<&Path>,
+        kernel_drops: Option<&crate::kernel_drops::Setup>,
+    ) -> Result<Self, DatapathError> {
+        Self::load_inner(
+            config,
+            pin_dir,
+            ProgramSet::for_running_kernel(),
+            kernel_drops,
+        )
+    }
+
+    fn load_inner(
+        config: DatapathConfig,
+        pin_dir: Option<&Path>,
+        programs: ProgramSet,
+        kernel_drops: Option<&crate::kernel_drops::Setup>,
+    ) -> Result<Self, DatapathError> {
         if EBPF_OBJECT.is_empty() {
             return Err(DatapathError::StubObject);
         }
@@ -191,6 +219,9 @@ impl Datapath {
         for name in SKIPPED {
             loader.map_max_entries(name, MAX_SKIP_ENTRIES);
         }
+        if let Some(setup) = kernel_drops {
+            kernel_drops::configure(&mut loader, setup);
+        }
         let mut ebpf = loader.load(EBPF_OBJECT)?;
         start.hold_unpinned_maps(&ebpf)?;
         attach::load_programs(&mut ebpf, programs)?;
@@ -215,7 +246,10 @@ impl Datapath {
         let overflow: PerCpuArray<MapData, PacketCount> = take_map(&mut ebpf, SKIP_OVERFLOW)?;
         let stats: PerCpuArray<MapData, PacketCount> = take_map(&mut ebpf, STATS)?;
         let stats_reported: Array<MapData, PacketCount> = take_map(&mut ebpf, STATS_REPORTED)?;
-        let epochs = epoch::Epochs::new(epoch_map, flows, skipped, overflow)?;
+        let mut epochs = epoch::Epochs::new(epoch_map, flows, skipped, overflow)?;
+        if let Some(setup) = kernel_drops {
+            epochs.kernel_drops = Some(kernel_drops::KernelDrops::load(&mut ebpf, setup)?);
+        }
         let policy = policy_slots::PolicyTables::take(&mut ebpf)?;
         let first_clock = clock::sample(&ebpf)?;
         Ok(Self {
@@ -274,11 +308,40 @@ impl Datapath {
             set: self.programs,
         };
         let attached = attach::attach(&mut self.ebpf, point)?;
+        if let Some(drops) = &mut self.epochs.kernel_drops {
+            drops.interface_attached(ifindex)?;
+        }
         Ok(self.attached.entry(ifindex).or_insert(attached))
+    }
+
+    /// Attaches the kernel drop program, if it was loaded (see [`Datapath::load_full`]).
+    pub fn attach_kernel_drops(&mut self) -> Result<bool, DatapathError> {
+        match &mut self.epochs.kernel_drops {
+            Some(drops) => drops.attach(&mut self.ebpf).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Detaches the kernel drop program: drops are no longer counted (before the last drain).
+    pub fn detach_kernel_drops(&mut self) {
+        if let Some(drops) = &mut self.epochs.kernel_drops {
+            drops.detach(&mut self.ebpf);
+        }
+    }
+
+    /// Whether the kernel drop program is attached.
+    pub fn kernel_drops_attached(&self) -> bool {
+        self.epochs
+            .kernel_drops
+            .as_ref()
+            .is_some_and(kernel_drops::KernelDrops::is_attached)
     }
 
     /// Detaches the programs from one interface (nothing happens if they were not attached).
     pub fn detach(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        if let Some(drops) = &mut self.epochs.kernel_drops {
+            drops.interface_detached(ifindex);
+        }
         match self.attached.remove(&ifindex) {
             Some(attached) => attach::detach(&mut self.ebpf, attached),
             None => Ok(()),

@@ -124,6 +124,7 @@ impl Datapath {
     /// were never touched), puts back the policy word and exclusions, and removes the pin
     /// directories it created. Nothing it created was pinned.
     pub fn abort_start(&mut self) {
+        self.detach_kernel_drops();
         let ifindexes: Vec<u32> = self.attached.keys().copied().collect();
         for ifindex in ifindexes {
             if let Err(error) = self.detach(ifindex) {

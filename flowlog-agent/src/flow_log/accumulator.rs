@@ -303,6 +303,7 @@ mod tests {
             quiescent_at: at(switched),
             grace_period: GracePeriod::Rcu,
             clock,
+            kernel_drops: Default::default(),
         }
     }
 

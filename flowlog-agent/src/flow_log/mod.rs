@@ -3,7 +3,7 @@
 
 mod accumulator;
 
-use std::{sync::Arc, time::SystemTime};
+use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
 
 use flowlog_common::stats::Stat;
 
@@ -158,9 +158,15 @@ async fn start_sinks(config: &FlowLogConfig) -> Result<Vec<SinkHandle>, StartErr
 
 fn log_interval(flow_log: &str, interval: &IntervalRecords, drains: &DrainTotals) {
     let (mut flows, mut idle, mut skipped) = (0, 0, 0u64);
+    let mut kernel_drops: BTreeMap<&str, u64> = BTreeMap::new();
     for record in &interval.records {
         match &record.kind {
-            RecordKind::Flow(_) => flows += 1,
+            RecordKind::Flow(flow) => {
+                flows += 1;
+                if let Some(reason) = flow.drop_reason {
+                    *kernel_drops.entry(reason).or_default() += flow.packets;
+                }
+            }
             RecordKind::NoData => idle += 1,
             RecordKind::SkipData { packets, .. } => skipped += packets,
         }
@@ -178,9 +184,29 @@ fn log_interval(flow_log: &str, interval: &IntervalRecords, drains: &DrainTotals
         non_ip_packets = stat(Stat::NonIp),
         malformed_packets = stat(Stat::Malformed),
         excluded_packets = stat(Stat::Excluded),
+        kernel_drop_packets = kernel_drops.values().sum::<u64>(),
+        kernel_drops = %KernelDrops(&kernel_drops),
         drain_ms = drains.time.as_millis() as u64,
         "interval written"
     );
+}
+
+/// Kernel drops by reason in the interval log line: `netfilter-drop:400,no-socket:3`, or `-`.
+struct KernelDrops<'a>(&'a BTreeMap<&'a str, u64>);
+
+impl std::fmt::Display for KernelDrops<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("-");
+        }
+        for (i, (reason, packets)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{reason}:{packets}")?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -243,6 +243,7 @@ mod tests {
             bytes: 4249,
             verdict: Verdict::Accept,
             tcp_flags: 19,
+            drop_reason: None,
         };
         vec![
             FlowRecord {

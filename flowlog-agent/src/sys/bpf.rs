@@ -1,5 +1,5 @@
-//! bpf(2) commands aya 0.14 does not wrap: the batched read-and-delete of a map, and pinned
-//! objects and link updates.
+//! bpf(2) commands aya 0.14 does not wrap: the batched read-and-delete of a map, pinned objects
+//! and link updates, and a program's recursion misses.
 
 use std::{
     io, mem,
@@ -196,4 +196,50 @@ pub fn bpf_link_update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Res
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+/// The `info` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// Byte offset of `recursion_misses` in the UAPI `struct bpf_prog_info` (after `run_time_ns`
+/// at 192 and `run_cnt` at 200; Linux 5.12+).
+const PROG_INFO_RECURSION_MISSES: usize = 208;
+
+/// How many times the kernel skipped a program because it would have re-entered itself on a
+/// CPU (`bpf_prog_info.recursion_misses`); 0 on kernels that do not report it.
+pub fn program_recursion_misses(program: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut info = [0u8; 256];
+    let mut attr = InfoAttr {
+        bpf_fd: program.as_raw_fd() as u32,
+        info_len: info.len() as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: `attr` holds a descriptor and a buffer of `info_len` bytes, both valid for the
+    // call; the kernel writes at most `info_len` bytes into it.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut InfoAttr,
+            mem::size_of::<InfoAttr>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let at = PROG_INFO_RECURSION_MISSES;
+    if (attr.info_len as usize) < at + 8 {
+        return Ok(0);
+    }
+    Ok(u64::from_ne_bytes(
+        info[at..at + 8].try_into().expect("8 bytes"),
+    ))
 }

@@ -12,7 +12,9 @@ mod process;
 mod rcu;
 pub mod ready;
 
-pub use bpf::{bpf_link_update, bpf_obj_get, bpf_obj_pin, drain_hash_map};
+pub use bpf::{
+    bpf_link_update, bpf_obj_get, bpf_obj_pin, drain_hash_map, program_recursion_misses,
+};
 pub use bpffs::{is_bpffs, lock_directory, mount_bpffs};
 pub use caps::keep_only_capabilities;
 pub use clock::{monotonic_to_unix_offset_ns, thread_cpu_time};

@@ -111,6 +111,18 @@ pub mod forwarding_status {
     pub const DROPPED_ACL_DENY: u8 = 0b1000_0001;
     /// Dropped, ACL drop: no security-group rule allowed the connection.
     pub const DROPPED_ACL_DROP: u8 = 0b1000_0010;
+    /// Dropped: no route (131), adjacency (132), fragmentation needed with DF set (133), bad
+    /// header checksum (134), bad header length (136), policer (138), WRED / queue management
+    /// (139), reverse path forwarding check (140), for us (141).
+    pub const DROPPED_UNROUTABLE: u8 = 131;
+    pub const DROPPED_ADJACENCY: u8 = 132;
+    pub const DROPPED_FRAGMENTATION_DF: u8 = 133;
+    pub const DROPPED_BAD_CHECKSUM: u8 = 134;
+    pub const DROPPED_BAD_HEADER_LENGTH: u8 = 136;
+    pub const DROPPED_POLICER: u8 = 138;
+    pub const DROPPED_WRED: u8 = 139;
+    pub const DROPPED_RPF: u8 = 140;
+    pub const DROPPED_FOR_US: u8 = 141;
 }
 
 /// `flowEndReason` values (IANA).
@@ -252,6 +264,30 @@ pub fn forwarding_status_of(flow: &Flow) -> u8 {
         Verdict::RejectAcl => forwarding_status::DROPPED_ACL_DENY,
         Verdict::RejectSecurityGroup => forwarding_status::DROPPED_ACL_DROP,
         Verdict::RejectClosedConnection => forwarding_status::DROPPED_UNKNOWN,
+        Verdict::KernelDrop => flow
+            .drop_reason
+            .map_or(forwarding_status::DROPPED_UNKNOWN, kernel_forwarding_status),
+    }
+}
+
+/// `forwardingStatus` of a packet the kernel dropped, from its reason (IANA's forwardingStatus
+/// reason codes, RFC 7270).
+pub fn kernel_forwarding_status(reason: &str) -> u8 {
+    use forwarding_status::*;
+    match reason {
+        "netfilter-drop" | "socket-filter" | "xfrm-policy" | "bpf-cgroup-egress"
+        | "security-hook" | "tc-ingress" | "tc-egress" => DROPPED_ACL_DENY,
+        "ip-rpfilter" => DROPPED_RPF,
+        "no-socket" | "ip-noproto" => DROPPED_FOR_US,
+        "ip-innoroutes" | "ip-outnoroutes" | "ip-inaddrerrors" => DROPPED_UNROUTABLE,
+        "pkt-too-big" => DROPPED_FRAGMENTATION_DF,
+        "ip-csum" | "tcp-csum" | "udp-csum" | "icmp-csum" | "skb-csum" => DROPPED_BAD_CHECKSUM,
+        "ip-inhdr" | "hdr-trunc" | "pkt-too-small" => DROPPED_BAD_HEADER_LENGTH,
+        "qdisc-overlimit" => DROPPED_POLICER,
+        "qdisc-drop" | "qdisc-congested" | "cake-flood" | "fq-band-limit" | "fq-horizon-limit"
+        | "fq-flow-limit" | "dualpi2-step-drop" => DROPPED_WRED,
+        reason if reason.starts_with("neigh-") => DROPPED_ADJACENCY,
+        _ => DROPPED_UNKNOWN,
     }
 }
 

@@ -22,6 +22,7 @@ fn record(interface: &str, ifindex: u32, direction: Direction) -> FlowRecord {
             bytes: 300,
             verdict: Verdict::Accept,
             tcp_flags: 0,
+            drop_reason: None,
         }),
     }
 }

@@ -186,6 +186,14 @@ fn encode(record: &FlowRecord, out: &mut Vec<u8>) {
             out.extend_from_slice(&flow.bytes.to_le_bytes());
             out.push(flow.verdict as u8);
             out.push(flow.tcp_flags);
+            // Kernel drops only (older journals have none): the reason's name, which the next
+            // start may read under another kernel, whose numbers differ.
+            if flow.verdict == Verdict::KernelDrop {
+                let reason = flow.drop_reason.unwrap_or("-").as_bytes();
+                let reason = &reason[..reason.len().min(255)];
+                out.push(reason.len() as u8);
+                out.extend_from_slice(reason);
+            }
         }
         RecordKind::NoData => {}
         RecordKind::SkipData { packets, bytes } => {
@@ -243,18 +251,30 @@ fn decode(reader: &mut Reader<'_>) -> Option<FlowRecord> {
     reader.0 = rest;
     let interface: Arc<str> = Arc::from(std::str::from_utf8(name).ok()?);
     let kind = match kind {
-        0 => RecordKind::Flow(Flow {
-            direction: Direction::try_from(reader.u8()?).ok()?,
-            src_addr: reader.address()?,
-            dst_addr: reader.address()?,
-            src_port: reader.u16()?,
-            dst_port: reader.u16()?,
-            protocol: reader.u8()?,
-            packets: reader.u64()?,
-            bytes: reader.u64()?,
-            verdict: Verdict::try_from(reader.u8()?).ok()?,
-            tcp_flags: reader.u8()?,
-        }),
+        0 => {
+            let mut flow = Flow {
+                direction: Direction::try_from(reader.u8()?).ok()?,
+                src_addr: reader.address()?,
+                dst_addr: reader.address()?,
+                src_port: reader.u16()?,
+                dst_port: reader.u16()?,
+                protocol: reader.u8()?,
+                packets: reader.u64()?,
+                bytes: reader.u64()?,
+                verdict: Verdict::try_from(reader.u8()?).ok()?,
+                tcp_flags: reader.u8()?,
+                drop_reason: None,
+            };
+            if flow.verdict == Verdict::KernelDrop {
+                let length = reader.u8()? as usize;
+                let (reason, rest) = reader.0.split_at_checked(length)?;
+                reader.0 = rest;
+                flow.drop_reason = Some(crate::kernel_drops::intern(
+                    std::str::from_utf8(reason).ok()?,
+                ));
+            }
+            RecordKind::Flow(flow)
+        }
         1 => RecordKind::NoData,
         2 => RecordKind::SkipData {
             packets: reader.u64()?,
@@ -292,6 +312,7 @@ mod tests {
                 bytes: 3456,
                 verdict,
                 tcp_flags: 19,
+                drop_reason: None,
             }),
         };
         vec![

@@ -280,6 +280,7 @@ mod tests {
                         bytes: u64::from(i) * 100,
                         verdict: Verdict::Accept,
                         tcp_flags: 19,
+                        drop_reason: None,
                     })
                 },
             })

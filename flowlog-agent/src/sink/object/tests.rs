@@ -77,6 +77,7 @@ fn interval(start: u64, end: u64, first_port: u16, flows: u16) -> Arc<IntervalRe
                 bytes: 60,
                 verdict: Verdict::Accept,
                 tcp_flags: 2,
+                drop_reason: None,
             }),
         })
         .collect();

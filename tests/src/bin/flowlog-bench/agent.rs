@@ -69,8 +69,9 @@ impl Agent {
         self.0.log_now().lines().map(strip_ansi).collect()
     }
 
-    /// Sends SIGTERM and waits for the agent's final drain and exit.
-    pub fn stop(self) -> Result<std::process::ExitStatus> {
+    /// Sends SIGTERM and waits for the agent's final drain and exit; returns its whole log
+    /// (the final drains included), colour codes removed.
+    pub fn stop(self) -> Result<Vec<String>> {
         let stopped = self.0.stop();
         if !stopped.status.success() {
             return Err(format!(
@@ -78,7 +79,7 @@ impl Agent {
                 stopped.status, stopped.stderr
             ));
         }
-        Ok(stopped.status)
+        Ok(stopped.stderr.lines().map(strip_ansi).collect())
     }
 }
 

@@ -210,6 +210,7 @@ fn records(count: usize) -> Vec<FlowRecord> {
                     bytes: 60 + (n % 9973) as u64 * 13,
                     verdict: Verdict::Accept,
                     tcp_flags: if tcp { 19 } else { 0 },
+                    drop_reason: None,
                 }),
             }
         })

@@ -180,6 +180,7 @@ fn interval_of(count: usize) -> IntervalRecords {
                     bytes: 1500 * (10 + i as u64),
                     verdict: Verdict::Accept,
                     tcp_flags: 18,
+                    drop_reason: None,
                 }),
             }
         })

@@ -2,7 +2,7 @@
 //! an absolute within one run (variants alternate, medians are kept: the machine is shared).
 //!
 //! ```text
-//! cargo xtask bench [-- [--only per-packet|throughput|drain|memory|ipfix|policy|encoders|rate|idle]... [--quick]]
+//! cargo xtask bench [-- [--only per-packet|throughput|drain|memory|ipfix|policy|encoders|kernel-drops|rate|idle]... [--quick]]
 //! ```
 //!
 //! Exits 0 when every figure asked for was measured, whether or not it met its goal; 1 when a
@@ -13,6 +13,7 @@ mod drain;
 mod encoders;
 mod idle;
 mod ipfix;
+mod kernel_drops;
 mod memory;
 mod per_packet;
 mod policy;
@@ -34,12 +35,13 @@ enum Figure {
     Ipfix,
     Policy,
     Encoders,
+    KernelDrops,
     Rate,
     Idle,
 }
 
 impl Figure {
-    const ALL: [Figure; 9] = [
+    const ALL: [Figure; 10] = [
         Figure::PerPacket,
         Figure::Throughput,
         Figure::Drain,
@@ -47,6 +49,7 @@ impl Figure {
         Figure::Ipfix,
         Figure::Policy,
         Figure::Encoders,
+        Figure::KernelDrops,
         Figure::Rate,
         Figure::Idle,
     ];
@@ -60,6 +63,7 @@ impl Figure {
             Figure::Ipfix => "ipfix",
             Figure::Policy => "policy",
             Figure::Encoders => "encoders",
+            Figure::KernelDrops => "kernel-drops",
             Figure::Rate => "rate",
             Figure::Idle => "idle",
         }
@@ -74,6 +78,7 @@ impl Figure {
             Figure::Ipfix => ipfix::measure(quick, report),
             Figure::Policy => policy::measure(quick, report),
             Figure::Encoders => encoders::measure(quick, report),
+            Figure::KernelDrops => kernel_drops::measure(quick, report),
             Figure::Rate => rate::measure(quick, report),
             Figure::Idle => idle::measure(quick, report),
         }
@@ -87,7 +92,7 @@ struct Options {
     quick: bool,
 }
 
-const USAGE: &str = "usage: flowlog-bench [--only per-packet|throughput|drain|memory|ipfix|policy|encoders|rate|idle]... [--quick]";
+const USAGE: &str = "usage: flowlog-bench [--only per-packet|throughput|drain|memory|ipfix|policy|encoders|kernel-drops|rate|idle]... [--quick]";
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
     let mut only = Vec::new();

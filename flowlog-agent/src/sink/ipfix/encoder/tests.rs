@@ -27,6 +27,7 @@ fn flow(src: IpAddr, dst: IpAddr) -> Flow {
         bytes: 5000,
         verdict: Verdict::Accept,
         tcp_flags: 18,
+        drop_reason: None,
     }
 }
 
@@ -176,4 +177,29 @@ fn end_reason_marks_finished_tcp_flows() {
     assert_eq!(end_reason_of(&f), end_reason::END_OF_FLOW);
     f.protocol = 17;
     assert_eq!(end_reason_of(&f), end_reason::ACTIVE_TIMEOUT);
+}
+
+#[test]
+fn kernel_drops_map_their_reason_to_a_forwarding_status() {
+    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let dropped = |reason: &'static str| Flow {
+        verdict: Verdict::KernelDrop,
+        drop_reason: Some(reason),
+        ..flow(localhost, localhost)
+    };
+    for (reason, status) in [
+        ("netfilter-drop", 129),
+        ("tc-ingress", 129),
+        ("ip-rpfilter", 140),
+        ("no-socket", 141),
+        ("ip-outnoroutes", 131),
+        ("neigh-failed", 132),
+        ("pkt-too-big", 133),
+        ("ip-csum", 134),
+        ("qdisc-overlimit", 138),
+        ("qdisc-drop", 139),
+        ("socket-rcvbuff", 128),
+    ] {
+        assert_eq!(forwarding_status_of(&dropped(reason)), status, "{reason}");
+    }
 }
