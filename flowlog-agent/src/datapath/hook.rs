@@ -196,6 +196,7 @@ mod tests {
             ifindex,
             loopback,
             addresses: Vec::new(),
+            interface_type: None,
         }
     }
 

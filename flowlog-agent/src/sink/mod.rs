@@ -12,9 +12,11 @@
 //!   what is missing.
 //!
 //! Object-store sinks (`object`) batch intervals into objects and add a disk spool and an
-//! uploader of their own behind the same driver, so a store outage never blocks the queue.
+//! uploader of their own behind the same driver, so a store outage never blocks the queue; the
+//! CloudWatch Logs sink (`cloudwatch`) spools its PutLogEvents batches the same way.
 
 mod backoff;
+pub mod cloudwatch;
 mod driver;
 pub mod ipfix;
 mod log_stream;
@@ -29,6 +31,7 @@ use std::{future::Future, sync::Arc};
 use prometheus_client::metrics::counter::Counter;
 
 pub use backoff::Backoff;
+pub use cloudwatch::CloudWatchSink;
 pub use driver::{
     FIRST_BACKOFF, LiveCounters, MAX_BACKOFF, QUEUE_INTERVALS, SHUTDOWN_DEADLINE, SinkHandle,
     SinkReport, spawn,
@@ -54,6 +57,8 @@ pub enum StartError {
     Io { sink: String, error: std::io::Error },
     #[error(transparent)]
     Object(#[from] object::ObjectSinkError),
+    #[error(transparent)]
+    CloudWatch(#[from] cloudwatch::CloudWatchError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +253,7 @@ mod tests {
             FlowRecord {
                 interface: Arc::from("eth\"0"),
                 ifindex: 2,
+                interface_type: None,
                 start: 1418530010,
                 end: 1418530070,
                 kind: RecordKind::Flow(flow),
@@ -255,6 +261,7 @@ mod tests {
             FlowRecord {
                 interface: Arc::from("eth1"),
                 ifindex: 3,
+                interface_type: None,
                 start: 1431280876,
                 end: 1431280934,
                 kind: RecordKind::NoData,

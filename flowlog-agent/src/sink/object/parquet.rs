@@ -264,6 +264,7 @@ mod tests {
             .map(|i| FlowRecord {
                 interface: Arc::from(format!("eth{}", i % 4)),
                 ifindex: 2 + i % 4,
+                interface_type: None,
                 start: 1_700_000_000,
                 end: 1_700_000_060,
                 kind: if i % 100 == 0 {
