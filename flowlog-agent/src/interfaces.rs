@@ -231,10 +231,11 @@ impl InterfaceSelector {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn interface(name: &str, ifindex: u32, loopback: bool) -> Interface {
+    /// An interface without addresses (shared with other modules' tests).
+    pub(crate) fn interface(name: &str, ifindex: u32, loopback: bool) -> Interface {
         Interface {
             name: name.into(),
             ifindex,

@@ -429,7 +429,14 @@ impl Agent {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("agent did not stop within {timeout:?}");
+                let _ = child.wait();
+                while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_secs(1)) {
+                    self.stderr_seen.push(line);
+                }
+                panic!(
+                    "agent did not stop within {timeout:?}; its log:\n{}",
+                    self.log()
+                );
             }
             thread::sleep(Duration::from_millis(20));
         };

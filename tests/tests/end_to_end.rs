@@ -181,9 +181,14 @@ fn records_add_up_to_the_traffic_exactly(name: &str, hook_args: &[&str]) -> Stri
     fs::remove_dir_all(&logs).expect("clean up logs");
 
     // 4. The programs stay for the next agent (`--on-exit keep`, the default): TCX and XDP
-    //    links are pinned, and with clsact exactly one filter per direction stays, never more.
-    let kept_filters = usize::from(hook_args.contains(&"clsact"));
-    for direction in ["ingress", "egress"] {
+    //    links are pinned, and with clsact exactly one filter per TC direction stays, never
+    //    more (XDP takes ingress).
+    let clsact = hook_args.contains(&"clsact") || !flowlog_agent::datapath::has_tcx();
+    let xdp = hook_args.contains(&"xdp");
+    for (direction, kept_filters) in [
+        ("ingress", usize::from(clsact && !xdp)),
+        ("egress", usize::from(clsact)),
+    ] {
         let filters = topology
             .a
             .exec("tc", &["filter", "show", "dev", "a0", direction])

@@ -162,8 +162,19 @@ fn newest_cached(root: &Path, spec: KernelSpec) -> Result<Option<String>> {
 /// Written last when a kernel is unpacked; holds the spec's name.
 const READY_STAMP: &str = "ready";
 
+/// Written beside `modules.order`: the modules it was made for. A kernel unpacked for another
+/// list (an older or newer checkout sharing the cache) is unpacked again, so the guest never
+/// loads a module this checkout did not ask for.
+const WANTED: &str = "modules.wanted";
+
+fn wanted_modules() -> String {
+    MODULES.join(" ") + "\n"
+}
+
 fn load_cached(spec: KernelSpec, release: &str, dir: &Path) -> Result<Option<Kernel>> {
-    if !dir.join(READY_STAMP).exists() {
+    if !dir.join(READY_STAMP).exists()
+        || fs::read_to_string(dir.join(WANTED)).ok() != Some(wanted_modules())
+    {
         return Ok(None);
     }
     let order = fs::read_to_string(dir.join("modules.order"))
@@ -260,6 +271,7 @@ fn fetch(apt: &PrivateApt, spec: KernelSpec, release: &str, dir: &Path) -> Resul
         add_module(&module_root, module, &dir.join("modules"), &mut order)?;
     }
     fs::write(dir.join("modules.order"), order.join("\n") + "\n")?;
+    fs::write(dir.join(WANTED), wanted_modules())?;
     fs::write(dir.join(READY_STAMP), spec.name)?;
     let _ = fs::remove_dir_all(&unpacked);
     apt.clear_downloads()?;

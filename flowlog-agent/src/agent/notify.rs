@@ -14,11 +14,19 @@ pub(super) fn notify(state: &str) {
     let Some(path) = std::env::var_os(NOTIFY_SOCKET) else {
         return;
     };
-    let sent = address(&path.to_string_lossy())
-        .and_then(|address| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &address));
-    if let Err(error) = sent {
+    if let Err(error) = send(&path.to_string_lossy(), state) {
         tracing::warn!(%error, state, "could not notify the service manager");
     }
+}
+
+/// One datagram, never waiting: a datagram socket's queue is short (10 by default) and a
+/// watcher that stops reading must not stop the agent (a blocking send would hang the run loop
+/// at the next reload).
+fn send(path: &str, state: &str) -> std::io::Result<()> {
+    let socket = UnixDatagram::unbound()?;
+    socket.set_nonblocking(true)?;
+    socket.send_to_addr(state.as_bytes(), &address(path)?)?;
+    Ok(())
 }
 
 /// A socket path, or an abstract name written `@name`.
@@ -49,5 +57,22 @@ mod tests {
             path.as_pathname(),
             Some(std::path::Path::new("/run/systemd/notify"))
         );
+    }
+
+    /// A watcher that never reads: the queue fills, and every later send fails at once.
+    #[test]
+    fn a_watcher_that_stops_reading_never_blocks_a_send() {
+        let path = std::env::temp_dir().join(format!("flowlog-notify-unit-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let watcher = UnixDatagram::bind(&path).unwrap();
+        let path = path.to_str().unwrap();
+        let started = std::time::Instant::now();
+        let results: Vec<_> = (0..200).map(|_| send(path, "READY=1")).collect();
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert!(results[0].is_ok());
+        let refused = results.iter().filter(|r| r.is_err()).count();
+        assert!(refused > 0, "the queue never filled");
+        drop(watcher);
+        let _ = std::fs::remove_file(path);
     }
 }

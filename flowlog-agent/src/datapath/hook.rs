@@ -189,16 +189,7 @@ pub fn plan_tc_mode(choice: TcModeChoice) -> Result<TcMode, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn interface(name: &str, ifindex: u32, loopback: bool) -> Interface {
-        Interface {
-            name: name.into(),
-            ifindex,
-            loopback,
-            addresses: Vec::new(),
-            interface_type: None,
-        }
-    }
+    use crate::interfaces::tests::interface;
 
     #[test]
     fn native_xdp_only_for_physical_non_paravirtual_devices() {

@@ -262,7 +262,6 @@ mod tests {
             family: AddressFamily::Ipv4 as u8,
             direction: Direction::Ingress as u8,
             verdict: verdict as u8,
-            ..FlowKey::zeroed()
         }
     }
 
