@@ -233,6 +233,14 @@ fn events_are_the_dir_lines_in_one_stream_per_interface() {
         "0"
     );
     assert_eq!(logged_value(&stopped.stderr, "sink finished", "lost"), "0");
+    assert_eq!(
+        logged_value(
+            &stopped.stderr,
+            "CloudWatch delivery finished",
+            "ambiguous_attempts"
+        ),
+        "0"
+    );
     assert_eq!(spooled(&spool), 0);
     let written = dir_lines(&dir);
     assert_eq!(written.keys().collect::<Vec<_>>(), ["a0-all", "a1-all"]);
@@ -511,6 +519,21 @@ fn a_server_that_stops_answering_delays_a_stop_by_a_bounded_time() {
         stopped.stderr
     );
     assert!(took < Duration::from_secs(17), "the stop took {took:?}");
+    assert!(
+        stopped
+            .stderr
+            .contains("the stop deadline passed during a call"),
+        "{}",
+        stopped.stderr
+    );
+    assert_eq!(
+        logged_value(
+            &stopped.stderr,
+            "CloudWatch delivery finished",
+            "ambiguous_attempts"
+        ),
+        "1"
+    );
     assert!(
         stopped.stderr.contains("stay in the spool"),
         "{}",

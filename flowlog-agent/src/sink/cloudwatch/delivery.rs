@@ -16,7 +16,9 @@
 //!   a call of several batches is tried batch by batch; a single batch that is refused can
 //!   never be accepted, so it is dropped, counted lost and logged with the service's reason
 //!   (flowlog builds batches within every documented limit, so this means a limit it does
-//!   not know). Events the answer rejects as too old, too new or expired are counted lost.
+//!   not know). Events outside the accepted window (older than 14 days after so long an
+//!   outage, or 2 hours ahead of the clock) are not sent but counted lost, as are events the
+//!   answer still rejects as too old, too new or expired.
 //!   Everything else (throttling, 5xx, no answer, refused or expired credentials, a denied
 //!   action) is retried with capped exponential backoff and full jitter for as long as the
 //!   agent runs, the batches waiting in the spool, its bound limiting what waits.
@@ -179,9 +181,14 @@ impl Deliverer {
                 }
             };
             let stream = call[0].1.stream.clone();
-            let Some(events) = self.events(&objects, &bodies) else {
+            let Some(events) = self.events(&objects, &bodies, unix_millis()) else {
                 continue;
             };
+            if events.is_empty() {
+                // Every event was outside the accepted window: counted lost already.
+                self.remove(&objects).await;
+                continue;
+            }
             let count = events.len() as u64;
             let message_bytes: u64 = events.iter().map(|e| e.message.len() as u64).sum();
             // A call the stop deadline overtakes is abandoned: its batches stay in the spool.
@@ -292,8 +299,10 @@ impl Deliverer {
         &mut self,
         objects: &[SpooledObject],
         bodies: &[Vec<u8>],
+        now: i64,
     ) -> Option<Vec<InputLogEvent>> {
         let mut events = Vec::new();
+        let mut outside = 0u64;
         for (object, body) in objects.iter().zip(bodies) {
             let Some(decoded) = decode(body) else {
                 tracing::error!(sink = %self.to.name, spool = %self.to.spool.directory().display(),
@@ -306,6 +315,10 @@ impl Deliverer {
                 return None;
             };
             for (timestamp, message) in decoded {
+                if !within_window(timestamp, now) {
+                    outside += 1;
+                    continue;
+                }
                 events.push(
                     InputLogEvent::builder()
                         .timestamp(timestamp)
@@ -314,6 +327,11 @@ impl Deliverer {
                         .expect("timestamp and message are set"),
                 );
             }
+        }
+        if outside > 0 {
+            self.to.lost.fetch_add(outside, Ordering::Relaxed);
+            tracing::error!(sink = %self.to.name, events_lost = outside,
+                "events older than CloudWatch accepts (14 days: the outage lasted that long) or more than 2 hours ahead of the clock are dropped");
         }
         Some(events)
     }
@@ -472,6 +490,22 @@ impl Deliverer {
             }
         }
     }
+}
+
+/// PutLogEvents accepts events at most 14 days old and at most 2 hours ahead.
+const MAX_AGE_MS: i64 = 14 * 24 * 3600 * 1000;
+const MAX_AHEAD_MS: i64 = 2 * 3600 * 1000;
+
+/// Whether CloudWatch accepts an event of `timestamp` at `now` (both Unix milliseconds). Edge
+/// cases (the clock moving during the call) are left to the answer's `rejectedLogEventsInfo`.
+fn within_window(timestamp: i64, now: i64) -> bool {
+    timestamp >= now - MAX_AGE_MS && timestamp <= now + MAX_AHEAD_MS
+}
+
+fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Returns once the agent is stopping and its delivery deadline has passed.
@@ -641,6 +675,16 @@ mod tests {
         ];
         assert_eq!(sequences(&plan(&a_day, false)), [1]);
         assert!(plan(&[], false).is_empty());
+    }
+
+    #[test]
+    fn the_accepted_window_is_14_days_back_and_2_hours_ahead() {
+        let now = 1_800_000_000_000;
+        assert!(within_window(now, now));
+        assert!(within_window(now - MAX_AGE_MS, now));
+        assert!(!within_window(now - MAX_AGE_MS - 1, now));
+        assert!(within_window(now + 2 * 3600 * 1000, now));
+        assert!(!within_window(now + 2 * 3600 * 1000 + 1, now));
     }
 
     #[test]
