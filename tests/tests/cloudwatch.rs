@@ -404,8 +404,9 @@ metadata = {{ account-id = "{ACCOUNT}", instance-tag = "{tag}", instance-tag-2 =
     fs::remove_dir_all(&work).expect("clean up");
 }
 
-/// The server goes away for several intervals; the agent is SIGKILLed during the outage and
-/// started again; the server comes back empty (group and streams created again). Every line
+/// The group is deleted while the agent runs (created again); then the server goes away for
+/// several intervals; the agent is SIGKILLed during the outage and started again; the server
+/// comes back empty (group and streams created again). Every line
 /// both runs' `dir:` sinks wrote is delivered exactly once, in time order per call.
 #[test]
 fn an_outage_and_a_killed_agent_lose_and_duplicate_nothing() {
@@ -422,6 +423,14 @@ fn an_outage_and_a_killed_agent_lose_and_duplicate_nothing() {
     send_round(&topology, 0, &mut expected);
     wait_until("first events", Duration::from_secs(10), || {
         !cloudwatch::accepted(&logs).is_empty()
+    });
+
+    // The group deleted while the agent runs: created again with the next events.
+    cloudwatch::delete_group(&topology.a, &endpoint, GROUP);
+    agent.wait_for_log("log group created", 2, Duration::from_secs(10));
+    send_round(&topology, 100, &mut expected);
+    wait_until("events in the new group", Duration::from_secs(10), || {
+        cloudwatch::streams(&topology.a, &endpoint, GROUP).len() == 2
     });
 
     // 2. Down for several intervals; the agent is killed in the middle, just after a drain.
