@@ -307,4 +307,35 @@ mod tests {
              \"end\":1431280934,\"action\":\"-\",\"log_status\":\"NODATA\"}\n"
         );
     }
+
+    /// Fields of versions 7 to 11 carry AWS's column names: strings as strings (`-` where
+    /// flowlog has no value), `encryption-status` (INT_32) as null.
+    #[test]
+    fn json_fields_carry_the_fields_of_versions_7_to_11() {
+        let renderer = LineRenderer::new(
+            Arc::new(
+                "${version} ${ecs-task-id} ${resource-id} ${encryption-status} ${instance-tag} \
+                 ${interface-type} ${next-hop-vpc-id}"
+                    .parse::<RecordFormat>()
+                    .unwrap(),
+            ),
+            Arc::new(Metadata {
+                resource_id: Some("i-0123456789abcdef0".into()),
+                instance_tag: Some("web".into()),
+                ..Metadata::default()
+            }),
+        )
+        .with_envelope(Envelope::JsonFields);
+        let mut records = records();
+        records.truncate(1);
+        records[0].interface_type = Some("veth");
+        let mut out = Vec::new();
+        renderer.render(&records, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"version\":11,\"ecs_task_id\":\"-\",\"resource_id\":\"i-0123456789abcdef0\",\
+             \"encryption_status\":null,\"instance_tag\":\"web\",\"interface_type\":\"veth\",\
+             \"next_hop_vpc_id\":\"-\"}\n"
+        );
+    }
 }
