@@ -5,7 +5,10 @@
     cloudwatch.py create-group ENDPOINT GROUP
     cloudwatch.py delete-group ENDPOINT GROUP
     cloudwatch.py delete-stream ENDPOINT GROUP STREAM
+    cloudwatch.py iam-user ENDPOINT USER ACTION...  # an IAM user allowed these actions:
+                                                    # prints "<key id> <secret key>"
 """
+import json
 import sys
 
 import boto3
@@ -21,7 +24,27 @@ def client(endpoint):
     )
 
 
+def iam_user(endpoint, user, actions):
+    iam = boto3.client(
+        "iam",
+        endpoint_url=endpoint,
+        aws_access_key_id="flowlog-test",
+        aws_secret_access_key="flowlog-test-secret",
+        region_name="us-east-1",
+    )
+    iam.create_user(UserName=user)
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}],
+    }
+    iam.put_user_policy(UserName=user, PolicyName="flowlog", PolicyDocument=json.dumps(policy))
+    print(key["AccessKeyId"], key["SecretAccessKey"])
+
+
 def main(argv):
+    if argv[1] == "iam-user":
+        return iam_user(argv[2], argv[3], argv[4:])
     command, endpoint, group = argv[1], argv[2], argv[3]
     logs = client(endpoint)
     if command == "streams":

@@ -8,15 +8,20 @@ over its whole life, across restarts (which forget what it stored), so a test ca
 agent cut its calls and that no event came twice. With $FLOWLOG_FAIL_EVERY=N, every Nth
 PutLogEvents call is refused before anything is stored, alternately as throttled
 (ThrottlingException, 400) and as unavailable (ServiceUnavailableException, 503); each refusal
-appends "<group> <stream> refused <code>" to the calls file.
+appends "<group> <stream> refused <code>" to the calls file. With moto's
+$INITIAL_NO_AUTH_ACTION_COUNT, requests are authenticated (SigV4 checked against the IAM users'
+keys) and authorized (their policies) as IAM does, and refusals are answered as CloudWatch
+Logs answers them, in JSON (moto writes XML): AccessDeniedException, InvalidSignatureException,
+UnrecognizedClientException.
 
     cloudwatch_server.py HOST PORT
 """
 import os
 import sys
 
-from moto.core.exceptions import JsonRESTError
+from moto.core.exceptions import JsonRESTError, _RESTError
 from moto.logs import exceptions, models
+from moto.logs.responses import LogsResponse
 from moto.server import main
 
 MAX_EVENTS = 10_000
@@ -30,9 +35,27 @@ calls = 0
 
 
 class Refused(JsonRESTError):
-    def __init__(self, status, code):
-        super().__init__(code, "flowlog test server: refused on purpose")
+    def __init__(self, status, code, message="flowlog test server: refused on purpose"):
+        super().__init__(code, message)
         self.code = status
+
+
+JSON_CODES = {
+    "AccessDenied": "AccessDeniedException",
+    "SignatureDoesNotMatch": "InvalidSignatureException",
+    "InvalidClientTokenId": "UnrecognizedClientException",
+}
+authorize = LogsResponse._authenticate_and_authorize_normal_action
+
+
+def json_authorize(self, resource="*"):
+    try:
+        authorize(self, resource)
+    except _RESTError as error:
+        raise Refused(error.code, JSON_CODES.get(error.error_type, error.error_type), error.message)
+
+
+LogsResponse._authenticate_and_authorize_normal_action = json_authorize
 
 
 def strict_put_log_events(self, log_group_name, log_stream_name, log_events):

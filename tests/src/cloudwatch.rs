@@ -240,3 +240,14 @@ pub fn delete_stream(ns: &NetNs, endpoint: &str, group: &str, stream: &str) {
         &["delete-stream", endpoint, group, stream],
     );
 }
+
+/// An IAM user of a server started with `INITIAL_NO_AUTH_ACTION_COUNT` (three unauthenticated
+/// actions per user), allowed `actions`: its (access key id, secret access key).
+pub fn iam_user(ns: &NetNs, endpoint: &str, user: &str, actions: &[&str]) -> (String, String) {
+    let mut args = vec!["iam-user", endpoint, user];
+    args.extend_from_slice(actions);
+    let output = run_script(ns, "cloudwatch.py", &args);
+    let text = String::from_utf8(output.stdout).expect("UTF-8");
+    let (id, secret) = text.trim().split_once(' ').expect("key id and secret");
+    (id.to_owned(), secret.to_owned())
+}

@@ -582,3 +582,116 @@ fn a_server_that_stops_answering_delays_a_stop_by_a_bounded_time() {
     drop(server);
     fs::remove_dir_all(&work).expect("clean up");
 }
+
+/// The environment of an agent signing with `key` (id, secret) for `endpoint`.
+fn env_with_key(endpoint: &str, key: &(String, String)) -> Vec<(&'static str, String)> {
+    let mut env = agent_env(endpoint);
+    env.retain(|(name, _)| !["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"].contains(name));
+    env.push(("AWS_ACCESS_KEY_ID", key.0.clone()));
+    env.push(("AWS_SECRET_ACCESS_KEY", key.1.clone()));
+    env
+}
+
+/// `flowlog-agent check` of a CloudWatch sink with `env`: what it printed.
+fn check_output(topology: &Topology, env: &[(&'static str, String)]) -> String {
+    let mut command = agent_command(&topology.a, &[]);
+    command
+        .args(["check", "--interface", "a0", "--sink"])
+        .arg(format!("cloudwatch:{GROUP}"))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    let output = output_within(&mut command, Duration::from_secs(60));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A server that authenticates (SigV4 against its IAM users' keys) and authorizes as IAM does:
+/// the agent's signed requests are accepted; a missing `logs:CreateLogGroup` is named in the
+/// agent's log (the events wait in the spool); `check` names a missing `logs:DescribeLogGroups`
+/// and refused credentials, and `run` refuses to start with them; no secret is ever printed.
+#[test]
+fn iam_refusals_name_the_missing_action() {
+    let topology = Topology::new(true);
+    let work = scratch("iam");
+    let (dir, spool, logs) = (work.join("dir"), work.join("spool"), work.join("server"));
+    // Three unauthenticated actions per IAM user made below; everything after is checked.
+    let server = CloudWatchServer::start_with(
+        &topology.a,
+        PORT,
+        &logs,
+        &[("INITIAL_NO_AUTH_ACTION_COUNT", "6")],
+    );
+    let endpoint = server.endpoint();
+    // AWS's flow-log role without logs:CreateLogGroup; and a key allowed to write only.
+    let writer = cloudwatch::iam_user(
+        &topology.a,
+        &endpoint,
+        "writer",
+        &[
+            "logs:CreateLogStream",
+            "logs:PutLogEvents",
+            "logs:DescribeLogGroups",
+            "logs:DescribeLogStreams",
+        ],
+    );
+    let blind = cloudwatch::iam_user(&topology.a, &endpoint, "blind", &["logs:PutLogEvents"]);
+
+    let said = check_output(&topology, &env_with_key(&endpoint, &writer));
+    assert!(
+        said.contains(&format!("log group {GROUP} does not exist yet")),
+        "{said}"
+    );
+    let said = check_output(&topology, &env_with_key(&endpoint, &blind));
+    assert!(said.contains("lack logs:DescribeLogGroups"), "{said}");
+    let forged = (writer.0.clone(), "not-the-secret".to_owned());
+    let said = check_output(&topology, &env_with_key(&endpoint, &forged));
+    assert!(
+        said.contains("credentials are missing or refused"),
+        "{said}"
+    );
+    assert!(
+        !said.contains(&writer.1) && !said.contains(&blind.1),
+        "{said}"
+    );
+
+    // `run` with a key that may not describe the group: refused, naming the action.
+    let env = env_with_key(&endpoint, &blind);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let refused = AgentBuilder::new(&topology.a)
+        .args(&agent_args("1s", &dir, &spool))
+        .envs(&env)
+        .try_start()
+        .err()
+        .expect("the agent started without logs:DescribeLogGroups");
+    assert!(refused.contains("logs:DescribeLogGroups"), "{refused}");
+
+    // `run` with the writer: signed requests pass, the group cannot be created.
+    let env = env_with_key(&endpoint, &writer);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut agent = AgentBuilder::new(&topology.a)
+        .args(&agent_args("1s", &dir, &spool))
+        .envs(&env)
+        .start();
+    agent.wait_for_log("logs:CreateLogGroup is denied", 1, Duration::from_secs(10));
+    let stopped = agent.stop();
+    assert!(
+        stopped.status.success(),
+        "agent failed:\n{}",
+        stopped.stderr
+    );
+    assert!(
+        stopped.stderr.contains("stay in the spool"),
+        "{}",
+        stopped.stderr
+    );
+    assert!(spooled(&spool) > 0);
+    assert!(cloudwatch::accepted(&logs).is_empty());
+    assert!(
+        !stopped.stderr.contains(&writer.1) && !stopped.stdout.contains(&writer.1),
+        "the secret key was printed"
+    );
+    drop(server);
+    fs::remove_dir_all(&work).expect("clean up");
+}
