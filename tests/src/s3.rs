@@ -3,9 +3,13 @@
 //! loopback (where the agent under test runs), and boto3 as the independent reference client.
 
 use std::{
-    net::TcpStream,
+    net::{Shutdown, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Output, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -160,4 +164,109 @@ pub fn gunzip(path: &Path) -> String {
         .expect("spawn gzip");
     assert!(output.status.success(), "gzip -dc {}", path.display());
     String::from_utf8(output.stdout).expect("UTF-8 text object")
+}
+
+/// A TCP relay inside a namespace from `127.0.0.1:port` to a server at `127.0.0.1:upstream`:
+/// an outage the test switches on and off ([`Relay::down`]: the port refuses connections and
+/// open ones are cut) while the server behind it, and what it stored, stays. A test reads the
+/// server directly, so nothing can arrive between its last read and the outage.
+pub struct Relay {
+    port: u16,
+    upstream: u16,
+    running: Option<RelayRunning>,
+}
+
+struct RelayRunning {
+    stop: Arc<AtomicBool>,
+    acceptor: thread::JoinHandle<()>,
+    connections: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    /// Starts relaying `port` to `upstream` in `ns`.
+    pub fn start(ns: &NetNs, port: u16, upstream: u16) -> Self {
+        let mut relay = Relay {
+            port,
+            upstream,
+            running: None,
+        };
+        relay.up(ns);
+        relay
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Ends the outage: the port accepts and relays again.
+    pub fn up(&mut self, ns: &NetNs) {
+        assert!(self.running.is_none(), "the relay is already up");
+        let stop = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let upstream = self.upstream;
+        // The listener, and every thread the acceptor spawns, live in `ns`.
+        let acceptor = in_netns(ns, || {
+            let listener = TcpListener::bind(("127.0.0.1", self.port)).expect("relay port");
+            listener.set_nonblocking(true).expect("nonblocking");
+            let (stop, connections) = (stop.clone(), connections.clone());
+            thread::spawn(move || accept_loop(listener, upstream, &stop, &connections))
+        })
+        .expect("enter namespace");
+        self.running = Some(RelayRunning {
+            stop,
+            acceptor,
+            connections,
+        });
+    }
+
+    /// Starts an outage: the port is closed (connections are refused) and every relayed
+    /// connection is cut.
+    pub fn down(&mut self) {
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        running.stop.store(true, Ordering::Relaxed);
+        let _ = running.acceptor.join();
+        for stream in running.connections.lock().expect("lock").drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    upstream: u16,
+    stop: &AtomicBool,
+    connections: &Mutex<Vec<TcpStream>>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let client = match listener.accept() {
+            Ok((client, _)) => client,
+            Err(_) => {
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let _ = client.set_nonblocking(false);
+        let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+            continue;
+        };
+        let mut live = connections.lock().expect("lock");
+        for (from, to) in [(&client, &server), (&server, &client)] {
+            let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
+                continue;
+            };
+            thread::spawn(move || {
+                let _ = std::io::copy(&mut from, &mut to);
+                let _ = to.shutdown(Shutdown::Write);
+            });
+        }
+        live.extend([client, server]);
+    }
 }

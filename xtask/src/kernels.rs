@@ -1,7 +1,7 @@
 //! The kernels of the test matrix: Debian's own packages, resolved and downloaded through a
 //! private apt configuration (`apt.rs`), so the machine's apt set-up is never touched.
 //!
-//! Each kernel is unpacked once into `~/.cache/flowlog/kernels/<release>/`: the uncompressed
+//! Each kernel is unpacked once into `~/.cache/flowlog/kernels/with-<modules>/<release>/`: the uncompressed
 //! `vmlinux` (booted through its PVH entry, faster under TCG than the compressed image) and the
 //! few modules the tests need, decompressed and listed in load order in `modules.order`. A later
 //! run finds it there and downloads nothing; the archive is asked again for a newer release at
@@ -106,13 +106,20 @@ fn cache_root() -> Result<PathBuf> {
     Ok(cmd::home()?.join(".cache/flowlog/kernels"))
 }
 
+/// Where kernels unpacked with this checkout's module list live: one directory per list, so
+/// checkouts (branches) that need other modules share the cache without ever loading a module
+/// they did not ask for, and without unpacking in turn over each other.
+fn unpacked_root(root: &Path) -> PathBuf {
+    root.join(format!("with-{}", MODULES.join(",")))
+}
+
 /// Resolves, downloads (if not cached) and unpacks the kernel of `spec`.
 pub fn ensure(spec: KernelSpec) -> Result<Kernel> {
     let root = cache_root()?;
     let apt = PrivateApt::new(&root.join("apt").join(spec.name), spec.suites)?;
     let release = match newest_release(&apt, spec) {
         Ok(release) => release,
-        Err(error) => match newest_cached(&root, spec)? {
+        Err(error) => match newest_cached(&unpacked_root(&root), spec)? {
             Some(release) => {
                 step(
                     &format!("kernel {}", spec.name),
@@ -123,7 +130,7 @@ pub fn ensure(spec: KernelSpec) -> Result<Kernel> {
             None => return Err(error.context(format!("resolving kernel {}", spec.name))),
         },
     };
-    let dir = root.join(&release);
+    let dir = unpacked_root(&root).join(&release);
     if let Some(kernel) = load_cached(spec, &release, &dir)? {
         step(
             &format!("kernel {}", spec.name),
@@ -162,19 +169,8 @@ fn newest_cached(root: &Path, spec: KernelSpec) -> Result<Option<String>> {
 /// Written last when a kernel is unpacked; holds the spec's name.
 const READY_STAMP: &str = "ready";
 
-/// Written beside `modules.order`: the modules it was made for. A kernel unpacked for another
-/// list (an older or newer checkout sharing the cache) is unpacked again, so the guest never
-/// loads a module this checkout did not ask for.
-const WANTED: &str = "modules.wanted";
-
-fn wanted_modules() -> String {
-    MODULES.join(" ") + "\n"
-}
-
 fn load_cached(spec: KernelSpec, release: &str, dir: &Path) -> Result<Option<Kernel>> {
-    if !dir.join(READY_STAMP).exists()
-        || fs::read_to_string(dir.join(WANTED)).ok() != Some(wanted_modules())
-    {
+    if !dir.join(READY_STAMP).exists() {
         return Ok(None);
     }
     let order = fs::read_to_string(dir.join("modules.order"))
@@ -271,7 +267,6 @@ fn fetch(apt: &PrivateApt, spec: KernelSpec, release: &str, dir: &Path) -> Resul
         add_module(&module_root, module, &dir.join("modules"), &mut order)?;
     }
     fs::write(dir.join("modules.order"), order.join("\n") + "\n")?;
-    fs::write(dir.join(WANTED), wanted_modules())?;
     fs::write(dir.join(READY_STAMP), spec.name)?;
     let _ = fs::remove_dir_all(&unpacked);
     apt.clear_downloads()?;

@@ -2,7 +2,7 @@
 //! an absolute within one run (variants alternate, medians are kept: the machine is shared).
 //!
 //! ```text
-//! cargo xtask bench [-- [--only per-packet|throughput|drain|memory|ipfix|policy|encoders]... [--quick]]
+//! cargo xtask bench [-- [--only per-packet|throughput|drain|memory|ipfix|policy|encoders|rate|idle]... [--quick]]
 //! ```
 //!
 //! Exits 0 when every figure asked for was measured, whether or not it met its goal; 1 when a
@@ -11,10 +11,12 @@
 mod agent;
 mod drain;
 mod encoders;
+mod idle;
 mod ipfix;
 mod memory;
 mod per_packet;
 mod policy;
+mod rate;
 mod report;
 mod support;
 mod throughput;
@@ -32,10 +34,12 @@ enum Figure {
     Ipfix,
     Policy,
     Encoders,
+    Rate,
+    Idle,
 }
 
 impl Figure {
-    const ALL: [Figure; 7] = [
+    const ALL: [Figure; 9] = [
         Figure::PerPacket,
         Figure::Throughput,
         Figure::Drain,
@@ -43,6 +47,8 @@ impl Figure {
         Figure::Ipfix,
         Figure::Policy,
         Figure::Encoders,
+        Figure::Rate,
+        Figure::Idle,
     ];
 
     fn name(self) -> &'static str {
@@ -54,6 +60,8 @@ impl Figure {
             Figure::Ipfix => "ipfix",
             Figure::Policy => "policy",
             Figure::Encoders => "encoders",
+            Figure::Rate => "rate",
+            Figure::Idle => "idle",
         }
     }
 
@@ -66,6 +74,8 @@ impl Figure {
             Figure::Ipfix => ipfix::measure(quick, report),
             Figure::Policy => policy::measure(quick, report),
             Figure::Encoders => encoders::measure(quick, report),
+            Figure::Rate => rate::measure(quick, report),
+            Figure::Idle => idle::measure(quick, report),
         }
     }
 }
@@ -77,7 +87,7 @@ struct Options {
     quick: bool,
 }
 
-const USAGE: &str = "usage: flowlog-bench [--only per-packet|throughput|drain|memory|ipfix|policy|encoders]... [--quick]";
+const USAGE: &str = "usage: flowlog-bench [--only per-packet|throughput|drain|memory|ipfix|policy|encoders|rate|idle]... [--quick]";
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
     let mut only = Vec::new();

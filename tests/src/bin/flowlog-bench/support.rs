@@ -66,27 +66,46 @@ pub struct CpuPin {
 impl CpuPin {
     /// Pins to the highest CPU the thread may run on (CPU 0 usually takes most interrupts).
     pub fn highest_allowed() -> Result<Self> {
-        // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
-        let mut original: libc::cpu_set_t = unsafe { mem::zeroed() };
-        // SAFETY: pid 0 is the calling thread; the kernel writes at most `size_of` bytes into
-        // `original`, which lives across the call.
-        let rc =
-            unsafe { libc::sched_getaffinity(0, mem::size_of::<libc::cpu_set_t>(), &mut original) };
-        if rc != 0 {
-            return Err(format!("sched_getaffinity: {}", io::Error::last_os_error()));
-        }
-        let cpu = (0..libc::CPU_SETSIZE as usize)
-            .rev()
-            // SAFETY: CPU_ISSET only reads the set, and `cpu` is below CPU_SETSIZE.
-            .find(|&cpu| unsafe { libc::CPU_ISSET(cpu, &original) })
+        let cpu = *allowed_cpus()?
+            .last()
             .context("the thread may run on no CPU")?;
-        // SAFETY: as above, all-zero is the empty set.
+        Self::to(cpu)
+    }
+
+    /// Pins to `cpu`, which must be one the thread may run on.
+    pub fn to(cpu: usize) -> Result<Self> {
+        let original = current_affinity()?;
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(format!("no CPU {cpu}"));
+        }
+        // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
         let mut only: libc::cpu_set_t = unsafe { mem::zeroed() };
-        // SAFETY: CPU_SET writes one bit, below CPU_SETSIZE, of a set we own.
+        // SAFETY: CPU_SET writes one bit, below CPU_SETSIZE (checked above), of a set we own.
         unsafe { libc::CPU_SET(cpu, &mut only) };
         set_affinity(&only).context(format!("pinning the thread to CPU {cpu}"))?;
         Ok(Self { cpu, original })
     }
+}
+
+/// The CPUs the calling thread may run on, in ascending order.
+pub fn allowed_cpus() -> Result<Vec<usize>> {
+    let set = current_affinity()?;
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET only reads the set, and `cpu` is below CPU_SETSIZE.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+fn current_affinity() -> Result<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
+    // SAFETY: pid 0 is the calling thread; the kernel writes at most `size_of` bytes into
+    // `set`, which lives across the call.
+    let rc = unsafe { libc::sched_getaffinity(0, mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Err(format!("sched_getaffinity: {}", io::Error::last_os_error()));
+    }
+    Ok(set)
 }
 
 impl Drop for CpuPin {
@@ -199,6 +218,55 @@ pub fn thread_user_system_time() -> (Duration, Duration) {
     (time(usage.ru_utime), time(usage.ru_stime))
 }
 
+/// Clock ticks (`sysconf(_SC_CLK_TCK)`, 100 per second on Linux) of CPU a process has used in
+/// user space and in the kernel, its exited threads included (`utime` + `stime` of
+/// `/proc/<pid>/stat`); `None` once it is gone.
+pub fn process_cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields = stat_fields(&stat)?;
+    // Fields 14 and 15 of the line; `fields` starts at field 3, the state.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// A process's state letter (`R` running or runnable, `S` sleeping, ...); `None` once gone.
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_fields(&stat)?.first()?.chars().next()
+}
+
+/// Clock ticks per second, for [`process_cpu_ticks`].
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf only reads a constant of the C library.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as u64 } else { 100 }
+}
+
+/// The processes whose parent is `pid` (from every `/proc/<pid>/stat`).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&child| {
+            fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| stat_fields(&stat)?.get(1)?.parse::<u32>().ok())
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// The fields of a `/proc/<pid>/stat` line after the command name (which may hold spaces and
+/// parentheses, so the line is split after its last `)`): state, ppid, ...
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().collect())
+}
+
 /// Seconds since the Unix epoch, the unit of the agent's interval boundaries.
 pub fn unix_now() -> f64 {
     SystemTime::now()
@@ -226,6 +294,17 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
         assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id();
+        assert!(process_cpu_ticks(me).is_some());
+        let stat = "42 (a (b) c) S 7 42 42 0 -1 4194560 1 0 0 0 15 3 0 0 20 0 1 0";
+        let fields = stat_fields(stat).unwrap();
+        assert_eq!(fields[0], "S");
+        assert_eq!(fields[1], "7");
+        assert_eq!((fields[11], fields[12]), ("15", "3"));
     }
 
     #[test]
