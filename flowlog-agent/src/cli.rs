@@ -200,6 +200,28 @@ pub struct MetadataArgs {
     /// Value of the sublocation-id field.
     #[arg(long, value_name = "ID", value_parser = parse_metadata_value)]
     pub sublocation_id: Option<String>,
+    /// Value of the resource-id field (version 9).
+    #[arg(long, value_name = "ID", value_parser = parse_metadata_value)]
+    pub resource_id: Option<String>,
+    /// Value of the instance-tag field (version 11): the instance's value of the tag key you
+    /// chose.
+    #[arg(long, value_name = "VALUE", value_parser = parse_metadata_value)]
+    pub instance_tag: Option<String>,
+    /// Value of the instance-tag-2 field.
+    #[arg(long, value_name = "VALUE", value_parser = parse_metadata_value)]
+    pub instance_tag_2: Option<String>,
+    /// Value of the interface-tag field (version 11).
+    #[arg(long, value_name = "VALUE", value_parser = parse_metadata_value)]
+    pub interface_tag: Option<String>,
+    /// Value of the interface-tag-2 field.
+    #[arg(long, value_name = "VALUE", value_parser = parse_metadata_value)]
+    pub interface_tag_2: Option<String>,
+    /// Value of the asg-tag field (version 11).
+    #[arg(long, value_name = "VALUE", value_parser = parse_metadata_value)]
+    pub asg_tag: Option<String>,
+    /// Value of the asg-tag-2 field.
+    #[arg(long, value_name = "VALUE", value_parser = parse_metadata_value)]
+    pub asg_tag_2: Option<String>,
 }
 
 /// Options of the object-store sinks (`s3://`, `gs://`, `az://`, `file://`).

@@ -20,7 +20,8 @@ pub enum ColumnType {
 /// enum and forgotten in a lookup.
 macro_rules! fields {
     ($($variant:ident = $name:literal, $column:literal, $version:literal, $ty:ident;)*) => {
-        /// A field of a VPC Flow Logs record (versions 2 to 5, and `reject-reason` of version 8).
+        /// A field of a VPC Flow Logs record, versions 2 to 11 (version 6 is Transit Gateway
+        /// flow logs' own, which have no interfaces).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         pub enum Field {
             $($variant,)*
@@ -91,7 +92,54 @@ fields! {
     FlowDirection = "flow-direction", "flow_direction", 5, String;
     TrafficPath = "traffic-path", "traffic_path", 5, Int32;
     RejectReason = "reject-reason", "reject_reason", 8, String;
+    EcsClusterArn = "ecs-cluster-arn", "ecs_cluster_arn", 7, String;
+    EcsClusterName = "ecs-cluster-name", "ecs_cluster_name", 7, String;
+    EcsContainerInstanceArn = "ecs-container-instance-arn", "ecs_container_instance_arn", 7, String;
+    EcsContainerInstanceId = "ecs-container-instance-id", "ecs_container_instance_id", 7, String;
+    EcsContainerId = "ecs-container-id", "ecs_container_id", 7, String;
+    EcsSecondContainerId = "ecs-second-container-id", "ecs_second_container_id", 7, String;
+    EcsServiceName = "ecs-service-name", "ecs_service_name", 7, String;
+    EcsTaskDefinitionArn = "ecs-task-definition-arn", "ecs_task_definition_arn", 7, String;
+    EcsTaskArn = "ecs-task-arn", "ecs_task_arn", 7, String;
+    EcsTaskId = "ecs-task-id", "ecs_task_id", 7, String;
+    ResourceId = "resource-id", "resource_id", 9, String;
+    EncryptionStatus = "encryption-status", "encryption_status", 10, Int32;
+    InstanceTag = "instance-tag", "instance_tag", 11, String;
+    InstanceTag2 = "instance-tag-2", "instance_tag_2", 11, String;
+    InterfaceTag = "interface-tag", "interface_tag", 11, String;
+    InterfaceTag2 = "interface-tag-2", "interface_tag_2", 11, String;
+    AsgTag = "asg-tag", "asg_tag", 11, String;
+    AsgTag2 = "asg-tag-2", "asg_tag_2", 11, String;
+    InterfaceType = "interface-type", "interface_type", 11, String;
+    NextHopInterfaceId = "next-hop-interface-id", "next_hop_interface_id", 11, String;
+    NextHopSubnetId = "next-hop-subnet-id", "next_hop_subnet_id", 11, String;
+    NextHopAzId = "next-hop-az-id", "next_hop_az_id", 11, String;
+    NextHopVpcId = "next-hop-vpc-id", "next_hop_vpc_id", 11, String;
+    NextHopInterfaceType = "next-hop-interface-type", "next_hop_interface_type", 11, String;
 }
+
+/// Fields of Transit Gateway flow logs (version 6), which describe attachments rather than
+/// interfaces: named in the refusal, so a format copied from one is not just "unknown".
+const TRANSIT_GATEWAY_FIELDS: &[&str] = &[
+    "resource-type",
+    "tgw-id",
+    "tgw-attachment-id",
+    "tgw-src-vpc-account-id",
+    "tgw-dst-vpc-account-id",
+    "tgw-src-vpc-id",
+    "tgw-dst-vpc-id",
+    "tgw-src-subnet-id",
+    "tgw-dst-subnet-id",
+    "tgw-src-eni",
+    "tgw-dst-eni",
+    "tgw-src-az-id",
+    "tgw-dst-az-id",
+    "tgw-pair-attachment-id",
+    "packets-lost-no-route",
+    "packets-lost-blackhole",
+    "packets-lost-mtu-exceeded",
+    "packets-lost-ttl-expired",
+];
 
 impl Field {
     /// Looks a field up by its exact (case-sensitive) format-string name, as AWS does.
@@ -184,6 +232,10 @@ pub enum FormatError {
         token: usize,
         suggestion: Option<Field>,
     },
+    #[error(
+        "{text:?} (token {token}) is a field of Transit Gateway flow logs (version 6); VPC flow logs, which flowlog writes, have no such field"
+    )]
+    TransitGatewayField { text: String, token: usize },
     #[error("duplicate field \"${{{}}}\" (token {token}, first used as token {first})", .field.name())]
     Duplicate {
         field: Field,
@@ -307,6 +359,32 @@ impl RecordFormat {
             Field::PktSrcAwsService | Field::PktDstAwsService | Field::TrafficPath => Absent,
             Field::FlowDirection => flow.map_or(Absent, |f| Str(f.direction_name())),
             Field::RejectReason => flow.and_then(|f| f.reject_reason()).map_or(Absent, Str),
+            Field::ResourceId => configured(&meta.resource_id),
+            Field::InstanceTag => configured(&meta.instance_tag),
+            Field::InstanceTag2 => configured(&meta.instance_tag_2),
+            Field::InterfaceTag => configured(&meta.interface_tag),
+            Field::InterfaceTag2 => configured(&meta.interface_tag_2),
+            Field::AsgTag => configured(&meta.asg_tag),
+            Field::AsgTag2 => configured(&meta.asg_tag_2),
+            Field::InterfaceType => record.interface_type.map_or(Absent, Str),
+            // Not ECS task metadata (no interface of a host is a task's ENI), no Nitro
+            // encryption to observe, and no view of where a router forwards next.
+            Field::EcsClusterArn
+            | Field::EcsClusterName
+            | Field::EcsContainerInstanceArn
+            | Field::EcsContainerInstanceId
+            | Field::EcsContainerId
+            | Field::EcsSecondContainerId
+            | Field::EcsServiceName
+            | Field::EcsTaskDefinitionArn
+            | Field::EcsTaskArn
+            | Field::EcsTaskId
+            | Field::EncryptionStatus
+            | Field::NextHopInterfaceId
+            | Field::NextHopSubnetId
+            | Field::NextHopAzId
+            | Field::NextHopVpcId
+            | Field::NextHopInterfaceType => Absent,
         }
     }
 }
@@ -400,6 +478,12 @@ fn parse_token(text: &str, token: usize) -> Result<Field, FormatError> {
         .and_then(|rest| rest.strip_suffix('}'))
         .filter(|name| !name.contains(['$', '{', '}']));
     match name {
+        Some(name) if TRANSIT_GATEWAY_FIELDS.contains(&name) => {
+            Err(FormatError::TransitGatewayField {
+                text: text.to_owned(),
+                token,
+            })
+        }
         Some(name) => Field::from_name(name).ok_or_else(|| FormatError::UnknownField {
             text: text.to_owned(),
             token,
@@ -505,6 +589,13 @@ mod tests {
             az_id: Some("euw1-az1".to_owned()),
             sublocation_type: None,
             sublocation_id: Some(String::new()),
+            resource_id: Some("i-0123456789abcdef0".to_owned()),
+            instance_tag: Some("web".to_owned()),
+            instance_tag_2: None,
+            interface_tag: Some("frontend".to_owned()),
+            interface_tag_2: None,
+            asg_tag: Some("asg-web".to_owned()),
+            asg_tag_2: Some("blue".to_owned()),
         }
     }
 
@@ -535,6 +626,7 @@ mod tests {
         FlowRecord {
             interface: Arc::from(interface),
             ifindex: 2,
+            interface_type: None,
             start,
             end,
             kind,
@@ -586,6 +678,44 @@ mod tests {
         let format = RecordFormat::default();
         for (record, line) in cases {
             assert_eq!(render(&format, &record, &account()), line);
+        }
+    }
+
+    /// AWS's published version-3 example (a TCP flag sequence): two connections to port
+    /// 5001, SYN (2) from the client, SYN-ACK (18) from the server.
+    #[test]
+    fn aws_version_3_example_renders_byte_exact() {
+        let format = parse(
+            "${version} ${vpc-id} ${subnet-id} ${instance-id} ${interface-id} ${account-id} \
+             ${type} ${srcaddr} ${dstaddr} ${srcport} ${dstport} ${pkt-srcaddr} ${pkt-dstaddr} \
+             ${protocol} ${bytes} ${packets} ${start} ${end} ${action} ${tcp-flags} ${log-status}",
+        );
+        assert_eq!(format.version(), 3);
+        let meta = Metadata {
+            account_id: Some("123456789010".into()),
+            vpc_id: Some("vpc-abcdefab012345678".into()),
+            subnet_id: Some("subnet-aaaaaaaa012345678".into()),
+            instance_id: Some("i-01234567890123456".into()),
+            ..Metadata::default()
+        };
+        #[rustfmt::skip]
+        let cases = [
+            ("52.213.180.42 10.0.0.62 43416 5001 6 8 568 ACCEPT", 2,
+             "3 vpc-abcdefab012345678 subnet-aaaaaaaa012345678 i-01234567890123456 eni-1235b8ca123456789 123456789010 IPv4 52.213.180.42 10.0.0.62 43416 5001 52.213.180.42 10.0.0.62 6 568 8 1566848875 1566848933 ACCEPT 2 OK\n"),
+            ("10.0.0.62 52.213.180.42 5001 43416 6 7 376 ACCEPT", 18,
+             "3 vpc-abcdefab012345678 subnet-aaaaaaaa012345678 i-01234567890123456 eni-1235b8ca123456789 123456789010 IPv4 10.0.0.62 52.213.180.42 5001 43416 10.0.0.62 52.213.180.42 6 376 7 1566848875 1566848933 ACCEPT 18 OK\n"),
+            ("52.213.180.42 10.0.0.62 43418 5001 6 70 100701 ACCEPT", 2,
+             "3 vpc-abcdefab012345678 subnet-aaaaaaaa012345678 i-01234567890123456 eni-1235b8ca123456789 123456789010 IPv4 52.213.180.42 10.0.0.62 43418 5001 52.213.180.42 10.0.0.62 6 100701 70 1566848875 1566848933 ACCEPT 2 OK\n"),
+            ("10.0.0.62 52.213.180.42 5001 43418 6 12 632 ACCEPT", 18,
+             "3 vpc-abcdefab012345678 subnet-aaaaaaaa012345678 i-01234567890123456 eni-1235b8ca123456789 123456789010 IPv4 10.0.0.62 52.213.180.42 5001 43418 10.0.0.62 52.213.180.42 6 632 12 1566848875 1566848933 ACCEPT 18 OK\n"),
+        ];
+        for (spec, tcp_flags, line) in cases {
+            let kind = RecordKind::Flow(Flow {
+                tcp_flags,
+                ..flow(spec)
+            });
+            let record = record(ENI, 1566848875, 1566848933, kind);
+            assert_eq!(render(&format, &record, &meta), line);
         }
     }
 
@@ -670,6 +800,12 @@ mod tests {
             5
         );
         assert_eq!(parse("${reject-reason}").version(), 8);
+        assert_eq!(parse("${ecs-task-id} ${srcaddr}").version(), 7);
+        assert_eq!(parse("${ecs-task-id} ${reject-reason}").version(), 8);
+        assert_eq!(parse("${resource-id}").version(), 9);
+        assert_eq!(parse("${encryption-status} ${tcp-flags}").version(), 10);
+        assert_eq!(parse("${version} ${interface-type}").version(), 11);
+        assert_eq!(parse("${next-hop-vpc-id} ${resource-id}").version(), 11);
         assert_eq!(parse("${srcaddr} ${version}").version(), 2);
         let line = render(
             &parse("${version} ${az-id}"),
@@ -696,31 +832,37 @@ mod tests {
     #[test]
     fn every_field_renders_in_order() {
         let format = every_field_format();
-        assert_eq!(format.version(), 8);
+        assert_eq!(format.version(), 11);
         assert_eq!(format.fields(), Field::ALL);
         let egress = Flow {
             direction: Direction::Egress,
             ..flow("172.31.16.139 172.31.16.21 20641 22 6 20 4249 ACCEPT")
         };
-        let ok = record(ENI, 1418530010, 1418530070, RecordKind::Flow(egress));
+        let ok = FlowRecord {
+            interface_type: Some("veth"),
+            ..record(ENI, 1418530010, 1418530070, RecordKind::Flow(egress))
+        };
         let line = render(&format, &ok, &full_metadata());
         assert_eq!(line.trim_end().split(' ').count(), Field::ALL.len());
         assert_eq!(
             line,
-            "8 123456789010 eni-1235b8ca123456789 172.31.16.139 172.31.16.21 20641 22 6 20 4249 \
+            "11 123456789010 eni-1235b8ca123456789 172.31.16.139 172.31.16.21 20641 22 6 20 4249 \
              1418530010 1418530070 ACCEPT OK vpc-0a1b2c3d subnet-0a1b2c3d i-0123456789abcdef0 19 \
-             IPv4 172.31.16.139 172.31.16.21 eu-west-1 euw1-az1 - - - - egress - -\n"
+             IPv4 172.31.16.139 172.31.16.21 eu-west-1 euw1-az1 - - - - egress - - \
+             - - - - - - - - - - i-0123456789abcdef0 - web - frontend - asg-web blue veth \
+             - - - - -\n"
         );
         let idle = record("eth0", 60, 120, RecordKind::NoData);
+        let dashes = vec!["-"; Field::ALL.len() - 14].join(" ");
         assert_eq!(
             render(&format, &idle, &Metadata::default()),
-            "8 - eth0 - - - - - - - 60 120 - NODATA - - - - - - - - - - - - - - - -\n"
+            format!("11 - eth0 - - - - - - - 60 120 - NODATA {dashes}\n")
         );
     }
 
     #[test]
     fn field_facts_follow_the_reference() {
-        assert_eq!(Field::ALL.len(), 30);
+        assert_eq!(Field::ALL.len(), 54);
         for &field in Field::ALL {
             assert_eq!(Field::from_name(field.name()), Some(field));
             assert_eq!(field.column_name(), field.name().replace('-', "_"));
@@ -737,10 +879,48 @@ mod tests {
             S, S, S, S, // version 4
             S, S, S, I, // version 5
             S, // version 8
+            S, S, S, S, S, S, S, S, S, S, // version 7
+            S, // version 9
+            I, // version 10
+            S, S, S, S, S, S, S, S, S, S, S, S, // version 11
         ]);
         let versions: Vec<u8> = Field::ALL.iter().map(|f| f.version()).collect();
         #[rustfmt::skip]
-        assert_eq!(versions, [2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 8]);
+        assert_eq!(versions, [
+            2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 8,
+            7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 9, 10, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11,
+        ]);
+        // Names exactly as AWS spells them.
+        let names: Vec<&str> = Field::ALL[30..].iter().map(|f| f.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "ecs-cluster-arn",
+                "ecs-cluster-name",
+                "ecs-container-instance-arn",
+                "ecs-container-instance-id",
+                "ecs-container-id",
+                "ecs-second-container-id",
+                "ecs-service-name",
+                "ecs-task-definition-arn",
+                "ecs-task-arn",
+                "ecs-task-id",
+                "resource-id",
+                "encryption-status",
+                "instance-tag",
+                "instance-tag-2",
+                "interface-tag",
+                "interface-tag-2",
+                "asg-tag",
+                "asg-tag-2",
+                "interface-type",
+                "next-hop-interface-id",
+                "next-hop-subnet-id",
+                "next-hop-az-id",
+                "next-hop-vpc-id",
+                "next-hop-interface-type",
+            ]
+        );
     }
 
     #[test]
@@ -754,7 +934,7 @@ mod tests {
             RecordKind::Flow(flow("fd00::1 fd00::2 1 2 58 3 312 REJECT")),
         );
         let value = |field| format.value(field, &v6, &meta);
-        assert_eq!(value(Field::Version), FieldValue::Int(8));
+        assert_eq!(value(Field::Version), FieldValue::Int(11));
         assert_eq!(value(Field::InterfaceId), FieldValue::Absent);
         assert_eq!(value(Field::SrcAddr).to_string(), "fd00::1");
         assert_eq!(value(Field::Bytes), FieldValue::Int(312));
@@ -765,6 +945,15 @@ mod tests {
         assert_eq!(value(Field::SublocationId), FieldValue::Absent);
         assert_eq!(value(Field::RejectReason), FieldValue::Str("acl"));
         assert_eq!(value(Field::TrafficPath).to_string(), "-");
+        assert_eq!(value(Field::EncryptionStatus), FieldValue::Absent);
+        assert_eq!(value(Field::InterfaceType), FieldValue::Absent);
+        assert_eq!(
+            value(Field::ResourceId),
+            FieldValue::Str("i-0123456789abcdef0")
+        );
+        assert_eq!(value(Field::InstanceTag2), FieldValue::Absent);
+        assert_eq!(value(Field::AsgTag2), FieldValue::Str("blue"));
+        assert_eq!(value(Field::EcsTaskArn), FieldValue::Absent);
     }
 
     #[test]
@@ -794,6 +983,12 @@ mod tests {
              r#""${srcaddr}\n" contains '\n' (token 2): separate tokens with exactly one space"#),
             ("${version} ${srcaddr} ${dstaddr} ${srcaddr}",
              r#"duplicate field "${srcaddr}" (token 4, first used as token 2)"#),
+            ("${version} ${tgw-id} ${srcaddr}",
+             r#""${tgw-id}" (token 2) is a field of Transit Gateway flow logs (version 6); VPC flow logs, which flowlog writes, have no such field"#),
+            ("${packets-lost-no-route}",
+             r#""${packets-lost-no-route}" (token 1) is a field of Transit Gateway flow logs (version 6); VPC flow logs, which flowlog writes, have no such field"#),
+            ("${interface-typ}",
+             r#"unknown field "${interface-typ}" (token 1); did you mean "${interface-type}"?"#),
         ];
         for (format, message) in cases {
             assert_eq!(parse_error(format), message, "format {format:?}");

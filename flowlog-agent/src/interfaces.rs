@@ -17,6 +17,8 @@ pub struct Interface {
     pub loopback: bool,
     /// The IPv4 and IPv6 addresses it holds.
     pub addresses: Vec<IpAddr>,
+    /// Its records' `interface-type` ([`interface_type`]); `None` if the kernel did not say.
+    pub interface_type: Option<&'static str>,
 }
 
 impl From<LinkName> for Interface {
@@ -26,11 +28,12 @@ impl From<LinkName> for Interface {
             ifindex: link.ifindex,
             loopback: link.loopback,
             addresses: Vec::new(),
+            interface_type: None,
         }
     }
 }
 
-/// Every interface of the agent's network namespace, with its addresses.
+/// Every interface of the agent's network namespace, with its addresses and kind.
 pub fn list() -> io::Result<Vec<Interface>> {
     let mut interfaces: Vec<Interface> = sys::list_links()?
         .into_iter()
@@ -41,7 +44,72 @@ pub fn list() -> io::Result<Vec<Interface>> {
             interface.addresses.push(address);
         }
     }
+    // The kind only names records: an interface whose kind cannot be read still works.
+    match sys::attachments::link_kinds() {
+        Ok(kinds) => {
+            for (ifindex, kind) in kinds {
+                if let Some(interface) = interfaces.iter_mut().find(|i| i.ifindex == ifindex) {
+                    interface.interface_type = Some(interface_type(kind.as_deref()));
+                }
+            }
+        }
+        Err(error) => tracing::debug!(%error, "link kinds unreadable; interface-type is -"),
+    }
     Ok(interfaces)
+}
+
+/// The `interface-type` of an interface of Linux link kind `kind`: the kind as the kernel
+/// names it (`veth`, `bridge`, `vlan`, `bond`, `vxlan`, `wireguard`, `tun`, ...), and
+/// `interface` for a device without a kind, a NIC (EC2's name for an instance's own network
+/// interface). Kinds are interned: the kernel has a few dozen, so the set stays small.
+pub fn interface_type(kind: Option<&str>) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "veth",
+        "bridge",
+        "vlan",
+        "bond",
+        "team",
+        "vxlan",
+        "geneve",
+        "wireguard",
+        "tun",
+        "macvlan",
+        "macvtap",
+        "ipvlan",
+        "ipvtap",
+        "dummy",
+        "vrf",
+        "gre",
+        "gretap",
+        "ip6gre",
+        "ipip",
+        "sit",
+        "ip6tnl",
+        "netkit",
+        "veth",
+        "ifb",
+        "macsec",
+        "bareudp",
+        "nlmon",
+    ];
+    static INTERNED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let Some(kind) = kind.filter(|k| !k.is_empty()) else {
+        return "interface";
+    };
+    if let Some(known) = KNOWN.iter().find(|k| **k == kind) {
+        return known;
+    }
+    // Written into space-separated records: one token of printable ASCII.
+    if !kind.bytes().all(|b| b.is_ascii_graphic()) {
+        return "other";
+    }
+    let mut interned = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(found) = interned.iter().find(|k| **k == kind) {
+        return found;
+    }
+    let leaked: &'static str = Box::leak(kind.to_owned().into_boxed_str());
+    interned.push(leaked);
+    leaked
 }
 
 /// A scope entry refused; shown as the flag (`--interface ...`), [`SelectorError::describe`]
@@ -173,6 +241,7 @@ pub(crate) mod tests {
             ifindex,
             loopback,
             addresses: Vec::new(),
+            interface_type: None,
         }
     }
 
@@ -234,6 +303,21 @@ pub(crate) mod tests {
         assert!(selection.matched.is_empty());
         assert_eq!(selection.missing, ["eth9"]);
         assert_eq!(selection.unmatched_globs, ["tap*"]);
+    }
+
+    #[test]
+    fn interface_types_are_link_kinds_or_interface() {
+        assert_eq!(interface_type(None), "interface");
+        assert_eq!(interface_type(Some("")), "interface");
+        assert_eq!(interface_type(Some("veth")), "veth");
+        assert_eq!(interface_type(Some("bridge")), "bridge");
+        let odd = interface_type(Some("xfrm"));
+        assert_eq!(odd, "xfrm");
+        assert!(
+            std::ptr::eq(odd, interface_type(Some("xfrm"))),
+            "interned once"
+        );
+        assert_eq!(interface_type(Some("a b")), "other");
     }
 
     #[test]

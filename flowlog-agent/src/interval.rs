@@ -23,10 +23,10 @@ pub const UNATTRIBUTED: &str = "-";
 /// where the current interval began.
 #[derive(Debug)]
 pub struct IntervalBuilder {
-    interfaces: BTreeMap<u32, Arc<str>>,
+    interfaces: BTreeMap<u32, Named>,
     /// Interfaces detached during the current interval: their last counts are still to come,
     /// under their names, but they get no NODATA record.
-    departed: BTreeMap<u32, Arc<str>>,
+    departed: BTreeMap<u32, Named>,
     interval_start: SystemTime,
 }
 
@@ -40,15 +40,27 @@ impl IntervalBuilder {
         }
     }
 
-    pub fn interface_attached(&mut self, ifindex: u32, name: &str) {
-        self.interfaces.insert(ifindex, Arc::from(name));
+    /// `interface_type` is the `interface-type` field of its records.
+    pub fn interface_attached(
+        &mut self,
+        ifindex: u32,
+        name: &str,
+        interface_type: Option<&'static str>,
+    ) {
+        self.interfaces.insert(
+            ifindex,
+            Named {
+                name: Arc::from(name),
+                interface_type,
+            },
+        );
     }
 
     /// The interfaces attached now.
     pub fn interfaces(&self) -> impl Iterator<Item = (u32, &Arc<str>)> {
         self.interfaces
             .iter()
-            .map(|(ifindex, name)| (*ifindex, name))
+            .map(|(ifindex, named)| (*ifindex, &named.name))
     }
 
     pub fn has_interface(&self, ifindex: u32) -> bool {
@@ -62,8 +74,8 @@ impl IntervalBuilder {
     }
 
     pub fn interface_detached(&mut self, ifindex: u32) {
-        if let Some(name) = self.interfaces.remove(&ifindex) {
-            self.departed.insert(ifindex, name);
+        if let Some(named) = self.interfaces.remove(&ifindex) {
+            self.departed.insert(ifindex, named);
         }
     }
 
@@ -86,6 +98,7 @@ impl IntervalBuilder {
                 Some(flow) => records.push(FlowRecord {
                     interface: self.name_of(key.ifindex),
                     ifindex: key.ifindex,
+                    interface_type: self.type_of(key.ifindex),
                     start: time(counters.first_seen_jiffies),
                     end: time(counters.last_seen_jiffies),
                     kind: RecordKind::Flow(flow),
@@ -102,7 +115,11 @@ impl IntervalBuilder {
         }
         for (&ifindex, count) in &skipped {
             active.insert(ifindex, ());
-            records.push(self.skip_record(self.name_of(ifindex), ifindex, start, end, count));
+            let record = self.skip_record(self.name_of(ifindex), ifindex, start, end, count);
+            records.push(FlowRecord {
+                interface_type: self.type_of(ifindex),
+                ..record
+            });
         }
         if drained.unattributed.packets != 0 {
             tracing::error!(
@@ -117,11 +134,12 @@ impl IntervalBuilder {
                 &drained.unattributed,
             ));
         }
-        for (ifindex, name) in &self.interfaces {
+        for (ifindex, named) in &self.interfaces {
             if !active.contains_key(ifindex) {
                 records.push(FlowRecord {
-                    interface: Arc::clone(name),
+                    interface: Arc::clone(&named.name),
                     ifindex: *ifindex,
+                    interface_type: named.interface_type,
                     start,
                     end,
                     kind: RecordKind::NoData,
@@ -148,6 +166,7 @@ impl IntervalBuilder {
         FlowRecord {
             interface,
             ifindex,
+            interface_type: None,
             start,
             end,
             kind: RecordKind::SkipData {
@@ -159,15 +178,28 @@ impl IntervalBuilder {
 
     /// The interface's name; an index no longer attached keeps a readable stand-in.
     fn name_of(&self, ifindex: u32) -> Arc<str> {
-        match self
-            .interfaces
-            .get(&ifindex)
-            .or(self.departed.get(&ifindex))
-        {
-            Some(name) => Arc::clone(name),
+        match self.named(ifindex) {
+            Some(named) => Arc::clone(&named.name),
             None => Arc::from(format!("ifindex-{ifindex}")),
         }
     }
+
+    fn type_of(&self, ifindex: u32) -> Option<&'static str> {
+        self.named(ifindex).and_then(|named| named.interface_type)
+    }
+
+    fn named(&self, ifindex: u32) -> Option<&Named> {
+        self.interfaces
+            .get(&ifindex)
+            .or(self.departed.get(&ifindex))
+    }
+}
+
+/// An interface as its records name it.
+#[derive(Debug)]
+struct Named {
+    name: Arc<str>,
+    interface_type: Option<&'static str>,
 }
 
 /// Decodes a drained key into a flow; `None` if a field holds a value no program writes.
@@ -276,8 +308,8 @@ mod tests {
 
     fn builder() -> IntervalBuilder {
         let mut builder = IntervalBuilder::new(at(2000));
-        builder.interface_attached(2, "veth0");
-        builder.interface_attached(3, "idle0");
+        builder.interface_attached(2, "veth0", Some("veth"));
+        builder.interface_attached(3, "idle0", Some("interface"));
         builder
     }
 
@@ -294,6 +326,7 @@ mod tests {
         assert_eq!(interval.records.len(), 2);
         let flow = &interval.records[0];
         assert_eq!((&*flow.interface, flow.ifindex), ("veth0", 2));
+        assert_eq!(flow.interface_type, Some("veth"));
         assert_eq!((flow.start, flow.end), (2003, 2007));
         let RecordKind::Flow(f) = &flow.kind else {
             panic!("{flow:?}")
@@ -306,6 +339,7 @@ mod tests {
             FlowRecord {
                 interface: Arc::from("idle0"),
                 ifindex: 3,
+                interface_type: Some("interface"),
                 start: 2000,
                 end: 2060,
                 kind: RecordKind::NoData,
@@ -383,7 +417,7 @@ mod tests {
         let mut builder = builder();
         builder.build(drained(2060, vec![]));
         // Attached after the start, then veth0 leaves with its last counts still to drain.
-        builder.interface_attached(41, "late0");
+        builder.interface_attached(41, "late0", None);
         builder.interface_detached(2);
         let epoch = drained(
             2120,

@@ -13,6 +13,11 @@ pub struct FlowRecord {
     /// `egressInterface`); 0 ("no interface" in IPFIX) only for packets not attributable to an
     /// interface.
     pub ifindex: u32,
+    /// The `interface-type` field (version 11): the Linux link kind of the interface (`veth`,
+    /// `bridge`, `vlan`, ...), or `interface` for a device without one (a NIC, as EC2 calls an
+    /// instance's network interface). `None` (`-`) when unknown: packets not attributable to
+    /// an interface, or an interface that vanished while no agent ran.
+    pub interface_type: Option<&'static str>,
     /// Unix seconds: first packet of the flow within the interval, or the interval's start for
     /// NODATA and SKIPDATA.
     pub start: u64,
@@ -130,6 +135,16 @@ pub struct Metadata {
     pub az_id: Option<String>,
     pub sublocation_type: Option<String>,
     pub sublocation_id: Option<String>,
+    /// `resource-id` (version 9): the resource behind the flow log's interfaces.
+    pub resource_id: Option<String>,
+    /// The tag fields of version 11: the value of the tag key the operator chose, as AWS
+    /// writes the values of the keys chosen when a flow log is created.
+    pub instance_tag: Option<String>,
+    pub instance_tag_2: Option<String>,
+    pub interface_tag: Option<String>,
+    pub interface_tag_2: Option<String>,
+    pub asg_tag: Option<String>,
+    pub asg_tag_2: Option<String>,
 }
 
 /// Everything one aggregation interval produced, shared by every sink of a flow log.

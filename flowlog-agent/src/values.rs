@@ -64,11 +64,21 @@ pub fn parse_max_flows(text: &str) -> Result<u32, String> {
     Ok(n)
 }
 
+/// The longest metadata value: AWS's longest such value, a tag value, has 256 characters.
+/// It also bounds a record line (one CloudWatch event) far below the service's event limit.
+pub const MAX_METADATA_VALUE: usize = 256;
+
 /// A metadata value becomes one field of a space-separated record, so it must be non-empty
-/// printable ASCII without spaces.
+/// printable ASCII without spaces, of at most [`MAX_METADATA_VALUE`] characters.
 pub fn parse_metadata_value(text: &str) -> Result<String, String> {
     if text.is_empty() {
         return Err("empty value (leave it out to write -)".to_owned());
+    }
+    if text.len() > MAX_METADATA_VALUE {
+        return Err(format!(
+            "a value of {} characters: at most {MAX_METADATA_VALUE} (AWS's tag values)",
+            text.len()
+        ));
     }
     if let Some(bad) = text.chars().find(|c| !c.is_ascii_graphic()) {
         return Err(format!(
@@ -230,6 +240,19 @@ mod tests {
             parse_byte_size("99999999999GB")
                 .unwrap_err()
                 .contains("too large")
+        );
+    }
+
+    #[test]
+    fn metadata_values_are_one_short_printable_token() {
+        assert_eq!(parse_metadata_value("i-0abc"), Ok("i-0abc".to_owned()));
+        assert!(parse_metadata_value("").unwrap_err().contains("empty"));
+        assert!(parse_metadata_value("a b").unwrap_err().contains("' '"));
+        assert!(parse_metadata_value(&"x".repeat(256)).is_ok());
+        assert!(
+            parse_metadata_value(&"x".repeat(257))
+                .unwrap_err()
+                .contains("257 characters")
         );
     }
 

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod bpffs;
+pub mod cloudwatch;
 pub mod collector;
 pub mod faults;
 pub mod foreign;

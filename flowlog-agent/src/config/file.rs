@@ -135,6 +135,13 @@ const METADATA_KEYS: &[&str] = &[
     "az-id",
     "sublocation-type",
     "sublocation-id",
+    "resource-id",
+    "instance-tag",
+    "instance-tag-2",
+    "interface-tag",
+    "interface-tag-2",
+    "asg-tag",
+    "asg-tag-2",
 ];
 const FLOW_LOG_KEYS: &[&str] = &[
     "id",
@@ -451,6 +458,13 @@ impl Checker<'_> {
                 "az-id" => &mut metadata.az_id,
                 "sublocation-type" => &mut metadata.sublocation_type,
                 "sublocation-id" => &mut metadata.sublocation_id,
+                "resource-id" => &mut metadata.resource_id,
+                "instance-tag" => &mut metadata.instance_tag,
+                "instance-tag-2" => &mut metadata.instance_tag_2,
+                "interface-tag" => &mut metadata.interface_tag,
+                "interface-tag-2" => &mut metadata.interface_tag_2,
+                "asg-tag" => &mut metadata.asg_tag,
+                "asg-tag-2" => &mut metadata.asg_tag_2,
                 _ => continue,
             };
             let parsed = self.parsed(

@@ -345,6 +345,7 @@ impl FlowLogConfig {
     pub fn sink_context(&self) -> SinkContext {
         let this = self.clone();
         SinkContext {
+            flow_log: self.name().to_owned(),
             renderer: LineRenderer::new(Arc::clone(&self.format), Arc::clone(&self.metadata)),
             traffic_type: self.traffic_type,
             archive: self.archive.clone(),

@@ -119,6 +119,22 @@ impl RawFlowLog {
                 m.sublocation_id.is_some(),
                 Setting::Metadata("sublocation-id"),
             ),
+            (m.resource_id.is_some(), Setting::Metadata("resource-id")),
+            (m.instance_tag.is_some(), Setting::Metadata("instance-tag")),
+            (
+                m.instance_tag_2.is_some(),
+                Setting::Metadata("instance-tag-2"),
+            ),
+            (
+                m.interface_tag.is_some(),
+                Setting::Metadata("interface-tag"),
+            ),
+            (
+                m.interface_tag_2.is_some(),
+                Setting::Metadata("interface-tag-2"),
+            ),
+            (m.asg_tag.is_some(), Setting::Metadata("asg-tag")),
+            (m.asg_tag_2.is_some(), Setting::Metadata("asg-tag-2")),
             (a.file_format.is_some(), Setting::ObjectStore("file-format")),
             (
                 a.hive_partitions.is_some(),
@@ -172,6 +188,13 @@ impl From<&MetadataArgs> for Metadata {
             az_id: args.az_id.clone(),
             sublocation_type: args.sublocation_type.clone(),
             sublocation_id: args.sublocation_id.clone(),
+            resource_id: args.resource_id.clone(),
+            instance_tag: args.instance_tag.clone(),
+            instance_tag_2: args.instance_tag_2.clone(),
+            interface_tag: args.interface_tag.clone(),
+            interface_tag_2: args.interface_tag_2.clone(),
+            asg_tag: args.asg_tag.clone(),
+            asg_tag_2: args.asg_tag_2.clone(),
         }
     }
 }

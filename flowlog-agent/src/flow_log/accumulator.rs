@@ -86,8 +86,11 @@ impl Accumulator {
         }
         for interface in wanted {
             if !self.builder.has_interface(interface.ifindex) {
-                self.builder
-                    .interface_attached(interface.ifindex, &interface.name);
+                self.builder.interface_attached(
+                    interface.ifindex,
+                    &interface.name,
+                    interface.interface_type,
+                );
             }
         }
     }
@@ -101,11 +104,12 @@ impl Accumulator {
             ifindex,
             loopback: false,
             addresses: Vec::new(),
+            interface_type: None,
         };
         if !self.scope.matches(&interface) || self.builder.covers(ifindex) {
             return false;
         }
-        self.builder.interface_attached(ifindex, name);
+        self.builder.interface_attached(ifindex, name, None);
         self.builder.interface_detached(ifindex);
         true
     }
@@ -238,6 +242,7 @@ mod tests {
             ifindex,
             loopback: false,
             addresses: Vec::new(),
+            interface_type: None,
         }
     }
 

@@ -12,9 +12,11 @@
 //!   what is missing.
 //!
 //! Object-store sinks (`object`) batch intervals into objects and add a disk spool and an
-//! uploader of their own behind the same driver, so a store outage never blocks the queue.
+//! uploader of their own behind the same driver, so a store outage never blocks the queue; the
+//! CloudWatch Logs sink (`cloudwatch`) spools its PutLogEvents batches the same way.
 
 mod backoff;
+pub mod cloudwatch;
 mod driver;
 pub mod ipfix;
 mod log_stream;
@@ -29,6 +31,7 @@ use std::{future::Future, sync::Arc};
 use prometheus_client::metrics::counter::Counter;
 
 pub use backoff::Backoff;
+pub use cloudwatch::CloudWatchSink;
 pub use driver::{
     FIRST_BACKOFF, LiveCounters, MAX_BACKOFF, QUEUE_INTERVALS, SHUTDOWN_DEADLINE, SinkHandle,
     SinkReport, spawn,
@@ -54,6 +57,8 @@ pub enum StartError {
     Io { sink: String, error: std::io::Error },
     #[error(transparent)]
     Object(#[from] object::ObjectSinkError),
+    #[error(transparent)]
+    CloudWatch(#[from] cloudwatch::CloudWatchError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -249,6 +254,7 @@ mod tests {
             FlowRecord {
                 interface: Arc::from("eth\"0"),
                 ifindex: 2,
+                interface_type: None,
                 start: 1418530010,
                 end: 1418530070,
                 kind: RecordKind::Flow(flow),
@@ -256,6 +262,7 @@ mod tests {
             FlowRecord {
                 interface: Arc::from("eth1"),
                 ifindex: 3,
+                interface_type: None,
                 start: 1431280876,
                 end: 1431280934,
                 kind: RecordKind::NoData,
@@ -299,6 +306,37 @@ mod tests {
              \"srcaddr\":\"-\",\"dstaddr\":\"-\",\"srcport\":null,\"dstport\":null,\
              \"protocol\":null,\"packets\":null,\"bytes\":null,\"start\":1431280876,\
              \"end\":1431280934,\"action\":\"-\",\"log_status\":\"NODATA\"}\n"
+        );
+    }
+
+    /// Fields of versions 7 to 11 carry AWS's column names: strings as strings (`-` where
+    /// flowlog has no value), `encryption-status` (INT_32) as null.
+    #[test]
+    fn json_fields_carry_the_fields_of_versions_7_to_11() {
+        let renderer = LineRenderer::new(
+            Arc::new(
+                "${version} ${ecs-task-id} ${resource-id} ${encryption-status} ${instance-tag} \
+                 ${interface-type} ${next-hop-vpc-id}"
+                    .parse::<RecordFormat>()
+                    .unwrap(),
+            ),
+            Arc::new(Metadata {
+                resource_id: Some("i-0123456789abcdef0".into()),
+                instance_tag: Some("web".into()),
+                ..Metadata::default()
+            }),
+        )
+        .with_envelope(Envelope::JsonFields);
+        let mut records = records();
+        records.truncate(1);
+        records[0].interface_type = Some("veth");
+        let mut out = Vec::new();
+        renderer.render(&records, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"version\":11,\"ecs_task_id\":\"-\",\"resource_id\":\"i-0123456789abcdef0\",\
+             \"encryption_status\":null,\"instance_tag\":\"web\",\"interface_type\":\"veth\",\
+             \"next_hop_vpc_id\":\"-\"}\n"
         );
     }
 }

@@ -6,6 +6,7 @@ use super::ipfix::{IpfixSpec, IpfixSpecError};
 use super::secrets::redact;
 use super::{
     Envelope,
+    cloudwatch::{LogGroup, LogGroupError},
     object::{ObjectUrl, ObjectUrlError},
 };
 
@@ -29,6 +30,8 @@ pub enum SinkSpec {
     ObjectStore(ObjectUrl),
     /// `ipfix+udp://HOST:PORT` or `ipfix+tcp://HOST:PORT`: IPFIX to a flow collector.
     Ipfix(IpfixSpec),
+    /// `cloudwatch:LOG-GROUP`: a CloudWatch Logs log group, one log stream per interface.
+    CloudWatch(LogGroup),
 }
 
 /// The sinks used when none is given: the log streams in [`DEFAULT_LOG_DIR`] and stdout.
@@ -43,8 +46,8 @@ pub fn default_sinks() -> Vec<SinkSpec> {
 pub enum SinkSpecError {
     #[error(
         "unknown sink {0:?}: expected stdout, dir:PATH, json[+fields]:stdout, \
-         json[+fields]:dir:PATH, ipfix+udp://HOST:PORT, ipfix+tcp://HOST:PORT, or an object-store URL \
-         (s3://BUCKET/PREFIX, gs://, az://, file:///PATH)"
+         json[+fields]:dir:PATH, cloudwatch:LOG-GROUP, ipfix+udp://HOST:PORT, ipfix+tcp://HOST:PORT, \
+         or an object-store URL (s3://BUCKET/PREFIX, gs://, az://, file:///PATH)"
     )]
     Unknown(String),
     #[error("sink {0:?}: dir: needs a directory path, as in dir:/var/log/flowlog")]
@@ -53,6 +56,8 @@ pub enum SinkSpecError {
     ObjectUrl(#[from] ObjectUrlError),
     #[error(transparent)]
     Ipfix(#[from] IpfixSpecError),
+    #[error("sink {text:?}: {error}")]
+    LogGroup { text: String, error: LogGroupError },
 }
 
 impl FromStr for SinkSpec {
@@ -82,6 +87,14 @@ impl FromStr for SinkSpec {
                 return Ok(SinkSpec::JsonLogStreams(envelope, PathBuf::from(path)));
             }
         }
+        if let Some(group) = text.strip_prefix("cloudwatch:") {
+            return LogGroup::parse(group)
+                .map(SinkSpec::CloudWatch)
+                .map_err(|error| SinkSpecError::LogGroup {
+                    text: text.to_owned(),
+                    error,
+                });
+        }
         if ObjectUrl::claims(text) {
             return Ok(SinkSpec::ObjectStore(ObjectUrl::parse(text)?));
         }
@@ -100,6 +113,7 @@ enum Destination<'a> {
     LogStreams(&'a std::path::Path),
     Objects(&'a str),
     Collector(String),
+    LogGroup(&'a str),
 }
 
 impl SinkSpec {
@@ -111,6 +125,7 @@ impl SinkSpec {
             }
             SinkSpec::ObjectStore(url) => Destination::Objects(url.location()),
             SinkSpec::Ipfix(spec) => Destination::Collector(spec.address()),
+            SinkSpec::CloudWatch(group) => Destination::LogGroup(group.name()),
         }
     }
 }
@@ -122,6 +137,7 @@ impl fmt::Display for Destination<'_> {
             Destination::LogStreams(dir) => write!(f, "the log streams in {}", dir.display()),
             Destination::Objects(location) => write!(f, "the objects under {location}"),
             Destination::Collector(address) => write!(f, "the collector at {address}"),
+            Destination::LogGroup(group) => write!(f, "the log group {group}"),
         }
     }
 }
@@ -190,6 +206,7 @@ impl fmt::Display for SinkSpec {
             }
             SinkSpec::ObjectStore(url) => write!(f, "{url}"),
             SinkSpec::Ipfix(spec) => spec.fmt(f),
+            SinkSpec::CloudWatch(group) => group.fmt(f),
         }
     }
 }
@@ -215,6 +232,8 @@ mod tests {
             "file:///var/lib/flowlog/archive",
             "ipfix+udp://127.0.0.1:4739",
             "ipfix+tcp://[::1]:9995?domain=3",
+            "cloudwatch:/flowlog/vpc-flow-logs",
+            "cloudwatch:flowlog.prod#1_a-b",
         ] {
             let spec: SinkSpec = text.parse().unwrap();
             assert_eq!(spec.to_string(), text);
@@ -247,9 +266,33 @@ mod tests {
         assert!(check_duplicate_sinks(&sinks(&["s3://b/p?region=x", "s3://b/p"])).is_err());
         assert!(
             check_duplicate_sinks(&sinks(&[
-                "stdout", "dir:/x", "dir:/y", "s3://b/p", "s3://b/q"
+                "stdout",
+                "dir:/x",
+                "dir:/y",
+                "s3://b/p",
+                "s3://b/q",
+                "cloudwatch:/a",
+                "cloudwatch:/b"
             ]))
             .is_ok()
+        );
+        assert_eq!(
+            check_duplicate_sinks(&sinks(&["cloudwatch:/a", "stdout", "cloudwatch:/a"])),
+            Err((
+                2,
+                "sink cloudwatch:/a is given twice: every record would be written twice".into()
+            ))
+        );
+        assert_eq!(
+            "cloudwatch:".parse::<SinkSpec>().unwrap_err().to_string(),
+            "sink \"cloudwatch:\": cloudwatch: needs a log group name, as in cloudwatch:/flowlog/vpc-flow-logs"
+        );
+        assert!(
+            "cloudwatch:my group"
+                .parse::<SinkSpec>()
+                .unwrap_err()
+                .to_string()
+                .contains("contains ' '")
         );
     }
 
@@ -276,8 +319,8 @@ mod tests {
         assert_eq!(
             "stdot".parse::<SinkSpec>().unwrap_err().to_string(),
             "unknown sink \"stdot\": expected stdout, dir:PATH, json[+fields]:stdout, \
-             json[+fields]:dir:PATH, ipfix+udp://HOST:PORT, ipfix+tcp://HOST:PORT, or an object-store URL \
-             (s3://BUCKET/PREFIX, gs://, az://, file:///PATH)"
+             json[+fields]:dir:PATH, cloudwatch:LOG-GROUP, ipfix+udp://HOST:PORT, ipfix+tcp://HOST:PORT, \
+             or an object-store URL (s3://BUCKET/PREFIX, gs://, az://, file:///PATH)"
         );
         assert_eq!(
             "dir:".parse::<SinkSpec>().unwrap_err(),

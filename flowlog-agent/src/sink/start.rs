@@ -6,8 +6,10 @@
 use std::path::Path;
 
 use super::{
-    IpfixSink, LineRenderer, LogStreamSink, ObjectStoreSink, SinkHandle, SinkSpec, StartError,
-    StdoutSink, ipfix,
+    CloudWatchSink, IpfixSink, LineRenderer, LogStreamSink, ObjectStoreSink, SinkHandle, SinkSpec,
+    StartError, StdoutSink,
+    cloudwatch::CloudWatchOptions,
+    ipfix,
     object::{ArchiveOptions, KeyLayout, ObjectUrl},
     spawn,
 };
@@ -15,6 +17,8 @@ use crate::values::TrafficType;
 
 /// What a sink needs of the flow log it writes for.
 pub struct SinkContext {
+    /// The flow log's name (its id, or `cli`): names a CloudWatch sink's spool.
+    pub flow_log: String,
     /// Renders the flow log's records in its format, with its metadata.
     pub renderer: LineRenderer,
     /// Log streams are named after it (`eth0-all.log`).
@@ -59,6 +63,15 @@ impl SinkSpec {
                 spawn(sink)
             }
             SinkSpec::Ipfix(spec) => spawn(IpfixSink::new(spec.clone())),
+            SinkSpec::CloudWatch(group) => {
+                let options = CloudWatchOptions {
+                    flow_log: &context.flow_log,
+                    traffic_type: context.traffic_type.file_name_part(),
+                    spool_dir: &context.archive.spool_dir,
+                    spool_max_bytes: context.archive.spool_max_bytes,
+                };
+                spawn(CloudWatchSink::start(group, renderer.clone(), &options).await?)
+            }
         })
     }
 
@@ -91,6 +104,9 @@ impl SinkSpec {
                 }
             }
             SinkSpec::Ipfix(spec) => ipfix::probe(spec).await,
+            SinkSpec::CloudWatch(group) => {
+                CloudWatchSink::check(group, context.renderer.metadata.region.as_deref()).await
+            }
         }
     }
 }

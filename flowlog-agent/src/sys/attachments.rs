@@ -192,6 +192,51 @@ pub fn xdp_program(ifindex: u32) -> io::Result<Option<u32>> {
         .filter(|id| *id != 0))
 }
 
+/// The link kind of every interface (`IFLA_INFO_KIND`: `veth`, `bridge`, `vlan`, ...), by
+/// index; `None` for a device without one (a NIC, loopback). One dump for all interfaces.
+pub fn link_kinds() -> io::Result<Vec<(u32, Option<String>)>> {
+    const IFLA_LINKINFO: u16 = 18;
+    const IFLA_INFO_KIND: u16 = 1;
+    // struct ifinfomsg for a dump: every field zero but the family.
+    let header = [
+        libc::AF_UNSPEC as u8,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ];
+    let answers = rtnetlink(
+        RTM_GETLINK,
+        (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
+        &header,
+    )?;
+    Ok(answers
+        .iter()
+        .filter(|link| link.len() >= 16)
+        .map(|link| {
+            let ifindex = i32::from_ne_bytes(link[4..8].try_into().expect("4 bytes")) as u32;
+            let kind = netlink_attribute(&link[16..], IFLA_LINKINFO)
+                .and_then(|info| netlink_attribute(&info, IFLA_INFO_KIND))
+                .map(|kind| {
+                    let end = kind.iter().position(|b| *b == 0).unwrap_or(kind.len());
+                    String::from_utf8_lossy(&kind[..end]).into_owned()
+                });
+            (ifindex, kind)
+        })
+        .collect())
+}
+
 /// A BPF classifier under an interface's clsact qdisc.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TcFilter {

@@ -87,6 +87,7 @@ fn interval(start: u64, records: usize) -> Arc<IntervalRecords> {
     let record = FlowRecord {
         interface: Arc::from("eth0"),
         ifindex: 2,
+        interface_type: None,
         start,
         end: start + 1,
         kind: RecordKind::NoData,

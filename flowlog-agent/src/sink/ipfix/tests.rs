@@ -9,6 +9,7 @@ fn record(interface: &str, ifindex: u32, direction: Direction) -> FlowRecord {
     FlowRecord {
         interface: Arc::from(interface),
         ifindex,
+        interface_type: None,
         start: 1_700_000_000,
         end: 1_700_000_001,
         kind: RecordKind::Flow(Flow {

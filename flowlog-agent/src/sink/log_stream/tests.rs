@@ -30,6 +30,7 @@ fn interval(start: u64, interfaces: &[&str]) -> Arc<IntervalRecords> {
         .map(|name| FlowRecord {
             interface: Arc::from(*name),
             ifindex: 2,
+            interface_type: None,
             start,
             end: start + 1,
             kind: RecordKind::NoData,

@@ -2,15 +2,18 @@
 //! it sealed the object (up to `--rotate` of records) loses nothing, because the next start
 //! seals what the journal holds into an object of the same window.
 //!
-//! Layout: the header `flowlog-journal 2 <window start>\n`, then one frame per interval,
+//! Layout: the header `flowlog-journal 3 <window start>\n`, then one frame per interval,
 //! fsynced: a little-endian `u32` length, then the interval's records, each
 //!
 //! ```text
 //! kind u8 (0 flow, 1 NODATA, 2 SKIPDATA) | ifindex u32 | start u64 | end u64 | name length u8 | name
+//!           | interface-type length u8 (0: none) | interface-type
 //! flow:     direction u8 | family u8 (4, 6) | src [16] | dst [16] | src port u16 | dst port u16
 //!           | protocol u8 | packets u64 | bytes u64 | verdict u8 | tcp flags u8
 //! SKIPDATA: packets u64 | bytes u64
 //! ```
+//!
+//! Version 2 (before `interface-type`) is read too: its records have none.
 //!
 //! Binary, because the journal is written for every record an object sink receives: it must
 //! cost far less than encoding the object itself.
@@ -29,7 +32,9 @@ use crate::{
     record::{Direction, Flow, FlowRecord, RecordKind, Verdict},
 };
 
-const MAGIC: &str = "flowlog-journal 2";
+const MAGIC: &str = "flowlog-journal 3";
+/// The layout before records had an `interface-type`: still read after an upgrade.
+const MAGIC_2: &str = "flowlog-journal 2";
 
 /// The journal of one sink's open object. Every call either does all it says or leaves the
 /// file as it was: a frame is never left half written (a full disk is cut back), so what the
@@ -133,9 +138,12 @@ impl Journal {
             .iter()
             .position(|b| *b == b'\n')
             .ok_or_else(not_a_journal)?;
-        let window_start = std::str::from_utf8(&bytes[..header_end])
-            .ok()
-            .and_then(|header| header.strip_prefix(MAGIC)?.trim().parse().ok())
+        let header = std::str::from_utf8(&bytes[..header_end]).map_err(|_| not_a_journal())?;
+        let (window_start, with_type) = [(MAGIC, true), (MAGIC_2, false)]
+            .into_iter()
+            .find_map(|(magic, with_type)| {
+                Some((header.strip_prefix(magic)?.trim().parse().ok()?, with_type))
+            })
             .ok_or_else(not_a_journal)?;
         let mut records = Vec::new();
         let mut rest = &bytes[header_end + 1..];
@@ -146,7 +154,7 @@ impl Journal {
             };
             let mut reader = Reader(frame);
             while !reader.0.is_empty() {
-                records.push(decode(&mut reader).ok_or_else(not_a_journal)?);
+                records.push(decode(&mut reader, with_type).ok_or_else(not_a_journal)?);
             }
             rest = &rest[4 + length..];
         }
@@ -168,6 +176,10 @@ fn encode(record: &FlowRecord, out: &mut Vec<u8>) {
     let name = &record.interface.as_bytes()[..record.interface.len().min(255)];
     out.push(name.len() as u8);
     out.extend_from_slice(name);
+    let interface_type = record.interface_type.unwrap_or("").as_bytes();
+    let interface_type = &interface_type[..interface_type.len().min(255)];
+    out.push(interface_type.len() as u8);
+    out.extend_from_slice(interface_type);
     match &record.kind {
         RecordKind::Flow(flow) => {
             out.push(flow.direction as u8);
@@ -229,6 +241,14 @@ impl Reader<'_> {
         self.take().map(u64::from_le_bytes)
     }
 
+    /// A string of at most 255 bytes after its length.
+    fn text(&mut self) -> Option<&str> {
+        let length = self.u8()? as usize;
+        let (text, rest) = self.0.split_at_checked(length)?;
+        self.0 = rest;
+        std::str::from_utf8(text).ok()
+    }
+
     fn address(&mut self) -> Option<IpAddr> {
         let family = self.u8()?;
         let octets: [u8; 16] = self.take()?;
@@ -241,15 +261,18 @@ impl Reader<'_> {
     }
 }
 
-fn decode(reader: &mut Reader<'_>) -> Option<FlowRecord> {
+fn decode(reader: &mut Reader<'_>, with_type: bool) -> Option<FlowRecord> {
     let kind = reader.u8()?;
     let ifindex = reader.u32()?;
     let start = reader.u64()?;
     let end = reader.u64()?;
-    let name_length = reader.u8()? as usize;
-    let (name, rest) = reader.0.split_at_checked(name_length)?;
-    reader.0 = rest;
-    let interface: Arc<str> = Arc::from(std::str::from_utf8(name).ok()?);
+    let interface: Arc<str> = Arc::from(reader.text()?);
+    let interface_type = match with_type {
+        true => Some(reader.text()?)
+            .filter(|t| !t.is_empty())
+            .map(|t| crate::interfaces::interface_type(Some(t))),
+        false => None,
+    };
     let kind = match kind {
         0 => {
             let mut flow = Flow {
@@ -285,6 +308,7 @@ fn decode(reader: &mut Reader<'_>) -> Option<FlowRecord> {
     Some(FlowRecord {
         interface,
         ifindex,
+        interface_type,
         start,
         end,
         kind,
@@ -299,6 +323,7 @@ mod tests {
         let flow = |verdict, src: &str, dst: &str| FlowRecord {
             interface: Arc::from("eth0"),
             ifindex: 2,
+            interface_type: Some("veth"),
             start: 1_700_000_000,
             end: 1_700_000_004,
             kind: RecordKind::Flow(Flow {
@@ -321,6 +346,7 @@ mod tests {
             FlowRecord {
                 interface: Arc::from("veth-idle"),
                 ifindex: 7,
+                interface_type: None,
                 start: 1_700_000_000,
                 end: 1_700_000_060,
                 kind: RecordKind::NoData,
@@ -328,6 +354,7 @@ mod tests {
             FlowRecord {
                 interface: Arc::from("-"),
                 ifindex: 0,
+                interface_type: None,
                 start: 1_700_000_000,
                 end: 1_700_000_060,
                 kind: RecordKind::SkipData {
@@ -356,6 +383,35 @@ mod tests {
         journal.clear().unwrap();
         assert_eq!(Journal::recover(&path).unwrap(), None);
         journal.clear().unwrap();
+    }
+
+    #[test]
+    fn a_version_2_journal_is_still_read() {
+        let path = std::env::temp_dir().join(format!("flowlog-journal-v2-{}", std::process::id()));
+        let mut bytes = b"flowlog-journal 2 1699999800\n".to_vec();
+        let mut frame = vec![1u8];
+        frame.extend_from_slice(&7u32.to_le_bytes());
+        frame.extend_from_slice(&1_700_000_000u64.to_le_bytes());
+        frame.extend_from_slice(&1_700_000_060u64.to_le_bytes());
+        frame.push(4);
+        frame.extend_from_slice(b"eth1");
+        bytes.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&frame);
+        fs::write(&path, bytes).unwrap();
+        let (window, recovered) = Journal::recover(&path).unwrap().unwrap();
+        assert_eq!(window, 1_699_999_800);
+        assert_eq!(
+            recovered,
+            [FlowRecord {
+                interface: Arc::from("eth1"),
+                ifindex: 7,
+                interface_type: None,
+                start: 1_700_000_000,
+                end: 1_700_000_060,
+                kind: RecordKind::NoData,
+            }]
+        );
+        fs::remove_file(&path).unwrap();
     }
 
     #[test]

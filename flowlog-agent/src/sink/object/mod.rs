@@ -21,7 +21,7 @@ use std::{
 };
 
 pub use journal::Journal;
-pub use key::{FileFormat, KeyLayout, UtcTime, derived_flow_log_id, parse_flow_log_id};
+pub use key::{FileFormat, Fnv1a, KeyLayout, UtcTime, derived_flow_log_id, parse_flow_log_id};
 pub use options::ArchiveOptions;
 pub use parquet::{ParquetObject, schema as parquet_schema};
 pub use spool::{Spool, SpoolGauges, SpoolLoss, SpooledObject};

@@ -248,6 +248,33 @@ mod tests {
     use super::*;
     use crate::record::{Direction, Flow, Metadata, RecordKind, Verdict};
 
+    /// Fields of versions 7 to 11 are columns with AWS's names and types.
+    #[test]
+    fn the_fields_of_versions_7_to_11_are_columns_of_aws_types() {
+        let format: RecordFormat = "${ecs-task-id} ${resource-id} ${encryption-status} \
+                                    ${asg-tag-2} ${interface-type} ${next-hop-interface-type}"
+            .parse()
+            .unwrap();
+        let schema = schema(&format).unwrap();
+        let columns: Vec<(&str, PhysicalType)> = schema
+            .get_fields()
+            .iter()
+            .map(|f| (f.name(), f.get_physical_type()))
+            .collect();
+        use PhysicalType::{BYTE_ARRAY as S, INT32 as I};
+        assert_eq!(
+            columns,
+            [
+                ("ecs_task_id", S),
+                ("resource_id", S),
+                ("encryption_status", I),
+                ("asg_tag_2", S),
+                ("interface_type", S),
+                ("next_hop_interface_type", S),
+            ]
+        );
+    }
+
     /// Every page is a v1 page of PLAIN values (levels RLE): what Parquet-1.0-only readers
     /// decode.
     #[test]
@@ -264,6 +291,7 @@ mod tests {
             .map(|i| FlowRecord {
                 interface: Arc::from(format!("eth{}", i % 4)),
                 ifindex: 2 + i % 4,
+                interface_type: None,
                 start: 1_700_000_000,
                 end: 1_700_000_060,
                 kind: if i % 100 == 0 {

@@ -9,7 +9,7 @@
 //! whole.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs::{self, File, OpenOptions},
     io::{self, BufRead, BufReader, Read, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
@@ -62,8 +62,8 @@ struct State {
     objects: BTreeMap<u64, SpooledObject>,
     total_bytes: u64,
     next_sequence: u64,
-    /// The object the uploader is sending: never dropped under it.
-    in_flight: Option<u64>,
+    /// The objects the uploader is sending: never dropped under it.
+    in_flight: BTreeSet<u64>,
     lost: SpoolLoss,
 }
 
@@ -193,23 +193,51 @@ impl Spool {
             let Some(oldest) = state.objects.values().next().cloned() else {
                 return Ok(None);
             };
-            state.in_flight = Some(oldest.sequence);
+            state.in_flight.insert(oldest.sequence);
             oldest
         };
-        let mut reader = BufReader::new(File::open(self.path(oldest.sequence))?);
+        let object = self.read(&oldest)?;
+        Ok(Some((oldest, object)))
+    }
+
+    /// The bytes of these objects (as [`Spool::pending`] listed them), each marked in flight
+    /// until [`Spool::remove`] or [`Spool::release`]. On an error none is marked.
+    pub fn take(&self, objects: &[SpooledObject]) -> io::Result<Vec<Vec<u8>>> {
+        {
+            let mut state = self.lock();
+            for object in objects {
+                if !state.objects.contains_key(&object.sequence) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("spooled object {} was dropped", object.sequence),
+                    ));
+                }
+                state.in_flight.insert(object.sequence);
+            }
+        }
+        let read: io::Result<Vec<Vec<u8>>> = objects.iter().map(|o| self.read(o)).collect();
+        if read.is_err() {
+            for object in objects {
+                self.release(object.sequence);
+            }
+        }
+        read
+    }
+
+    /// An object's bytes, after its header line.
+    fn read(&self, object: &SpooledObject) -> io::Result<Vec<u8>> {
+        let mut reader = BufReader::new(File::open(self.path(object.sequence))?);
         let mut header = String::new();
         reader.read_line(&mut header)?;
-        let mut object = Vec::with_capacity(oldest.bytes as usize);
-        reader.read_to_end(&mut object)?;
-        Ok(Some((oldest, object)))
+        let mut bytes = Vec::with_capacity(object.bytes as usize);
+        reader.read_to_end(&mut bytes)?;
+        Ok(bytes)
     }
 
     /// The store has the object: forget it.
     pub fn remove(&self, sequence: u64) -> io::Result<()> {
         let mut state = self.lock();
-        if state.in_flight == Some(sequence) {
-            state.in_flight = None;
-        }
+        state.in_flight.remove(&sequence);
         if let Some(object) = state.objects.remove(&sequence) {
             state.total_bytes -= object.bytes;
             let removed = fs::remove_file(self.path(sequence));
@@ -221,10 +249,7 @@ impl Spool {
 
     /// The upload failed: the object stays, and may be dropped again if the spool overflows.
     pub fn release(&self, sequence: u64) {
-        let mut state = self.lock();
-        if state.in_flight == Some(sequence) {
-            state.in_flight = None;
-        }
+        self.lock().in_flight.remove(&sequence);
     }
 
     fn enforce_bound(&self, state: &mut State, newest: u64) {
@@ -233,7 +258,7 @@ impl Spool {
                 .objects
                 .keys()
                 .copied()
-                .find(|&s| s != newest && Some(s) != state.in_flight);
+                .find(|s| *s != newest && !state.in_flight.contains(s));
             let Some(victim) = victim else {
                 break;
             };

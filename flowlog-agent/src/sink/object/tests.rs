@@ -64,6 +64,7 @@ fn interval(start: u64, end: u64, first_port: u16, flows: u16) -> Arc<IntervalRe
         .map(|i| FlowRecord {
             interface: Arc::from("eth0"),
             ifindex: 2,
+            interface_type: None,
             start,
             end,
             kind: RecordKind::Flow(Flow {

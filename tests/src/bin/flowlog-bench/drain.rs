@@ -160,7 +160,7 @@ fn measure_size(flows: usize, rounds: usize) -> Result<(u32, Vec<Timing>)> {
         .find(|link| link.loopback)
         .context("no loopback interface")?;
     let mut builder = IntervalBuilder::new(SystemTime::now());
-    builder.interface_attached(loopback.ifindex, &loopback.name);
+    builder.interface_attached(loopback.ifindex, &loopback.name, None);
     let format = RecordFormat::default();
     let metadata = Metadata::default();
 

@@ -2,6 +2,7 @@
 //! ports, a few interfaces, NODATA rows) encoded on one core into a gzip text object and into a
 //! Parquet object, as an object-store sink does: records per second (thread CPU time and wall
 //! time), bytes per record, and the memory the records and the objects hold while in flight.
+//! Also the CloudWatch sink's encoder and batcher on the same records.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -11,9 +12,11 @@ use std::{
 
 use flowlog_agent::{
     format::RecordFormat,
+    record::IntervalRecords,
     record::{Direction, Flow, FlowRecord, Metadata, RecordKind, Verdict},
     sink::{
         LineRenderer,
+        cloudwatch::Batcher,
         object::{Journal, ParquetObject, TextObject},
     },
     sys::thread_cpu_time,
@@ -87,6 +90,7 @@ pub fn measure(quick: bool, report: &mut Report) -> Result<()> {
         });
     }
     journal(&records, rounds, report)?;
+    cloudwatch(&records, &renderer, rounds, report);
     let in_flight = rss_records as f64 + peak_object_memory as f64;
     report.record(Outcome {
         figure: format!("memory, {} records in flight", si(count as f64)),
@@ -148,6 +152,49 @@ fn journal(records: &[FlowRecord], rounds: usize, report: &mut Report) -> Result
     Ok(())
 }
 
+/// The CloudWatch sink's encoder and batcher: intervals of records into PutLogEvents batches
+/// (rendered, sorted by stream and time, cut at the call's limits, encoded for the spool), as
+/// the sink does before spooling; no network.
+fn cloudwatch(records: &[FlowRecord], renderer: &LineRenderer, rounds: usize, report: &mut Report) {
+    let intervals: Vec<IntervalRecords> = records
+        .chunks(records.len() / 10)
+        .map(|chunk| IntervalRecords {
+            start: 1_700_000_000,
+            end: 1_700_000_060,
+            records: chunk.to_vec(),
+        })
+        .collect();
+    let mut batcher = Batcher::new(renderer.clone(), "all");
+    let (mut cpu, mut wall) = (Vec::new(), Vec::new());
+    let (mut batches, mut bytes) = (0, 0);
+    for _ in 0..rounds {
+        let (started, cpu_started) = (Instant::now(), thread_cpu_time());
+        (batches, bytes) = (0, 0);
+        for interval in &intervals {
+            let cut = batcher.batches(interval);
+            batches += cut.len();
+            bytes += cut.iter().map(|b| b.bytes.len()).sum::<usize>();
+        }
+        cpu.push((thread_cpu_time() - cpu_started).as_secs_f64());
+        wall.push(started.elapsed().as_secs_f64());
+    }
+    let (cpu, wall) = (median(&cpu), median(&wall));
+    let count = records.len();
+    let rate = count as f64 / cpu;
+    report.record(Outcome {
+        figure: "CloudWatch encoder and batcher".to_owned(),
+        measured: format!("{} records/s on one core ({count} records)", si(rate)),
+        value: rate,
+        goal: Goal::at_least(GOAL_RECORDS_PER_SECOND, "1M records/s"),
+        details: vec![format!(
+            "{batches} batches ({:.1} bytes/event); CPU {:.0} ms, wall {:.0} ms; median of {rounds}",
+            bytes as f64 / count as f64,
+            cpu * 1e3,
+            wall * 1e3,
+        )],
+    });
+}
+
 /// `count` records: 90% IPv4 over 4 interfaces, 10% IPv6, ports spread, every 1000th a NODATA.
 fn records(count: usize) -> Vec<FlowRecord> {
     let interfaces: Vec<Arc<str>> = ["eth0", "eth1", "ens5", "veth3a1f"]
@@ -164,6 +211,7 @@ fn records(count: usize) -> Vec<FlowRecord> {
                 return FlowRecord {
                     interface,
                     ifindex,
+                    interface_type: None,
                     start,
                     end: start + 60,
                     kind: RecordKind::NoData,
@@ -193,6 +241,7 @@ fn records(count: usize) -> Vec<FlowRecord> {
             FlowRecord {
                 interface,
                 ifindex,
+                interface_type: None,
                 start: start + (n % 60) as u64,
                 end: start + 60,
                 kind: RecordKind::Flow(Flow {

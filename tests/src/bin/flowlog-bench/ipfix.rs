@@ -163,6 +163,7 @@ fn interval_of(count: usize) -> IntervalRecords {
             FlowRecord {
                 interface: Arc::clone(&interface),
                 ifindex: 2,
+                interface_type: None,
                 start: 1_700_000_000,
                 end: 1_700_000_059,
                 kind: RecordKind::Flow(Flow {
