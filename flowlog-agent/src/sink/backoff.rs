@@ -2,9 +2,10 @@
 //! `0..=min(max, first * 2^n)`, so many agents retrying against one recovering store spread
 //! out instead of arriving together.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
+use tokio::sync::watch;
 
 #[derive(Clone, Debug)]
 pub struct Backoff {
@@ -38,6 +39,33 @@ impl Backoff {
     /// After a success, start again from `first`.
     pub fn reset(&mut self) {
         self.ceiling = self.first.min(self.max);
+    }
+
+    /// Waits one step, cut short by a stop: `stopping` holds the shutdown deadline once the sink
+    /// is told to stop. True when the deadline has passed (or the stop was dropped): give up.
+    pub async fn wait_or_give_up(
+        &mut self,
+        stopping: &mut watch::Receiver<Option<Instant>>,
+    ) -> bool {
+        let delay = self.next_delay();
+        let deadline = *stopping.borrow();
+        match deadline {
+            Some(deadline) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return true;
+                }
+                tokio::time::sleep(delay.min(deadline - now)).await;
+                Instant::now() >= deadline
+            }
+            None => {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => false,
+                    // Stopping: try again at once, then within the deadline; gone: give up.
+                    changed = stopping.changed() => changed.is_err(),
+                }
+            }
+        }
     }
 }
 

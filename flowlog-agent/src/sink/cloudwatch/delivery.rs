@@ -170,7 +170,7 @@ impl Deliverer {
                 Ok(Ok(bodies)) => bodies,
                 Ok(Err(error)) => {
                     tracing::error!(sink = %self.to.name, %error, "reading the spool failed");
-                    if self.wait(&mut stopping).await {
+                    if self.backoff.wait_or_give_up(&mut stopping).await {
                         return self.report;
                     }
                     continue;
@@ -236,7 +236,7 @@ impl Deliverer {
                         // consistency): wait before the next round.
                         created = false;
                         self.report.failed_attempts += 1;
-                        if self.wait(&mut stopping).await {
+                        if self.backoff.wait_or_give_up(&mut stopping).await {
                             return self.report;
                         }
                         continue;
@@ -258,7 +258,7 @@ impl Deliverer {
                             tracing::error!(sink = %self.to.name, stream = %stream, %reason,
                                 waiting_batches = pending.len(), retry_within = ?self.backoff.ceiling(),
                                 "cannot create the log stream; the events wait in the spool");
-                            if self.wait(&mut stopping).await {
+                            if self.backoff.wait_or_give_up(&mut stopping).await {
                                 return self.report;
                             }
                         }
@@ -285,7 +285,7 @@ impl Deliverer {
                     tracing::warn!(sink = %self.to.name, stream = %stream, error = %reason,
                         waiting_batches = pending.len(), retry_within = ?self.backoff.ceiling(),
                         "delivery failed; the events wait in the spool");
-                    if self.wait(&mut stopping).await {
+                    if self.backoff.wait_or_give_up(&mut stopping).await {
                         return self.report;
                     }
                 }
@@ -466,28 +466,6 @@ impl Deliverer {
     fn release(&self, objects: &[SpooledObject]) {
         for object in objects {
             self.to.spool.release(object.sequence);
-        }
-    }
-
-    /// Waits one backoff step; true when the shutdown deadline has passed.
-    async fn wait(&mut self, stopping: &mut watch::Receiver<Option<Instant>>) -> bool {
-        let delay = self.backoff.next_delay();
-        let deadline = *stopping.borrow();
-        match deadline {
-            Some(deadline) => {
-                let now = Instant::now();
-                if now >= deadline {
-                    return true;
-                }
-                tokio::time::sleep(delay.min(deadline - now)).await;
-                Instant::now() >= deadline
-            }
-            None => {
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => false,
-                    changed = stopping.changed() => changed.is_err(),
-                }
-            }
         }
     }
 }

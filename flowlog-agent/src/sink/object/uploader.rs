@@ -104,7 +104,7 @@ async fn upload_loop(
             }
             Ok(Err(error)) => {
                 tracing::error!(sink = %name, spool = %spool.directory().display(), %error, "reading the spool failed");
-                if wait_or_give_up(&mut backoff, &mut stopping).await {
+                if backoff.wait_or_give_up(&mut stopping).await {
                     return report;
                 }
                 continue;
@@ -146,35 +146,9 @@ async fn upload_loop(
                     retry_within = ?backoff.ceiling(),
                     "upload failed; the object stays in the spool"
                 );
-                if wait_or_give_up(&mut backoff, &mut stopping).await {
+                if backoff.wait_or_give_up(&mut stopping).await {
                     return report;
                 }
-            }
-        }
-    }
-}
-
-/// Waits one backoff step; true when the shutdown deadline has passed.
-async fn wait_or_give_up(
-    backoff: &mut Backoff,
-    stopping: &mut watch::Receiver<Option<Instant>>,
-) -> bool {
-    let delay = backoff.next_delay();
-    let deadline = *stopping.borrow();
-    match deadline {
-        Some(deadline) => {
-            let now = Instant::now();
-            if now >= deadline {
-                return true;
-            }
-            tokio::time::sleep(delay.min(deadline - now)).await;
-            Instant::now() >= deadline
-        }
-        None => {
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => false,
-                // Stopping: try again at once, then within the deadline; gone: give up.
-                changed = stopping.changed() => changed.is_err(),
             }
         }
     }
