@@ -7,12 +7,15 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    ops::Range,
+    thread,
+    time::Duration,
 };
 
 use crate::{
     netns::{NetNs, veth_pair},
     records::{FlowTuple, Record, totals},
-    traffic::{plain_tcp_headers, udp_socket},
+    traffic::{plain_tcp_headers, tcp_exchange, udp_exchange, udp_socket},
 };
 
 pub const A4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -52,6 +55,61 @@ impl Topology {
             addresses: Addresses::Both,
             second: None,
             udp_sockets: false,
+        }
+    }
+}
+
+/// The TCP exchange of a traffic round ([`Topology::send_round`]): the server's port in `a` and
+/// the bytes each side sends, the client's growing by 1,000 per round.
+pub struct TcpRound {
+    pub port: u16,
+    pub client_bytes: usize,
+    pub server_bytes: usize,
+}
+
+impl Topology {
+    /// One round of known traffic on `a0`, added to `expected`: UDP both ways over every UDP
+    /// pair, and a TCP exchange from `b` to `a` on `tcp.port + round`.
+    pub fn send_round(&self, round: u64, tcp: &TcpRound, expected: &mut Expected) {
+        for pair in &self.udp {
+            let wire = udp_exchange(&pair.b, &pair.a, 10 + round, 100);
+            expected.add(pair.b_addr, pair.a_addr, UDP, wire);
+            let wire = udp_exchange(&pair.a, &pair.b, 5, 1000 + round as usize);
+            expected.add(pair.a_addr, pair.b_addr, UDP, wire);
+        }
+        let exchange = tcp_exchange(
+            &self.b,
+            &self.a,
+            SocketAddr::new(IpAddr::V4(A4), tcp.port + round as u16),
+            tcp.client_bytes + round as usize * 1000,
+            tcp.server_bytes,
+        );
+        let (c2s, s2c) = (exchange.client_to_server, exchange.server_to_client);
+        expected.add(
+            exchange.client,
+            exchange.server,
+            TCP,
+            (c2s.packets, c2s.bytes),
+        );
+        expected.add(
+            exchange.server,
+            exchange.client,
+            TCP,
+            (s2c.packets, s2c.bytes),
+        );
+    }
+
+    /// [`Topology::send_round`] for each of `rounds`, `pause` after each.
+    pub fn send_rounds(
+        &self,
+        rounds: Range<u64>,
+        pause: Duration,
+        tcp: &TcpRound,
+        expected: &mut Expected,
+    ) {
+        for round in rounds {
+            self.send_round(round, tcp, expected);
+            thread::sleep(pause);
         }
     }
 }

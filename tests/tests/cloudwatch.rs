@@ -8,7 +8,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     path::{Path, PathBuf},
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -18,8 +18,7 @@ use tests::{
     agent::{Agent, AgentBuilder, agent_command, output_within},
     cloudwatch::{self, CloudWatchServer, agent_env},
     records::parse_lines,
-    topology::{A4, Expected, TCP, Topology, UDP},
-    traffic::{tcp_exchange, udp_exchange},
+    topology::{Expected, TcpRound, Topology},
 };
 
 const ACCOUNT: &str = "123456789010";
@@ -32,34 +31,15 @@ const SECRET: &str = "flowlog-test-secret";
 const MAX_EVENTS: usize = 10_000;
 const MAX_BYTES: usize = 1_048_576;
 
-/// One round of known traffic on a0: UDP both ways over IPv4 and IPv6, and a TCP exchange.
+/// The TCP part of this file's traffic rounds.
+const TCP_ROUND: TcpRound = TcpRound {
+    port: 6100,
+    client_bytes: 40_000,
+    server_bytes: 10_000,
+};
+
 fn send_round(topology: &Topology, round: u64, expected: &mut Expected) {
-    for pair in &topology.udp {
-        let wire = udp_exchange(&pair.b, &pair.a, 10 + round, 100);
-        expected.add(pair.b_addr, pair.a_addr, UDP, wire);
-        let wire = udp_exchange(&pair.a, &pair.b, 5, 1000 + round as usize);
-        expected.add(pair.a_addr, pair.b_addr, UDP, wire);
-    }
-    let exchange = tcp_exchange(
-        &topology.b,
-        &topology.a,
-        SocketAddr::new(IpAddr::V4(A4), 6100 + round as u16),
-        40_000 + round as usize * 1000,
-        10_000,
-    );
-    let (c2s, s2c) = (exchange.client_to_server, exchange.server_to_client);
-    expected.add(
-        exchange.client,
-        exchange.server,
-        TCP,
-        (c2s.packets, c2s.bytes),
-    );
-    expected.add(
-        exchange.server,
-        exchange.client,
-        TCP,
-        (s2c.packets, s2c.bytes),
-    );
+    topology.send_round(round, &TCP_ROUND, expected);
 }
 
 fn send_rounds(
@@ -68,10 +48,7 @@ fn send_rounds(
     pause: Duration,
     expected: &mut Expected,
 ) {
-    for round in rounds {
-        send_round(topology, round, expected);
-        thread::sleep(pause);
-    }
+    topology.send_rounds(rounds, pause, &TCP_ROUND, expected);
 }
 
 fn scratch(name: &str) -> PathBuf {

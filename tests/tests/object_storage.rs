@@ -7,7 +7,6 @@
 use std::{
     collections::BTreeMap,
     fs,
-    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
     thread,
@@ -20,8 +19,7 @@ use tests::{
     netns::NetNs,
     records::{parse_line, parse_lines},
     s3::{Relay, S3Server, create_bucket, download_all, gunzip, run_script},
-    topology::{A4, Expected, TCP, Topology, UDP},
-    traffic::{tcp_exchange, udp_exchange},
+    topology::{Expected, TcpRound, Topology},
 };
 
 const ACCOUNT: &str = "123456789010";
@@ -37,35 +35,15 @@ const CREDENTIALS: &[(&str, &str)] = &[
 const HEADER: &str = "version account-id interface-id srcaddr dstaddr srcport dstport protocol \
                       packets bytes start end action log-status";
 
-/// One round of known traffic: UDP both ways over IPv4 and IPv6, and a TCP exchange.
+/// The TCP part of this file's traffic rounds.
+const TCP_ROUND: TcpRound = TcpRound {
+    port: 6000,
+    client_bytes: 50_000,
+    server_bytes: 20_000,
+};
+
 fn send_round(topology: &Topology, round: u64, expected: &mut Expected) {
-    for pair in &topology.udp {
-        let (a_socket, b_socket, a_addr, b_addr) = (&pair.a, &pair.b, &pair.a_addr, &pair.b_addr);
-        let wire = udp_exchange(b_socket, a_socket, 10 + round, 100);
-        expected.add(*b_addr, *a_addr, UDP, wire);
-        let wire = udp_exchange(a_socket, b_socket, 5, 1000 + round as usize);
-        expected.add(*a_addr, *b_addr, UDP, wire);
-    }
-    let exchange = tcp_exchange(
-        &topology.b,
-        &topology.a,
-        SocketAddr::new(IpAddr::V4(A4), 6000 + round as u16),
-        50_000 + round as usize * 1000,
-        20_000,
-    );
-    let (c2s, s2c) = (exchange.client_to_server, exchange.server_to_client);
-    expected.add(
-        exchange.client,
-        exchange.server,
-        TCP,
-        (c2s.packets, c2s.bytes),
-    );
-    expected.add(
-        exchange.server,
-        exchange.client,
-        TCP,
-        (s2c.packets, s2c.bytes),
-    );
+    topology.send_round(round, &TCP_ROUND, expected);
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -116,10 +94,7 @@ fn send_rounds(
     pause: Duration,
     expected: &mut Expected,
 ) {
-    for round in rounds {
-        send_round(topology, round, expected);
-        thread::sleep(pause);
-    }
+    topology.send_rounds(rounds, pause, &TCP_ROUND, expected);
 }
 
 fn check_text_object(key: &str, text: &str, flow_log_id: &str, rotate: u64) -> Vec<String> {
