@@ -1,6 +1,6 @@
 //! The `flowlog-agent` binary: parse the command line, set up logging, run.
 
-use std::process::ExitCode;
+use std::{io::IsTerminal, process::ExitCode};
 
 use flowlog_agent::{
     agent,
@@ -13,9 +13,11 @@ fn main() -> ExitCode {
     let cli = <Cli as clap::Parser>::parse();
     let log_format = cli.log_format;
     let command = cli.command();
-    // Records may go to stdout, so the agent's own log goes to stderr.
+    // Records may go to stdout, so the agent's own log goes to stderr; colours only on a
+    // terminal (journald and log files get plain text).
     let subscriber = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_env("FLOWLOG_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         );

@@ -86,6 +86,43 @@ fn counter(ns: &NetNs, comment: &str) -> (u64, u64) {
     (number("packets "), number("bytes "))
 }
 
+/// Drops the agent logged as seen by the kernel but not recorded: runs of the drop program the
+/// kernel skipped (a drop in a softirq that interrupted the program in process context on the
+/// same CPU, for any packet of the host) and drops that found the drop map full. Rare on a quiet
+/// host, possible on a busy one; never silent, so the tests account for them exactly.
+fn unseen_drops(stderr: &str) -> u64 {
+    logged_count(
+        stderr,
+        "kernel drops the drop program did not see",
+        "drops=",
+    ) + logged_count(stderr, "kernel drops not recorded", "packets=")
+}
+
+/// Drops logged as REJECT although their ACCEPT count is in an earlier interval (a packet
+/// counted at TC just before an interval's switch and dropped just after).
+fn uncovered_drops(stderr: &str) -> u64 {
+    logged_count(
+        stderr,
+        "kernel drops of packets counted in an earlier",
+        "packets=",
+    )
+}
+
+/// The sum of `field` (e.g. `drops=`) over the log lines containing `message`.
+fn logged_count(stderr: &str, message: &str, field: &str) -> u64 {
+    stderr
+        .lines()
+        .filter(|line| line.contains(message))
+        .filter_map(|line| {
+            let value = line
+                .split(field)
+                .nth(1)?
+                .split(|c: char| !c.is_ascii_digit());
+            value.into_iter().next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
 /// One record line of [`FORMAT`].
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Key {
@@ -313,16 +350,24 @@ fn netfilter_drops_and_closed_ports_are_rejects_with_the_kernels_reason() {
     for (k, want) in &expected {
         assert_eq!(seen.get(k), Some(want), "{k:?}\nall: {seen:#?}");
     }
-    let rejects = |to_port: u16, direction: &str, reason: &str| -> (u64, u64) {
+    let sum = |to_port: u16, direction: &str, action: &str, reason: &str| -> (u64, u64) {
         seen.iter()
             .filter(|(k, _)| {
                 k.dst_port == to_port
-                    && k.action == "REJECT"
+                    && k.action == action
                     && k.direction == direction
                     && k.reason == reason
             })
             .fold((0, 0), |(p, b), (_, v)| (p + v.0, b + v.1))
     };
+    // Every drop the rule counted is a REJECT, except drops the agent reported it could not
+    // record (`unseen`): those are missing from REJECT and, inbound, still ACCEPT (TC counted
+    // them). A drop whose ACCEPT is in an earlier interval (`uncovered`) leaves that ACCEPT.
+    let (unseen, uncovered) = (
+        unseen_drops(&stopped.stderr),
+        uncovered_drops(&stopped.stderr),
+    );
+    let mut not_rejected = 0;
     for (port, direction, rule) in [
         (9995, "ingress", "in-udp"),
         (9994, "egress", "out-udp"),
@@ -331,18 +376,40 @@ fn netfilter_drops_and_closed_ports_are_rejects_with_the_kernels_reason() {
     ] {
         let want = counter(&a, rule);
         assert!(want.0 > 0, "rule {rule} dropped nothing");
-        assert_eq!(
-            rejects(port, direction, "netfilter-drop"),
-            want,
-            "port {port} {direction}: REJECT netfilter-drop vs the rule's counter\nall: {seen:#?}"
+        let rejected = sum(port, direction, "REJECT", "netfilter-drop");
+        let accepted = sum(port, direction, "ACCEPT", "-");
+        let context = format!(
+            "port {port} {direction}: REJECT {rejected:?} ACCEPT {accepted:?}, the rule's counter {want:?}; \
+             unseen {unseen}, uncovered {uncovered}\nall: {seen:#?}\n{}",
+            stopped.stderr
         );
+        if unseen == 0 {
+            assert_eq!(rejected, want, "{context}");
+        } else {
+            assert!(rejected.0 <= want.0, "{context}");
+        }
+        let missing = want.0 - rejected.0;
+        not_rejected += missing;
+        if direction == "ingress" {
+            assert!(
+                (missing..=missing + uncovered).contains(&accepted.0),
+                "{context}"
+            );
+        } else {
+            assert_eq!(accepted, (0, 0), "{context}");
+        }
     }
-    // Nothing dropped is ACCEPT, and nothing of those flows has another reason.
+    assert!(
+        not_rejected <= unseen,
+        "{not_rejected} drops neither recorded nor reported as unseen ({unseen})\n{}",
+        stopped.stderr
+    );
+    // Nothing of those flows has another verdict or reason.
     for (k, v) in &seen {
         if [9995, 9994, 6001, 6002].contains(&k.dst_port) {
-            assert_eq!(
-                (k.action.as_str(), k.reason.as_str()),
-                ("REJECT", "netfilter-drop"),
+            assert!(
+                [("REJECT", "netfilter-drop"), ("ACCEPT", "-")]
+                    .contains(&(k.action.as_str(), k.reason.as_str())),
                 "{k:?} {v:?}"
             );
         }
@@ -357,21 +424,27 @@ fn netfilter_drops_and_closed_ports_are_rejects_with_the_kernels_reason() {
             IpAddr::V4(_) => 20,
             IpAddr::V6(_) => 40,
         };
-        // Three connects, three source ports: one SYN each, all `no-socket`.
+        // Three connects, three source ports: one SYN each, all `no-socket` (or ACCEPT if the
+        // agent reported the drop unseen).
         let mut total = (0, 0);
         for (k, v) in seen
             .iter()
             .filter(|(k, _)| k.src == from && k.dst == to.ip() && k.dst_port == to.port())
         {
-            assert_eq!(
-                (k.action.as_str(), k.reason.as_str(), k.direction.as_str()),
-                ("REJECT", "no-socket", "ingress"),
-                "{k:?}"
-            );
+            match (k.action.as_str(), k.reason.as_str(), k.direction.as_str()) {
+                ("REJECT", "no-socket", "ingress") => {}
+                ("ACCEPT", "-", "ingress") => not_rejected += v.0,
+                _ => panic!("{k:?} {v:?}"),
+            }
             total = (total.0 + v.0, total.1 + v.1);
         }
         assert_eq!(total, (3, 3 * (header + 24)), "SYNs to {to}");
     }
+    assert!(
+        not_rejected <= unseen,
+        "{not_rejected} drops neither recorded nor reported as unseen ({unseen})\n{}",
+        stopped.stderr
+    );
     let _ = tcp_flows;
 }
 
@@ -631,4 +704,16 @@ fn set_linger_zero(stream: &TcpStream) {
         )
     };
     assert_eq!(rc, 0);
+}
+
+/// The accounting above reads the agent's warnings: their fields must parse.
+#[test]
+fn unseen_and_uncovered_drops_are_read_from_the_agents_log() {
+    let log = "\
+2026-12-01T10:00:00Z  WARN flowlog_agent::kernel_drops::settle: kernel drops the drop program did not see (a drop while it ran on the same CPU): not recorded drops=3
+2026-12-01T10:00:02Z  WARN flowlog_agent::kernel_drops::settle: kernel drops not recorded: the drop map was full (their ACCEPT counts stay) packets=4
+2026-12-01T10:00:02Z  INFO flowlog_agent::kernel_drops::settle: kernel drops of packets counted in an earlier interval or never seen by flowlog's programs: REJECT now packets=2
+2026-12-01T10:00:04Z  WARN flowlog_agent::kernel_drops::settle: kernel drops the drop program did not see (a drop while it ran on the same CPU): not recorded drops=1";
+    assert_eq!(unseen_drops(log), 8);
+    assert_eq!(uncovered_drops(log), 2);
 }
