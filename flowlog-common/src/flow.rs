@@ -178,9 +178,12 @@ pub struct FlowCounters {
     /// Kernel jiffies at the last packet.
     pub last_seen_jiffies: u64,
     /// OR of the packets' TCP flags in the VPC Flow Logs encoding (see [`crate::tcp`]); only the
-    /// low byte is used. A u32 beside a u32 of padding, so the value is built with plain stores.
+    /// low byte is used. A u32 beside a u32, so the value is built with plain stores.
     pub tcp_flags: u32,
-    pub _pad: u32,
+    /// Not a count: the policy's fast-path stamp ([`crate::policy::fast_path_stamp`]), set by
+    /// the program when the policy accepted this flow after a full check; 0 = none. The agent
+    /// ignores it.
+    pub policy_stamp: u32,
 }
 
 impl FlowCounters {
@@ -276,7 +279,7 @@ mod tests {
             first_seen_jiffies: 50,
             last_seen_jiffies: 60,
             tcp_flags: 2,
-            _pad: 0,
+            policy_stamp: 0,
         };
         let b = FlowCounters {
             packets: 3,
@@ -284,7 +287,7 @@ mod tests {
             first_seen_jiffies: 40,
             last_seen_jiffies: 55,
             tcp_flags: 1,
-            _pad: 0,
+            policy_stamp: 0,
         };
         a.merge(&b);
         assert_eq!((a.packets, a.bytes), (5, 400));

@@ -48,6 +48,10 @@ pub const EXCLUSION_COUNT: &str = "EXCLUSION_COUNT";
 /// `LruHashMap<ConnKey, ConnState>`: security-group connection state and cached rule verdicts.
 pub const CONNECTIONS: &str = "CONNECTIONS";
 
+/// `Array<u32>`: connection versions of the policy's fast path
+/// ([`crate::policy::CONN_VERSION_SLOTS`]).
+pub const CONN_VERSIONS: &str = "CONN_VERSIONS";
+
 /// Reference map of the benchmark program: `PerCpuHashMap<FlowKey, FlowCounters>`.
 pub const BENCH_REFERENCE: &str = "BENCH_REFERENCE";
 

@@ -87,7 +87,10 @@ pub struct PolicyConfig {
     pub sg_present: u8,
     /// 1 when the security group has no egress section: every outbound connection is allowed.
     pub sg_egress_open: u8,
-    pub _pad: [u8; 3],
+    /// The fast path's window is `2^fast_path_shift` jiffies (see [`fast_path_stamp`]): at most
+    /// a second and at most the shortest idle timeout.
+    pub fast_path_shift: u8,
+    pub _pad: [u8; 2],
     pub acl_in_count: u32,
     pub acl_eg_count: u32,
     pub sg_in_count: u32,
@@ -133,6 +136,62 @@ pub struct ConnKey {
     pub local_port: [u8; 2],
     pub remote_port: [u8; 2],
     pub _pad2: [u8; 4],
+}
+
+/// Slots of the connection version table (`CONN_VERSIONS`, `Array<u32>`): a connection's slot
+/// ([`conn_version_slot`]) is bumped by every packet that can change a verdict without a new
+/// policy (a SYN, FIN or RST, a reject). Connections share slots; sharing costs only a full
+/// check.
+pub const CONN_VERSION_SLOTS: u32 = 1 << 16;
+
+/// The policy fast path's stamp in a flow entry ([`crate::flow::FlowCounters::policy_stamp`]):
+/// the policy generation and the connection's version under which a full check accepted the
+/// flow. A later packet of the flow skips the connection table if the entry holds the stamp of
+/// the current generation and version, its previous packet came in the same window of
+/// `2^fast_path_shift` jiffies, and it has no SYN, FIN or RST. Never 0 (the stamp of "none"):
+/// the generation's part is 1 to 65,535. Both parts are truncated to 16 bits: an entry lives one
+/// interval and a stamp one window, far fewer than 65,535 policies or bumps of a slot.
+pub const fn fast_path_stamp(generation: u32, conn_version: u32) -> u32 {
+    (conn_version << 16) | (generation % 0xffff + 1)
+}
+
+/// The largest `shift` whose window (`2^shift` jiffies) is at most `limit` jiffies (0 for none).
+pub const fn fast_path_shift(limit_jiffies: u64) -> u8 {
+    if limit_jiffies <= 1 {
+        0
+    } else {
+        (63 - limit_jiffies.leading_zeros()) as u8
+    }
+}
+
+/// The connection version slot of a flow: the same for both directions of a connection (the
+/// mix of source and destination is symmetric), so a packet in one direction invalidates the
+/// fast path of the other.
+#[inline(always)]
+pub fn conn_version_slot(key: &crate::flow::FlowKey) -> u32 {
+    #[inline(always)]
+    fn end(address: &[u8; 16], port: [u8; 2]) -> u32 {
+        let p = address.as_ptr().cast::<u32>();
+        // SAFETY: 16 readable bytes; unaligned reads make no alignment assumption.
+        let w = unsafe {
+            [
+                p.read_unaligned(),
+                p.add(1).read_unaligned(),
+                p.add(2).read_unaligned(),
+                p.add(3).read_unaligned(),
+            ]
+        };
+        let x = w[0]
+            ^ w[1].rotate_left(7)
+            ^ w[2].rotate_left(13)
+            ^ w[3].rotate_left(19)
+            ^ (u16::from_ne_bytes(port) as u32).rotate_left(24);
+        // One round of a multiplicative mix, so that the sum below spreads.
+        (x ^ (x >> 15)).wrapping_mul(0x85eb_ca6b)
+    }
+    let both = end(&key.src_addr, key.src_port).wrapping_add(end(&key.dst_addr, key.dst_port));
+    let h = (both ^ key.ifindex ^ ((key.protocol as u32) << 24)).wrapping_mul(0x9e37_79b1);
+    h >> (32 - CONN_VERSION_SLOTS.trailing_zeros())
 }
 
 /// A cached rule verdict: not evaluated yet under this generation, allowed or denied.
@@ -183,6 +242,57 @@ mod tests {
         assert_eq!(size_of::<ConnKey>(), 48);
         assert_eq!(size_of::<ConnState>(), 24);
         assert_eq!(size_of::<PolicyConfig>(), 48);
+    }
+
+    #[test]
+    fn a_stamp_is_never_none_and_tells_generations_and_versions_apart() {
+        for generation in [0, 1, 0xfffe, 0xffff, 0x1_0000, GENERATION_MASK] {
+            for version in [0, 1, 0xffff] {
+                let stamp = fast_path_stamp(generation, version);
+                assert_ne!(stamp, 0);
+                assert_ne!(stamp, fast_path_stamp(generation + 1, version));
+                assert_ne!(stamp, fast_path_stamp(generation, version + 1));
+            }
+        }
+    }
+
+    #[test]
+    fn the_window_is_the_largest_power_of_two_within_the_limit() {
+        assert_eq!(fast_path_shift(0), 0);
+        assert_eq!(fast_path_shift(1), 0);
+        assert_eq!(fast_path_shift(1000), 9);
+        assert_eq!(fast_path_shift(1024), 10);
+        assert_eq!(fast_path_shift(250), 7);
+    }
+
+    #[test]
+    fn both_directions_of_a_connection_share_a_version_slot() {
+        use crate::flow::FlowKey;
+        let mut slots = [0u32; 1000];
+        for i in 0..1000u32 {
+            let mut out = FlowKey::zeroed();
+            out.ifindex = 3;
+            out.protocol = 6;
+            out.family = 4;
+            out.src_addr[..4].copy_from_slice(&[198, 18, 0, 1]);
+            out.dst_addr[..4].copy_from_slice(&(0xc612_0000 + i).to_be_bytes());
+            out.src_port = (40_000 + i as u16).to_be_bytes();
+            out.dst_port = 443u16.to_be_bytes();
+            let mut back = out;
+            back.src_addr = out.dst_addr;
+            back.dst_addr = out.src_addr;
+            back.src_port = out.dst_port;
+            back.dst_port = out.src_port;
+            back.direction = 1;
+            let slot = conn_version_slot(&out);
+            assert_eq!(slot, conn_version_slot(&back));
+            assert!(slot < CONN_VERSION_SLOTS);
+            slots[i as usize] = slot;
+        }
+        // Spread: 1,000 connections hardly share slots.
+        slots.sort_unstable();
+        let distinct = 1 + slots.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(distinct > 980, "{distinct}");
     }
 
     #[test]

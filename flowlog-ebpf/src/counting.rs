@@ -33,7 +33,8 @@ use crate::{
 };
 
 /// Counts one parsed packet (`key` holds its addresses, ports, protocol, interface, direction
-/// and verdict) into the current epoch. `now` is `bpf_jiffies64()`.
+/// and verdict) into the current epoch. `now` is `bpf_jiffies64()`; `stamp` is the policy's
+/// fast-path stamp for the entry (0 for none, see `decide.rs`).
 #[inline(always)]
 pub fn count_flow<L: Loops, C: EbpfContext>(
     ctx: &C,
@@ -41,15 +42,58 @@ pub fn count_flow<L: Loops, C: EbpfContext>(
     count: WireCount,
     tcp_flags: u8,
     now: u64,
+    stamp: u32,
 ) {
     // SAFETY: the helper takes no arguments and only reads kernel state.
     key.cpu = unsafe { bpf_get_smp_processor_id() };
+    let packet = Packet {
+        count,
+        tcp_flags,
+        now,
+        stamp,
+    };
     // Each epoch has its own call site, so each map lookup sees one constant map.
     if current_epoch() == 0 {
-        add_to_flow::<L, C>(ctx, &FLOWS_0, &SKIPPED_0, 0, key, count, tcp_flags, now);
+        add_to_flow::<L, C>(ctx, &FLOWS_0, &SKIPPED_0, 0, key, packet);
     } else {
-        add_to_flow::<L, C>(ctx, &FLOWS_1, &SKIPPED_1, 1, key, count, tcp_flags, now);
+        add_to_flow::<L, C>(ctx, &FLOWS_1, &SKIPPED_1, 1, key, packet);
     }
+}
+
+/// The entry of `key` (with its verdict; `cpu` is set here) in the current epoch, if the flow
+/// has one: for the policy's fast path, which reads the entry's stamp before counting into it.
+#[inline(always)]
+pub fn flow_entry(key: &mut FlowKey) -> Option<*mut FlowCounters> {
+    // SAFETY: the helper takes no arguments and only reads kernel state.
+    key.cpu = unsafe { bpf_get_smp_processor_id() };
+    if current_epoch() == 0 {
+        FLOWS_0.get_ptr_mut(key)
+    } else {
+        FLOWS_1.get_ptr_mut(key)
+    }
+}
+
+/// Adds a packet to an entry [`flow_entry`] returned.
+///
+/// # Safety
+/// `counters` must be this CPU's entry (see the module documentation).
+#[inline(always)]
+pub unsafe fn add_to_entry(counters: *mut FlowCounters, count: WireCount, tcp_flags: u8, now: u64) {
+    unsafe {
+        (*counters).packets += count.packets;
+        (*counters).bytes += count.bytes;
+        (*counters).last_seen_jiffies = now;
+        (*counters).tcp_flags |= tcp_flags as u32;
+    }
+}
+
+/// What [`add_to_flow`] adds.
+#[derive(Clone, Copy)]
+struct Packet {
+    count: WireCount,
+    tcp_flags: u8,
+    now: u64,
+    stamp: u32,
 }
 
 /// The clock of the flow counters and connection state: jiffies, not bpf_ktime_get_coarse_ns:
@@ -67,25 +111,28 @@ fn current_epoch() -> u32 {
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn add_to_flow<L: Loops, C: EbpfContext>(
     ctx: &C,
     flows: &HashMap<FlowKey, FlowCounters>,
     skipped: &HashMap<SkipKey, PacketCount>,
     epoch: u32,
     key: &FlowKey,
-    count: WireCount,
-    tcp_flags: u8,
-    now: u64,
+    packet: Packet,
 ) {
+    let Packet {
+        count,
+        tcp_flags,
+        now,
+        stamp,
+    } = packet;
     if let Some(counters) = flows.get_ptr_mut(key) {
         // SAFETY: the entry belongs to this CPU (see the module documentation), so nothing else
         // writes it while we do, and it is not deleted while its epoch is current.
         unsafe {
-            (*counters).packets += count.packets;
-            (*counters).bytes += count.bytes;
-            (*counters).last_seen_jiffies = now;
-            (*counters).tcp_flags |= tcp_flags as u32;
+            add_to_entry(counters, count, tcp_flags, now);
+            if L::POLICY {
+                (*counters).policy_stamp = stamp;
+            }
         }
         return;
     }
@@ -102,7 +149,7 @@ fn add_to_flow<L: Loops, C: EbpfContext>(
         first_seen_jiffies: now,
         last_seen_jiffies: now,
         tcp_flags: tcp_flags as u32,
-        _pad: 0,
+        policy_stamp: stamp,
     };
     if flows.insert(key, counters, BPF_NOEXIST as u64).is_err() {
         count_skipped(ctx, skipped, epoch, key, count);

@@ -3,7 +3,11 @@
 //! looks things up and caches.
 //!
 //! Rules are evaluated once per connection, direction and policy generation: the result is
-//! cached in the connection's entry, so a packet of a known connection costs one hash lookup.
+//! cached in the connection's entry. A packet of a known, accepted connection does not even look
+//! that entry up: [`counted_on_fast_path`] finds the stamp the last full check left in the flow
+//! entry, which the packet is counted into anyway, and counts it there. See
+//! `flowlog_common::policy::fast_path_stamp` for when a stamp holds, and docs/policy.md for why
+//! the verdicts stay those of the full check.
 
 use core::{ffi::c_void, mem::MaybeUninit};
 
@@ -12,10 +16,13 @@ use flowlog_common::{
     flow::{Direction, FlowKey, RejectLayer, Verdict},
     policy::{
         CACHED_ALLOW, CACHED_DENY, CACHED_UNKNOWN, ConnKey, ConnState, MAX_ACL_RULES, MAX_SG_RULES,
-        MODE_AUDIT, PolicyConfig, RULE_ALLOW, Rule, timeout_class, word_generation,
+        MODE_AUDIT, PolicyConfig, RULE_ALLOW, Rule, conn_version_slot, fast_path_stamp,
+        timeout_class, word_generation,
     },
+    tcp::{FIN, RST, SYN},
 };
 use flowlog_ebpf::{
+    account::WireCount,
     parse::Parsed,
     policy::{
         Packet, RuleSubject, cached, closed_connection, fill_conn_key, reset_cache, reset_tracking,
@@ -24,23 +31,77 @@ use flowlog_ebpf::{
 };
 
 use crate::{
+    counting::{add_to_entry, flow_entry},
     loops::Loops,
     maps::{
-        ACL_RULES_0, ACL_RULES_1, CONNECTIONS, POLICY_ACTIVE, POLICY_CONFIG_0, POLICY_CONFIG_1,
-        SG_RULES_0, SG_RULES_1,
+        ACL_RULES_0, ACL_RULES_1, CONN_VERSIONS, CONNECTIONS, POLICY_ACTIVE, POLICY_CONFIG_0,
+        POLICY_CONFIG_1, SG_RULES_0, SG_RULES_1,
     },
 };
 
-/// A packet's verdict ([`Verdict`] as its integer) and whether to drop it.
+/// A packet's verdict ([`Verdict`] as its integer), whether to drop it, and the fast-path stamp
+/// its flow entry gets (0 for none).
 pub struct Decision {
     pub verdict: u8,
     pub drop: bool,
+    pub stamp: u32,
 }
 
 const ACCEPT: Decision = Decision {
     verdict: Verdict::Accept as u8,
     drop: false,
+    stamp: 0,
 };
+
+/// TCP flags that open or close a connection: their packets always take the full check.
+const CONNECTION_FLAGS: u8 = SYN | FIN | RST;
+
+/// The fast path of a policy: counts a packet of a flow that a full check accepted under the
+/// live policy and the connection's current version, in the same window as the flow's previous
+/// packet (see `flowlog_common::policy::fast_path_stamp`), and returns true. Anything else
+/// returns false, and the packet goes to [`decide`] and `count_flow`. `key` arrives with the
+/// ACCEPT verdict.
+///
+/// Cost: the flow lookup the packet needs anyway, plus array reads the verifier inlines.
+#[inline(always)]
+pub fn counted_on_fast_path<L: Loops>(
+    key: &mut FlowKey,
+    parsed: &Parsed,
+    count: WireCount,
+    now: u64,
+) -> bool {
+    if !L::POLICY || parsed.tcp_header_flags & CONNECTION_FLAGS != 0 {
+        return false;
+    }
+    let word = POLICY_ACTIVE.get(0).copied().unwrap_or(0);
+    let config = match word & 3 {
+        1 => POLICY_CONFIG_0.get(0),
+        2 => POLICY_CONFIG_1.get(0),
+        _ => return false,
+    };
+    let Some(config) = config else {
+        return false;
+    };
+    let shift = (config.fast_path_shift & 63) as u64;
+    let Some(entry) = flow_entry(key) else {
+        return false;
+    };
+    let version = conn_version(conn_version_slot(key));
+    let stamp = fast_path_stamp(word_generation(word), version);
+    // SAFETY: this CPU's entry of the current epoch (see `counting`).
+    unsafe {
+        if (*entry).policy_stamp != stamp || (*entry).last_seen_jiffies >> shift != now >> shift {
+            return false;
+        }
+        add_to_entry(entry, count, parsed.tcp_flags, now);
+    }
+    true
+}
+
+#[inline(always)]
+fn conn_version(slot: u32) -> u32 {
+    CONN_VERSIONS.get(slot).copied().unwrap_or(0)
+}
 
 /// Decides a parsed packet (`key` complete but for `cpu` and `verdict`). Programs built
 /// without the policy ([`Loops::POLICY`]) accept everything.
@@ -99,6 +160,11 @@ fn decide_with(
         tcp_flags: parsed.tcp_header_flags,
         payload: parsed.ip_len > parsed.header_len,
     };
+    // The connection's version is read before its state: a packet that changes the state
+    // bumps the version after writing it, so a stamp made from a state older than that change
+    // carries an older version and never holds.
+    let version_slot = conn_version_slot(key);
+    let version = conn_version(version_slot);
     let mut storage = MaybeUninit::uninit();
     let conn: &ConnKey = {
         let conn = zeroed_conn_key(&mut storage);
@@ -213,15 +279,29 @@ fn decide_with(
             let _ = CONNECTIONS.insert(conn, state, BPF_ANY as u64);
         }
     }
+    // A packet that opens or closes the connection, or is rejected, may change the verdict of
+    // the connection's other packets: their stamps stop holding.
+    if packet.tcp_flags & CONNECTION_FLAGS != 0 || rejected.is_some() {
+        if let Some(version) = CONN_VERSIONS.get_ptr_mut(version_slot) {
+            // SAFETY: a live array slot; a lost increment between two CPUs still changes the
+            // value each of them read.
+            unsafe { *version = (*version).wrapping_add(1) };
+        }
+    }
     match rejected {
-        None => ACCEPT,
+        None => Decision {
+            stamp: fast_path_stamp(generation, version),
+            ..ACCEPT
+        },
         Some(layer) if audit => Decision {
             verdict: Verdict::AUDIT | layer as u8,
             drop: false,
+            stamp: 0,
         },
         Some(layer) => Decision {
             verdict: layer as u8,
             drop: true,
+            stamp: 0,
         },
     }
 }

@@ -337,7 +337,7 @@ fn add(
         first_seen_jiffies: now,
         last_seen_jiffies: now,
         tcp_flags: tcp_flags as u32,
-        _pad: 0,
+        policy_stamp: 0,
     };
     drops.insert(key, counters, BPF_NOEXIST as u64).is_ok()
 }

@@ -39,7 +39,7 @@ mod programs {
 
     use crate::{
         counting::{clock_sample, count_flow, count_parse_error, count_reference, jiffies},
-        decide::decide,
+        decide::{counted_on_fast_path, decide},
         frames::{SkbFrame, XdpFrame},
         loops::{BoundedLoops, HelperLoops, Loops},
     };
@@ -97,11 +97,14 @@ mod programs {
                 key.ifindex = frame.ingress_ifindex();
                 key.direction = Direction::Ingress as u8;
                 let now = jiffies();
-                let decision = decide::<L>(key, &parsed, now);
-                key.verdict = decision.verdict;
-                count_flow::<L, _>(ctx, key, wire_count(&parsed, 0, 0), parsed.tcp_flags, now);
-                if decision.drop {
-                    return xdp_action::XDP_DROP;
+                let count = wire_count(&parsed, 0, 0);
+                if !counted_on_fast_path::<L>(key, &parsed, count, now) {
+                    let decision = decide::<L>(key, &parsed, now);
+                    key.verdict = decision.verdict;
+                    count_flow::<L, _>(ctx, key, count, parsed.tcp_flags, now, decision.stamp);
+                    if decision.drop {
+                        return xdp_action::XDP_DROP;
+                    }
                 }
             }
             Err(error) => count_parse_error(error, frame.len()),
@@ -138,9 +141,12 @@ mod programs {
                 key.direction = direction as u8;
                 let count: WireCount = wire_count(&parsed, gso.size, gso.segs);
                 let now = jiffies();
+                if counted_on_fast_path::<L>(key, &parsed, count, now) {
+                    return false;
+                }
                 let decision = decide::<L>(key, &parsed, now);
                 key.verdict = decision.verdict;
-                count_flow::<L, _>(ctx, key, count, parsed.tcp_flags, now);
+                count_flow::<L, _>(ctx, key, count, parsed.tcp_flags, now, decision.stamp);
                 if decision.drop {
                     crate::drops::note_own_drop(key.ifindex, count.bytes);
                 }

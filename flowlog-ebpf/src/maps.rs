@@ -10,8 +10,8 @@ use flowlog_common::{
     flow::{FlowCounters, FlowKey, PacketCount, SkipKey},
     maps::{DEFAULT_MAX_FLOWS, MAX_SKIP_ENTRIES},
     policy::{
-        ConnKey, ConnState, MAX_ACL_RULES, MAX_CONNECTIONS, MAX_EXCLUSIONS, MAX_SG_RULES,
-        PolicyConfig, Rule,
+        CONN_VERSION_SLOTS, ConnKey, ConnState, MAX_ACL_RULES, MAX_CONNECTIONS, MAX_EXCLUSIONS,
+        MAX_SG_RULES, PolicyConfig, Rule,
     },
     stats::Stat,
 };
@@ -79,3 +79,8 @@ pub static EXCLUSION_COUNT: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static CONNECTIONS: LruHashMap<ConnKey, ConnState> =
     LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+
+/// Connection versions of the policy's fast path (`flowlog_common::policy::CONN_VERSION_SLOTS`).
+/// Not pinned: a restart starts a new table, and a stamp lives one window.
+#[map]
+pub static CONN_VERSIONS: Array<u32> = Array::with_max_entries(CONN_VERSION_SLOTS, 0);

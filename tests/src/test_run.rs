@@ -316,6 +316,11 @@ impl TestDatapath {
             .expect("publishing the policy");
     }
 
+    /// Empties the policy's connection table, as an LRU eviction would entry by entry.
+    pub fn forget_connections(&mut self) {
+        clear_connections(self.datapath_mut()).expect("clearing the connection table");
+    }
+
     /// Runs `frame` through `hook`'s program `repeat` times (one packet each) and returns the
     /// program's return value.
     pub fn try_run(
@@ -471,6 +476,11 @@ fn empty(datapath: &mut Datapath) -> Result<(), Box<dyn std::error::Error>> {
     datapath.drain_all_after_detach()?;
     datapath.set_policy(None)?;
     datapath.set_exclusions(&[])?;
+    clear_connections(datapath)
+}
+
+/// Empties the policy's connection table.
+fn clear_connections(datapath: &mut Datapath) -> Result<(), Box<dyn std::error::Error>> {
     let map = datapath
         .ebpf_mut()
         .map_mut(flowlog_common::maps::CONNECTIONS)

@@ -5,8 +5,11 @@
 
 use flowlog_common::flow::{FlowKey, Verdict};
 use tests::{
-    frames::FrameBuilder,
-    test_run::{Program, TestDatapath, V4_DST, V4_SRC, V6_DST, V6_SRC, v4, v6},
+    frames::{
+        FrameBuilder,
+        tcp_flags::{ACK, RST, SYN},
+    },
+    test_run::{Program, TestDatapath, V4_DST, V4_SRC, V6_DST, V6_SRC, v4, v4_key, v6},
 };
 
 /// Runs `frame` through the TC ingress program once; returns whether it was dropped and the
@@ -278,4 +281,111 @@ fn in_audit_mode_the_replies_of_a_refused_connection_are_would_be_rejects_too() 
         verdict_of(&mut datapath, &v4().tcp(40001, 22).tcp_flags(0x02)),
         PASSED
     );
+}
+
+/// The fast path's window in the policies `TestDatapath::set_policy` compiles (a second at its
+/// assumed 250 Hz, rounded down to a power of two: 128 jiffies).
+const FAST_PATH_SHIFT: u32 = 7;
+
+/// A packet of a known, accepted connection skips the connection table (the fast path): shown
+/// by emptying the table, which a full check would notice. The flow's stamp holds only for the
+/// rest of its window and only while nothing can have changed the verdict: after the window the
+/// full check decides again, and a packet that closes the connection (an RST the other way)
+/// ends the stamp at once. Counts are exact throughout.
+#[test]
+fn known_connections_skip_the_connection_table_until_their_verdict_can_change() {
+    let mut datapath = TestDatapath::load(1024);
+    // Inbound connections only to 22; outbound connections are open and their replies come in.
+    datapath.set_policy(
+        "[security_group]\n[[security_group.ingress]]\nprotocol = \"tcp\"\nports = \"22\"\ncidr = \"198.18.0.0/15\"\n",
+    );
+    let out = |port: u16, flags: u8| v4().tcp(port, 443).tcp_flags(flags).build().bytes;
+    let reply = |port: u16, flags: u8| {
+        FrameBuilder::ipv4(V4_DST, V4_SRC)
+            .tcp(443, port)
+            .tcp_flags(flags)
+            .payload(100)
+    };
+    let (egress, ingress) = (Program::TcEgress, Program::TcIngress);
+    let window = |datapath: &TestDatapath| datapath.jiffies() >> FAST_PATH_SHIFT;
+
+    // 1. Replies of an outbound connection, stamped by their first full check. Repeated with a
+    //    new port if a window ends in between (then the full check runs again, as it should).
+    let mut port = 40_000;
+    let (mut fast_replies, mut window_of_stamp) = (0, 0);
+    for _attempt in 0..5 {
+        port += 1;
+        window_of_stamp = window(&datapath);
+        datapath.send(egress, &out(port, SYN), 1);
+        datapath.send(ingress, &reply(port, SYN | ACK).build().bytes, 1);
+        datapath.send(ingress, &reply(port, ACK).build().bytes, 3);
+        datapath.forget_connections();
+        // A full check would now refuse these (no rule admits a connection from port 443);
+        // the stamp passes them.
+        fast_replies = 0;
+        while fast_replies < 2
+            && datapath
+                .try_run(ingress, &reply(port, ACK).build().bytes, 1)
+                .unwrap()
+                == ingress.pass_verdict()
+        {
+            fast_replies += 1;
+        }
+        if window(&datapath) == window_of_stamp {
+            break;
+        }
+        datapath.drain_flows();
+    }
+    assert_eq!(fast_replies, 2, "known replies took the full check");
+    // 2. The next window: the full check again, which no longer knows the connection.
+    while window(&datapath) == window_of_stamp {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        datapath
+            .try_run(ingress, &reply(port, ACK).build().bytes, 1)
+            .unwrap(),
+        ingress.drop_verdict(),
+        "a stamp outlived its window"
+    );
+    // 3. Another connection: its replies stamped, then an RST out closes it. The very next
+    //    reply is a packet of a closed connection.
+    let closing = port + 100;
+    datapath.send(egress, &out(closing, SYN), 1);
+    datapath.send(ingress, &reply(closing, SYN | ACK).build().bytes, 1);
+    datapath.send(ingress, &reply(closing, ACK).build().bytes, 2);
+    datapath.send(egress, &out(closing, RST), 1);
+    assert_eq!(
+        datapath
+            .try_run(ingress, &reply(closing, ACK).build().bytes, 1)
+            .unwrap(),
+        ingress.drop_verdict(),
+        "a reply after the RST passed on a stamp"
+    );
+
+    let flows = datapath.drain_flows();
+    let packets = |hook: Program, src_port: u16, dst_port: u16, verdict: Verdict| {
+        let mut key = v4_key(hook, 6, src_port, dst_port);
+        if hook == ingress {
+            (key.src_addr, key.dst_addr) = (key.dst_addr, key.src_addr);
+        }
+        key.verdict = verdict as u8;
+        flows.get(&key).map_or(0, |counts| counts.packets)
+    };
+    // SYN-ACK, three replies, two on the stamp.
+    assert_eq!(
+        packets(ingress, 443, port, Verdict::Accept),
+        6,
+        "{flows:#?}"
+    );
+    assert_eq!(packets(ingress, 443, port, Verdict::RejectSecurityGroup), 1);
+    assert_eq!(packets(egress, port, 443, Verdict::Accept), 1);
+    assert_eq!(packets(ingress, 443, closing, Verdict::Accept), 3);
+    assert_eq!(
+        packets(ingress, 443, closing, Verdict::RejectClosedConnection),
+        1
+    );
+    assert_eq!(packets(egress, closing, 443, Verdict::Accept), 2);
+    let total: u64 = flows.values().map(|counts| counts.packets).sum();
+    assert_eq!(total, 14, "{flows:#?}");
 }

@@ -45,7 +45,7 @@ use matcher::{family_mismatch, parse_ports};
 
 use flowlog_common::policy::{
     MAX_ACL_RULES, MAX_SG_RULES, MODE_AUDIT, MODE_ENFORCE, PolicyConfig, RULE_ALLOW, RULE_DENY,
-    Rule,
+    Rule, fast_path_shift,
 };
 use serde::Deserialize;
 use toml::Spanned;
@@ -205,6 +205,16 @@ impl Policy {
         {
             *slot = secs * 1_000_000_000 / ns_per_jiffy.max(1);
         }
+        // The fast path's window: a connection's state is refreshed at least this often, so an
+        // idle timeout is never judged from a last-seen time older than one window.
+        let second = 1_000_000_000 / ns_per_jiffy.max(1);
+        let shortest = config
+            .idle_timeout_jiffies
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(0);
+        config.fast_path_shift = fast_path_shift(second.min(shortest));
         let mut acl_rules = Vec::new();
         if let Some(acl) = &self.acl {
             config.acl_present = 1;
@@ -496,6 +506,8 @@ cidr = "::/0"
         assert_eq!(compiled.sg_rules[1].family, AddressFamily::Ipv6 as u8);
         // 180 s of UDP idle time at 250 Hz.
         assert_eq!(compiled.config.idle_timeout_jiffies[1], 180 * 250);
+        // A second at 250 Hz: a window of 128 jiffies.
+        assert_eq!(compiled.config.fast_path_shift, 7);
     }
 
     #[test]

@@ -419,3 +419,126 @@ mod tests {
         );
     }
 }
+
+/// The live cost of the attached TC programs on real traffic: iperf3 TCP runs alternate between
+/// an agent run with `with_args` and one without them, and the kernel's own statistics
+/// (`BPF_ENABLE_STATS`, the call behind `kernel.bpf_stats_enabled`, held for this figure only)
+/// give each program's run time and run count. The figure is nanoseconds per run with against
+/// without; `goal` bounds the ratio.
+pub fn live_tc_cost(
+    quick: bool,
+    report: &mut Report,
+    figure: &str,
+    goal: f64,
+    with_args: &[&str],
+) -> Result<()> {
+    let runs = if quick { 2 } else { 4 };
+    let seconds = if quick { 2 } else { 3 };
+    agent::binary()?;
+    let (client, server) = veth_topology(
+        VethEnd {
+            ifname: CLIENT_IF,
+            addresses: &[CLIENT_ADDR],
+        },
+        VethEnd {
+            ifname: SERVER_IF,
+            addresses: &[SERVER_ADDR],
+        },
+    )?;
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|error| format!("BPF_ENABLE_STATS: {error}"))?;
+    let sinks = TempDir::new("live-cost")?;
+    let sink = format!("dir:{}", sinks.path().display());
+    let base = [
+        "--interface",
+        SERVER_IF,
+        "--hook",
+        "tc",
+        "--interval",
+        "60s",
+        "--sink",
+        &sink,
+    ];
+    let mut iperf_server = IperfServer::start(&server)?;
+    // ns per run of the ingress and egress programs, per variant.
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        let with_first = run % 2 == 0;
+        for with_policy in [with_first, !with_first] {
+            let mut args: Vec<&str> = base.to_vec();
+            if with_policy {
+                args.extend_from_slice(with_args);
+            }
+            let agent = Agent::start(&server, &args)?;
+            let before = program_stats()?;
+            let measured = run_client(&client, seconds);
+            let after = program_stats()?;
+            agent.stop().context("stopping the agent")?;
+            measured?;
+            let per_run = |name: &str| -> Result<f64> {
+                let (b, a) = (before.get(name), after.get(name));
+                let (time, count) = match (b, a) {
+                    (Some(b), Some(a)) => (a.0 - b.0, a.1 - b.1),
+                    (None, Some(a)) => *a,
+                    _ => return Err(format!("no loaded program {name}")),
+                };
+                if count == 0 {
+                    return Err(format!("{name} never ran during iperf3"));
+                }
+                Ok(time as f64 / count as f64)
+            };
+            let cost = (per_run("flowlog_tc_in")?, per_run("flowlog_tc_eg")?);
+            eprintln!(
+                "live cost: run {}/{runs} {}: tc_in {:.0} ns, tc_eg {:.0} ns per run",
+                run + 1,
+                if with_policy { "with" } else { "without" },
+                cost.0,
+                cost.1
+            );
+            if with_policy {
+                with.push(cost);
+            } else {
+                without.push(cost);
+            }
+            iperf_server.check_running()?;
+        }
+    }
+    let median_of = |v: &[(f64, f64)], pick: fn(&(f64, f64)) -> f64| {
+        median(&v.iter().map(pick).collect::<Vec<_>>())
+    };
+    let (with_in, without_in) = (median_of(&with, |c| c.0), median_of(&without, |c| c.0));
+    let (with_eg, without_eg) = (median_of(&with, |c| c.1), median_of(&without, |c| c.1));
+    let ratio = with_in / without_in;
+    report.record(Outcome {
+        figure: figure.to_owned(),
+        measured: format!(
+            "tc_in {with_in:.0} ns vs {without_in:.0} ns per run = {ratio:.3}; tc_eg {with_eg:.0} vs {without_eg:.0} = {:.3}",
+            with_eg / without_eg
+        ),
+        value: ratio,
+        goal: Goal::at_most(goal, &format!("{goal:.2}")),
+        details: vec![format!(
+            "the attached programs' own run time and run count (BPF_ENABLE_STATS) over iperf3 \
+             TCP runs of {seconds} s on {SERVER_IF}, {runs} runs each, alternating; median; \
+             the ingress program runs once per socket buffer (GRO super-packets), the egress \
+             one once per ACK"
+        )],
+    });
+    Ok(())
+}
+
+/// Run time (ns) and run count of every loaded program by name, summed over programs of the
+/// same name (only the attached one runs).
+fn program_stats() -> Result<std::collections::BTreeMap<String, (u64, u64)>> {
+    let mut stats = std::collections::BTreeMap::new();
+    for program in aya::programs::loaded_programs() {
+        let program = program.map_err(|error| format!("listing BPF programs: {error}"))?;
+        let Some(name) = program.name_as_str() else {
+            continue;
+        };
+        let entry: &mut (u64, u64) = stats.entry(name.to_owned()).or_default();
+        entry.0 += program.run_time().as_nanos() as u64;
+        entry.1 += program.run_count();
+    }
+    Ok(stats)
+}
