@@ -391,35 +391,6 @@ fn json_string(json: &str, key: &str) -> Option<String> {
     Some(rest[..rest.find('"')?].to_owned())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const REPORT: &str = r#"{
-        "start": {"connected": [{"socket": 5}]},
-        "intervals": [{"sum": {"bits_per_second": 1.0}}],
-        "end": {
-            "streams": [{"receiver": {"bits_per_second": 2.0}}],
-            "sum_sent": {"bytes": 10, "bits_per_second": 1.6e10, "retransmits": 0},
-            "sum_received": {"start": 0, "bytes": 10, "bits_per_second": 15623456789.5, "sender": true}
-        }
-    }"#;
-
-    #[test]
-    fn reads_the_received_rate() {
-        assert_eq!(received_bits_per_second(REPORT), Some(15_623_456_789.5));
-        assert_eq!(received_bits_per_second("{\"end\": {}}"), None);
-    }
-
-    #[test]
-    fn reads_the_error() {
-        assert_eq!(
-            json_string(r#"{"start": {}, "error": "unable to connect"}"#, "error").as_deref(),
-            Some("unable to connect")
-        );
-    }
-}
-
 /// The live cost of the attached TC programs on real traffic: iperf3 TCP runs alternate between
 /// an agent run with `with_args` and one without them, and the kernel's own statistics
 /// (`BPF_ENABLE_STATS`, the call behind `kernel.bpf_stats_enabled`, held for this figure only)
@@ -541,4 +512,33 @@ fn program_stats() -> Result<std::collections::BTreeMap<String, (u64, u64)>> {
         entry.1 += program.run_count();
     }
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REPORT: &str = r#"{
+        "start": {"connected": [{"socket": 5}]},
+        "intervals": [{"sum": {"bits_per_second": 1.0}}],
+        "end": {
+            "streams": [{"receiver": {"bits_per_second": 2.0}}],
+            "sum_sent": {"bytes": 10, "bits_per_second": 1.6e10, "retransmits": 0},
+            "sum_received": {"start": 0, "bytes": 10, "bits_per_second": 15623456789.5, "sender": true}
+        }
+    }"#;
+
+    #[test]
+    fn reads_the_received_rate() {
+        assert_eq!(received_bits_per_second(REPORT), Some(15_623_456_789.5));
+        assert_eq!(received_bits_per_second("{\"end\": {}}"), None);
+    }
+
+    #[test]
+    fn reads_the_error() {
+        assert_eq!(
+            json_string(r#"{"start": {}, "error": "unable to connect"}"#, "error").as_deref(),
+            Some("unable to connect")
+        );
+    }
 }
