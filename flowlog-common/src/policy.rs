@@ -280,7 +280,11 @@ mod tests {
                 out.src_addr[..4].copy_from_slice(&[198, 18, 0, 1]);
                 let host = if shape == 2 { 7 } else { i };
                 out.dst_addr[..4].copy_from_slice(&(0xc612_0000 + host).to_be_bytes());
-                let port = if shape == 1 { 50_000 } else { 40_000 + i as u16 };
+                let port = if shape == 1 {
+                    50_000
+                } else {
+                    40_000 + i as u16
+                };
                 out.src_port = port.to_be_bytes();
                 out.dst_port = 443u16.to_be_bytes();
                 let mut back = out;

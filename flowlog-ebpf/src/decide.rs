@@ -281,12 +281,12 @@ fn decide_with(
     }
     // A packet that opens or closes the connection, or is rejected, may change the verdict of
     // the connection's other packets: their stamps stop holding.
-    if packet.tcp_flags & CONNECTION_FLAGS != 0 || rejected.is_some() {
-        if let Some(version) = CONN_VERSIONS.get_ptr_mut(version_slot) {
-            // SAFETY: a live array slot; a lost increment between two CPUs still changes the
-            // value each of them read.
-            unsafe { *version = (*version).wrapping_add(1) };
-        }
+    if (packet.tcp_flags & CONNECTION_FLAGS != 0 || rejected.is_some())
+        && let Some(version) = CONN_VERSIONS.get_ptr_mut(version_slot)
+    {
+        // SAFETY: a live array slot; a lost increment between two CPUs still changes the value
+        // each of them read.
+        unsafe { *version = (*version).wrapping_add(1) };
     }
     match rejected {
         None => Decision {
