@@ -72,16 +72,7 @@ pub fn compare_with_agent(
          omitted), with and without the agent, alternating",
         settings.pairs, settings.seconds
     );
-    let (client, server) = veth_topology(
-        VethEnd {
-            ifname: CLIENT_IF,
-            addresses: &[CLIENT_ADDR],
-        },
-        VethEnd {
-            ifname: SERVER_IF,
-            addresses: &[SERVER_ADDR],
-        },
-    )?;
+    let (client, server) = client_server()?;
     let sinks = TempDir::new("throughput")?;
     let sink = format!("dir:{}", sinks.path().display());
     let mut agent_args = vec![
@@ -178,6 +169,20 @@ pub fn compare_with_agent(
         .collect(),
     });
     Ok(())
+}
+
+/// The client's and the server's namespaces, joined by the figure's veth pair.
+fn client_server() -> Result<(NetNs, NetNs)> {
+    veth_topology(
+        VethEnd {
+            ifname: CLIENT_IF,
+            addresses: &[CLIENT_ADDR],
+        },
+        VethEnd {
+            ifname: SERVER_IF,
+            addresses: &[SERVER_ADDR],
+        },
+    )
 }
 
 /// What the agent counted of the iperf3 connections on the server's veth.
@@ -406,16 +411,7 @@ pub fn live_tc_cost(
     let runs = if quick { 2 } else { 4 };
     let seconds = if quick { 2 } else { 3 };
     agent::binary()?;
-    let (client, server) = veth_topology(
-        VethEnd {
-            ifname: CLIENT_IF,
-            addresses: &[CLIENT_ADDR],
-        },
-        VethEnd {
-            ifname: SERVER_IF,
-            addresses: &[SERVER_ADDR],
-        },
-    )?;
+    let (client, server) = client_server()?;
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .map_err(|error| format!("BPF_ENABLE_STATS: {error}"))?;
     let sinks = TempDir::new("live-cost")?;
