@@ -12,12 +12,16 @@ appends "<group> <stream> refused <code>" to the calls file. With moto's
 $INITIAL_NO_AUTH_ACTION_COUNT, requests are authenticated (SigV4 checked against the IAM users'
 keys) and authorized (their policies) as IAM does, and refusals are answered as CloudWatch
 Logs answers them, in JSON (moto writes XML): AccessDeniedException, InvalidSignatureException,
-UnrecognizedClientException.
+UnrecognizedClientException. After SIGUSR1 the server is "frozen": every PutLogEvents call from
+then on hangs, never answered and never stored (a call already past that check completes and is
+answered), so a test knows that what the agent abandons was not stored.
 
     cloudwatch_server.py HOST PORT
 """
 import os
+import signal
 import sys
+import threading
 
 from moto.core.exceptions import JsonRESTError, _RESTError
 from moto.logs import exceptions, models
@@ -32,6 +36,8 @@ MAX_SPAN_MS = 24 * 3600 * 1000
 original = models.LogsBackend.put_log_events
 FAIL_EVERY = int(os.environ.get("FLOWLOG_FAIL_EVERY", "0"))
 calls = 0
+FROZEN = threading.Event()
+signal.signal(signal.SIGUSR1, lambda *_: FROZEN.set())
 
 
 class Refused(JsonRESTError):
@@ -60,6 +66,8 @@ LogsResponse._authenticate_and_authorize_normal_action = json_authorize
 
 def strict_put_log_events(self, log_group_name, log_stream_name, log_events):
     global calls
+    if FROZEN.is_set():
+        threading.Event().wait()
     calls += 1
     if FAIL_EVERY and calls % FAIL_EVERY == 0:
         status, code = [(400, "ThrottlingException"), (503, "ServiceUnavailableException")][

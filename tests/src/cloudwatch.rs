@@ -105,10 +105,12 @@ impl CloudWatchServer {
         accepted(&self.logs)
     }
 
-    /// Stops the server (SIGSTOP): it still accepts connections (the kernel does) but answers
-    /// nothing.
+    /// Freezes the server (SIGUSR1, see `cloudwatch_server.py`): every PutLogEvents call from
+    /// then on hangs, unanswered and unstored. (SIGSTOP would freeze it too, but could catch a
+    /// call stored and not yet answered: a duplicate the agent cannot avoid and the test could
+    /// not tell from a bug.)
     pub fn freeze(&self) {
-        self.signal(libc::SIGSTOP);
+        self.signal(libc::SIGUSR1);
     }
 
     fn signal(&self, signal: libc::c_int) {

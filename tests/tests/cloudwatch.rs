@@ -487,7 +487,7 @@ fn an_outage_and_a_killed_agent_lose_and_duplicate_nothing() {
     fs::remove_dir_all(&work).expect("clean up");
 }
 
-/// The server stops answering (frozen: connections open, nothing answered). The agent, told to
+/// The server stops answering (frozen: its PutLogEvents calls hang). The agent, told to
 /// stop, gives up its call at the deadline and exits within the 15 s bound, its batches left
 /// in the spool; the next agent delivers them to a new server. Nothing lost or doubled.
 #[test]
