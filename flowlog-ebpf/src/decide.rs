@@ -63,14 +63,19 @@ const CONNECTION_FLAGS: u8 = SYN | FIN | RST;
 /// ACCEPT verdict.
 ///
 /// Cost: the flow lookup the packet needs anyway, plus array reads the verifier inlines.
-#[inline(always)]
-pub fn counted_on_fast_path<L: Loops>(
+///
+/// A function of its own (a BPF-to-BPF call), not inlined: after its return the verifier sees
+/// one state (its answer), where the inlined branches multiplied the states that reach the
+/// rule scans' callbacks and took the TC egress program past the verifier's million
+/// instructions on 7.3. Only the programs with a policy ([`Loops::POLICY`]) call it.
+#[inline(never)]
+pub fn counted_on_fast_path(
     key: &mut FlowKey,
     parsed: &Parsed,
-    count: WireCount,
+    count: &WireCount,
     now: u64,
 ) -> bool {
-    if !L::POLICY || parsed.tcp_header_flags & CONNECTION_FLAGS != 0 {
+    if parsed.tcp_header_flags & CONNECTION_FLAGS != 0 {
         return false;
     }
     let word = POLICY_ACTIVE.get(0).copied().unwrap_or(0);
@@ -93,12 +98,14 @@ pub fn counted_on_fast_path<L: Loops>(
         if (*entry).policy_stamp != stamp || (*entry).last_seen_jiffies >> shift != now >> shift {
             return false;
         }
-        add_to_entry(entry, count, parsed.tcp_flags, now);
+        add_to_entry(entry, *count, parsed.tcp_flags, now);
     }
     true
 }
 
-#[inline(always)]
+/// The connection version in `slot`. Not inlined, for the verifier: its found and not-found
+/// branches end in one returned value rather than two states reaching the rule scans.
+#[inline(never)]
 fn conn_version(slot: u32) -> u32 {
     CONN_VERSIONS.get(slot).copied().unwrap_or(0)
 }

@@ -98,7 +98,7 @@ mod programs {
                 key.direction = Direction::Ingress as u8;
                 let now = jiffies();
                 let count = wire_count(&parsed, 0, 0);
-                if !counted_on_fast_path::<L>(key, &parsed, count, now) {
+                if !(L::POLICY && counted_on_fast_path(key, &parsed, &count, now)) {
                     let decision = decide::<L>(key, &parsed, now);
                     key.verdict = decision.verdict;
                     count_flow::<L, _>(ctx, key, count, parsed.tcp_flags, now, decision.stamp);
@@ -141,7 +141,7 @@ mod programs {
                 key.direction = direction as u8;
                 let count: WireCount = wire_count(&parsed, gso.size, gso.segs);
                 let now = jiffies();
-                if counted_on_fast_path::<L>(key, &parsed, count, now) {
+                if L::POLICY && counted_on_fast_path(key, &parsed, &count, now) {
                     return false;
                 }
                 let decision = decide::<L>(key, &parsed, now);
