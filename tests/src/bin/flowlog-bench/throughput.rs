@@ -75,16 +75,7 @@ pub fn compare_with_agent(
     let (client, server) = client_server()?;
     let sinks = TempDir::new("throughput")?;
     let sink = format!("dir:{}", sinks.path().display());
-    let mut agent_args = vec![
-        "--interface",
-        SERVER_IF,
-        "--hook",
-        "tc",
-        "--interval",
-        "60s",
-        "--sink",
-        &sink,
-    ];
+    let mut agent_args = server_agent_args(&sink);
     agent_args.extend_from_slice(variant.extra_args);
 
     let mut iperf_server = IperfServer::start(&server)?;
@@ -169,6 +160,20 @@ pub fn compare_with_agent(
         .collect(),
     });
     Ok(())
+}
+
+/// The agent's arguments for counting on the server's veth (TC, one 60 s interval) into `sink`.
+fn server_agent_args(sink: &str) -> Vec<&str> {
+    vec![
+        "--interface",
+        SERVER_IF,
+        "--hook",
+        "tc",
+        "--interval",
+        "60s",
+        "--sink",
+        sink,
+    ]
 }
 
 /// The client's and the server's namespaces, joined by the figure's veth pair.
@@ -416,23 +421,14 @@ pub fn live_tc_cost(
         .map_err(|error| format!("BPF_ENABLE_STATS: {error}"))?;
     let sinks = TempDir::new("live-cost")?;
     let sink = format!("dir:{}", sinks.path().display());
-    let base = [
-        "--interface",
-        SERVER_IF,
-        "--hook",
-        "tc",
-        "--interval",
-        "60s",
-        "--sink",
-        &sink,
-    ];
+    let base = server_agent_args(&sink);
     let mut iperf_server = IperfServer::start(&server)?;
     // ns per run of the ingress and egress programs, per variant.
     let (mut with, mut without) = (Vec::new(), Vec::new());
     for run in 0..runs {
         let with_first = run % 2 == 0;
         for with_policy in [with_first, !with_first] {
-            let mut args: Vec<&str> = base.to_vec();
+            let mut args = base.clone();
             if with_policy {
                 args.extend_from_slice(with_args);
             }
