@@ -15,7 +15,7 @@ use std::{
 use crate::{
     netns::{NetNs, veth_pair},
     records::{FlowTuple, Record, totals},
-    traffic::{plain_tcp_headers, tcp_exchange, udp_exchange, udp_socket},
+    traffic::{TcpExchange, plain_tcp_headers, tcp_exchange, udp_exchange, udp_socket},
 };
 
 pub const A4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -84,19 +84,7 @@ impl Topology {
             tcp.client_bytes + round as usize * 1000,
             tcp.server_bytes,
         );
-        let (c2s, s2c) = (exchange.client_to_server, exchange.server_to_client);
-        expected.add(
-            exchange.client,
-            exchange.server,
-            TCP,
-            (c2s.packets, c2s.bytes),
-        );
-        expected.add(
-            exchange.server,
-            exchange.client,
-            TCP,
-            (s2c.packets, s2c.bytes),
-        );
+        expected.add_tcp(&exchange);
     }
 
     /// [`Topology::send_round`] for each of `rounds`, `pause` after each.
@@ -246,6 +234,23 @@ impl Expected {
         let entry = self.0.entry(("a0".to_owned(), flow)).or_insert((0, 0));
         entry.0 += wire.0;
         entry.1 += wire.1;
+    }
+
+    /// Adds both directions of a TCP exchange.
+    pub fn add_tcp(&mut self, exchange: &TcpExchange) {
+        let (c2s, s2c) = (exchange.client_to_server, exchange.server_to_client);
+        self.add(
+            exchange.client,
+            exchange.server,
+            TCP,
+            (c2s.packets, c2s.bytes),
+        );
+        self.add(
+            exchange.server,
+            exchange.client,
+            TCP,
+            (s2c.packets, s2c.bytes),
+        );
     }
 
     /// Every flow the test made adds up exactly in `records` (other flows, such as neighbour

@@ -15,7 +15,7 @@ use aya::util::KernelVersion;
 use tests::{
     agent::Agent,
     records::{Record, parse_lines},
-    topology::{A4, A6, Expected, TCP, Topology, UDP},
+    topology::{A4, A6, Expected, Topology, UDP},
     traffic::{tcp_exchange, udp_exchange, udp_gso_exchange},
 };
 
@@ -112,20 +112,7 @@ fn records_add_up_to_the_traffic_exactly(name: &str, hook_args: &[&str]) -> Stri
                 150_000 + round as usize * 1000,
                 40_000,
             );
-            let c2s = exchange.client_to_server;
-            let s2c = exchange.server_to_client;
-            expected.add(
-                exchange.client,
-                exchange.server,
-                TCP,
-                (c2s.packets, c2s.bytes),
-            );
-            expected.add(
-                exchange.server,
-                exchange.client,
-                TCP,
-                (s2c.packets, s2c.bytes),
-            );
+            expected.add_tcp(&exchange);
         }
         thread::sleep(Duration::from_millis(900));
     }
