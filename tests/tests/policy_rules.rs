@@ -290,8 +290,8 @@ const FAST_PATH_SHIFT: u32 = 7;
 /// A packet of a known, accepted connection skips the connection table (the fast path): shown
 /// by emptying the table, which a full check would notice. The flow's stamp holds only for the
 /// rest of its window and only while nothing can have changed the verdict: after the window the
-/// full check decides again, and a packet that closes the connection (an RST the other way)
-/// ends the stamp at once. Counts are exact throughout.
+/// full check decides again, and a packet that closes the connection (an RST the other way) or
+/// a new policy ends the stamp at once. Counts are exact throughout.
 #[test]
 fn known_connections_skip_the_connection_table_until_their_verdict_can_change() {
     let mut datapath = TestDatapath::load(1024);
@@ -362,6 +362,22 @@ fn known_connections_skip_the_connection_table_until_their_verdict_can_change() 
         ingress.drop_verdict(),
         "a reply after the RST passed on a stamp"
     );
+    // 4. Another connection stamped, then a new policy (an ACL refusing every inbound packet):
+    //    the very next reply is decided by it, not by the old policy's stamp.
+    let renewed = closing + 100;
+    datapath.send(egress, &out(renewed, SYN), 1);
+    datapath.send(ingress, &reply(renewed, SYN | ACK).build().bytes, 1);
+    datapath.send(ingress, &reply(renewed, ACK).build().bytes, 2);
+    datapath.set_policy(
+        "[acl]\ndefault = \"allow\"\n[[acl.rule]]\nnumber = 1\ndirection = \"ingress\"\nprotocol = \"all\"\ncidr = \"0.0.0.0/0\"\naction = \"deny\"\n",
+    );
+    assert_eq!(
+        datapath
+            .try_run(ingress, &reply(renewed, ACK).build().bytes, 1)
+            .unwrap(),
+        ingress.drop_verdict(),
+        "a stamp outlived its policy"
+    );
 
     let flows = datapath.drain_flows();
     let packets = |hook: Program, src_port: u16, dst_port: u16, verdict: Verdict| {
@@ -386,6 +402,9 @@ fn known_connections_skip_the_connection_table_until_their_verdict_can_change() 
         1
     );
     assert_eq!(packets(egress, closing, 443, Verdict::Accept), 2);
+    assert_eq!(packets(ingress, 443, renewed, Verdict::Accept), 3);
+    assert_eq!(packets(ingress, 443, renewed, Verdict::RejectAcl), 1);
+    assert_eq!(packets(egress, renewed, 443, Verdict::Accept), 1);
     let total: u64 = flows.values().map(|counts| counts.packets).sum();
-    assert_eq!(total, 14, "{flows:#?}");
+    assert_eq!(total, 19, "{flows:#?}");
 }
