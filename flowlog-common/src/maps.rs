@@ -33,11 +33,21 @@ pub const POLICY_ACTIVE: &str = "POLICY_ACTIVE";
 /// `Array<PolicyConfig>` with one entry, per policy slot.
 pub const POLICY_CONFIG: [&str; 2] = ["POLICY_CONFIG_0", "POLICY_CONFIG_1"];
 
-/// `Array<Rule>` of ACL rules, per policy slot.
+/// `Array<Rule>` of ACL rules, per policy slot, for the programs of the previous layout only
+/// ([`crate::policy::LEGACY_RULE_ENTRIES`]).
 pub const ACL_RULES: [&str; 2] = ["ACL_RULES_0", "ACL_RULES_1"];
 
-/// `Array<Rule>` of security-group rules, per policy slot.
+/// `Array<Rule>` of security-group rules, per policy slot, as [`ACL_RULES`].
 pub const SG_RULES: [&str; 2] = ["SG_RULES_0", "SG_RULES_1"];
+
+/// The rule index, per policy slot (`crate::policy`, "The rule index"):
+/// `LpmTrie<PrefixKeyData, RuleList>`, `LpmTrie<PortKeyData, RuleList>`, `Array<RuleWord>`.
+pub const RULE_PREFIXES: [&str; 2] = ["RULE_PREFIXES_0", "RULE_PREFIXES_1"];
+pub const RULE_PORTS: [&str; 2] = ["RULE_PORTS_0", "RULE_PORTS_1"];
+pub const RULE_WORDS: [&str; 2] = ["RULE_WORDS_0", "RULE_WORDS_1"];
+
+/// `Array<u8>`: the action of each ACL rule, per policy slot.
+pub const ACL_ACTIONS: [&str; 2] = ["ACL_ACTIONS_0", "ACL_ACTIONS_1"];
 
 /// `Array<Rule>`: traffic that is not logged (it is still subject to the policy).
 pub const EXCLUSIONS: &str = "EXCLUSIONS";

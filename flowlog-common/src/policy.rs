@@ -9,10 +9,14 @@
 //! carries a generation number; connection entries remember the generation their cached rule
 //! verdicts came from, so a swap invalidates every cached verdict at once.
 
-/// Rules per slot in the ACL table (ingress and egress rules together).
-pub const MAX_ACL_RULES: u32 = 1024;
-/// Rules per slot in the security-group table (ingress and egress rules together).
-pub const MAX_SG_RULES: u32 = 1024;
+/// ACL rules per policy (ingress and egress rules together).
+pub const MAX_ACL_RULES: u32 = 10_240;
+/// Security-group rules per policy (ingress and egress rules together).
+pub const MAX_SG_RULES: u32 = 10_240;
+/// Entries of the rule arrays the programs of the previous layout scanned (`ACL_RULES_n`,
+/// `SG_RULES_n`): still written when a policy fits, so that those programs, still attached
+/// while a newer agent takes over from them, decide as before until their links are updated.
+pub const LEGACY_RULE_ENTRIES: u32 = 1024;
 /// Entries of the exclusion table.
 pub const MAX_EXCLUSIONS: u32 = 64;
 /// Entries of the connection table (an LRU map: state may be evicted, counters never are).
@@ -118,6 +122,84 @@ pub struct Rule {
     pub family: u8,
     /// [`RULE_ALLOW`] or [`RULE_DENY`] (ACL rules only).
     pub action: u8,
+}
+
+/// The rule index: which rules can match a packet, found without scanning them. A rule matches
+/// when its family and remote prefix contain the packet's remote address, and its protocol and
+/// port range the packet's protocol and port; the index answers both halves with one LPM-trie
+/// lookup each, as lists of rule-bitmap words, and the first rule in both lists is the first
+/// rule that matches. Built by the agent (`flowlog-agent/src/policy/index.rs`), per policy slot.
+///
+/// Rule tables of the index, the first byte of its keys: each layer's ingress and egress rules.
+/// Rule numbers in the bitmaps are positions within their table.
+pub const TABLE_ACL_IN: u8 = 0;
+pub const TABLE_ACL_EG: u8 = 1;
+pub const TABLE_SG_IN: u8 = 2;
+pub const TABLE_SG_EG: u8 = 3;
+
+/// Words of rule bitmaps per slot (`RULE_WORDS_n`, 16 bytes each: 4 MiB).
+pub const RULE_WORD_ENTRIES: u32 = 1 << 18;
+/// Prefix entries per slot (`RULE_PREFIXES_n`): one per distinct rule network and table.
+pub const RULE_PREFIX_ENTRIES: u32 = 1 << 16;
+/// Port entries per slot (`RULE_PORTS_n`): each port range between two rule boundaries, as
+/// aligned blocks.
+pub const RULE_PORT_ENTRIES: u32 = 1 << 20;
+/// Words of one table's bitmap: rule `n` of a table is bit `n % 64` of word `n / 64`.
+pub const RULE_BITMAP_WORDS: u32 = MAX_ACL_RULES.div_ceil(64);
+
+/// Data of a `RULE_PREFIXES_n` key: table, address family, two zero bytes, the address in the
+/// flow key's layout. A rule network of length `len` is inserted with prefix length
+/// [`PREFIX_KEY_HEADER_BITS`]` + len`; a packet is looked up with the full length.
+pub type PrefixKeyData = [u8; 20];
+pub const PREFIX_KEY_HEADER_BITS: u32 = 32;
+
+/// Data of a `RULE_PORTS_n` key: table, scope, protocol, port (big-endian). Scope
+/// [`PORTS_OWN`] holds the ports of a protocol some rule names (its rules and the rules for all
+/// protocols); scope [`PORTS_OTHER`] with protocol 0 those of every other protocol (the rules for
+/// all protocols only). A block of `2^k` ports is inserted with prefix length
+/// [`PORT_KEY_HEADER_BITS`]` + 16 - k`.
+pub type PortKeyData = [u8; 5];
+pub const PORT_KEY_HEADER_BITS: u32 = 24;
+pub const PORTS_OTHER: u8 = 0;
+pub const PORTS_OWN: u8 = 1;
+
+/// The value of an index key: `len` words of `RULE_WORDS_n` from `offset`, in ascending
+/// word index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RuleList {
+    pub offset: u32,
+    pub len: u32,
+}
+
+/// One nonzero word of a rule bitmap: rules `64 * index ..` of a table.
+///
+/// 16 bytes, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RuleWord {
+    pub bits: u64,
+    pub index: u32,
+    pub _pad: u32,
+}
+
+/// The prefix-key data of `address` (flow-key layout) in `table`.
+pub const fn prefix_key(table: u8, family: u8, address: [u8; 16]) -> PrefixKeyData {
+    let mut data = [0u8; 20];
+    data[0] = table;
+    data[1] = family;
+    let mut i = 0;
+    while i < 16 {
+        data[4 + i] = address[i];
+        i += 1;
+    }
+    data
+}
+
+/// The port-key data of `port` for `protocol` in `table` and `scope`.
+pub const fn port_key(table: u8, scope: u8, protocol: u8, port: u16) -> PortKeyData {
+    let port = port.to_be_bytes();
+    [table, scope, protocol, port[0], port[1]]
 }
 
 /// Key of the connection table: one entry per connection and interface, the same for both
@@ -242,6 +324,8 @@ mod tests {
         assert_eq!(size_of::<ConnKey>(), 48);
         assert_eq!(size_of::<ConnState>(), 24);
         assert_eq!(size_of::<PolicyConfig>(), 48);
+        assert_eq!(size_of::<RuleWord>(), 16);
+        assert_eq!(size_of::<RuleList>(), 8);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use crate::{
     flow::{FlowCounters, FlowKey, PacketCount, SkipKey},
-    policy::{ConnKey, ConnState, PolicyConfig, Rule},
+    policy::{ConnKey, ConnState, PolicyConfig, Rule, RuleList, RuleWord},
 };
 
 // SAFETY: all of them are `#[repr(C)]`, `Copy`, made only of integers and byte arrays, and have no
@@ -16,6 +16,8 @@ unsafe impl aya::Pod for PolicyConfig {}
 unsafe impl aya::Pod for Rule {}
 unsafe impl aya::Pod for ConnKey {}
 unsafe impl aya::Pod for ConnState {}
+unsafe impl aya::Pod for RuleList {}
+unsafe impl aya::Pod for RuleWord {}
 
 // SAFETY: as above: `#[repr(C)]`, integers only, no implicit padding (checked by
 // `drops::tests::layouts_have_no_hidden_padding`).

@@ -11,12 +11,18 @@
 
 use core::{ffi::c_void, mem::MaybeUninit};
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_loop, maps::Array};
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    helpers::bpf_loop,
+    maps::{Array, LpmTrie, lpm_trie::Key},
+};
 use flowlog_common::{
     flow::{Direction, FlowKey, RejectLayer, Verdict},
     policy::{
-        CACHED_ALLOW, CACHED_DENY, CACHED_UNKNOWN, ConnKey, ConnState, MAX_ACL_RULES, MAX_SG_RULES,
-        MODE_AUDIT, PolicyConfig, RULE_ALLOW, Rule, conn_version_slot, fast_path_stamp,
+        CACHED_ALLOW, CACHED_DENY, CACHED_UNKNOWN, ConnKey, ConnState, MODE_AUDIT,
+        PORT_KEY_HEADER_BITS, PORTS_OTHER, PORTS_OWN, PREFIX_KEY_HEADER_BITS, PolicyConfig,
+        PortKeyData, PrefixKeyData, RULE_ALLOW, RULE_BITMAP_WORDS, RuleList, RuleWord,
+        TABLE_ACL_EG, TABLE_ACL_IN, TABLE_SG_EG, TABLE_SG_IN, conn_version_slot, fast_path_stamp,
         timeout_class, word_generation,
     },
     tcp::{FIN, RST, SYN},
@@ -26,7 +32,7 @@ use flowlog_ebpf::{
     parse::Parsed,
     policy::{
         Packet, RuleSubject, cached, closed_connection, fill_conn_key, reset_cache, reset_tracking,
-        rule_matches, security_group, sg_rule_direction, track_close,
+        security_group, sg_rule_direction, track_close,
     },
 };
 
@@ -34,8 +40,9 @@ use crate::{
     counting::{add_to_entry, flow_entry},
     loops::Loops,
     maps::{
-        ACL_RULES_0, ACL_RULES_1, CONN_VERSIONS, CONNECTIONS, POLICY_ACTIVE, POLICY_CONFIG_0,
-        POLICY_CONFIG_1, SG_RULES_0, SG_RULES_1,
+        ACL_ACTIONS_0, ACL_ACTIONS_1, CONN_VERSIONS, CONNECTIONS, POLICY_ACTIVE, POLICY_CONFIG_0,
+        POLICY_CONFIG_1, RULE_PORTS_0, RULE_PORTS_1, RULE_PREFIXES_0, RULE_PREFIXES_1,
+        RULE_WORDS_0, RULE_WORDS_1,
     },
 };
 
@@ -125,33 +132,16 @@ pub fn decide<L: Loops>(key: &FlowKey, parsed: &Parsed, now: u64) -> Decision {
     let generation = word_generation(word);
     // One call site per slot, so each rule lookup sees one constant map.
     if word & 3 == 1 {
-        decide_with(
-            &POLICY_CONFIG_0,
-            scan_acl_0,
-            scan_sg_0,
-            generation,
-            key,
-            parsed,
-            now,
-        )
+        decide_with(&POLICY_CONFIG_0, Slot0, generation, key, parsed, now)
     } else {
-        decide_with(
-            &POLICY_CONFIG_1,
-            scan_acl_1,
-            scan_sg_1,
-            generation,
-            key,
-            parsed,
-            now,
-        )
+        decide_with(&POLICY_CONFIG_1, Slot1, generation, key, parsed, now)
     }
 }
 
 #[inline(always)]
-fn decide_with(
+fn decide_with<S: Slot>(
     config: &Array<PolicyConfig>,
-    acl: ScanCallback,
-    sg: ScanCallback,
+    _slot: S,
     generation: u32,
     key: &FlowKey,
     parsed: &Parsed,
@@ -198,13 +188,17 @@ fn decide_with(
     let acl_rejects = config.acl_present != 0 && {
         let cached_acl = if inbound { state.acl_in } else { state.acl_eg };
         let verdict = if cached_acl == CACHED_UNKNOWN {
-            let (start, count) = if inbound {
-                (0, config.acl_in_count)
+            let (start, table) = if inbound {
+                (0, TABLE_ACL_IN)
             } else {
-                (config.acl_in_count, config.acl_eg_count)
+                (config.acl_in_count, TABLE_ACL_EG)
             };
-            let action = first_match(acl, MAX_ACL_RULES, start, count, conn, inbound)
-                .unwrap_or(config.acl_default);
+            let rule = S::first_match(table, conn, inbound);
+            let action = if rule == NO_MATCH {
+                config.acl_default
+            } else {
+                S::acl_action(start.wrapping_add(rule)).unwrap_or(config.acl_default)
+            };
             cached(action == RULE_ALLOW)
         } else {
             cached_acl
@@ -231,15 +225,12 @@ fn decide_with(
                         state.sg_eg
                     };
                     let verdict = if cached_sg == CACHED_UNKNOWN {
-                        let (start, count) = if rule_inbound {
-                            (0, config.sg_in_count)
+                        let table = if rule_inbound {
+                            TABLE_SG_IN
                         } else {
-                            (config.sg_in_count, config.sg_eg_count)
+                            TABLE_SG_EG
                         };
-                        cached(
-                            first_match(sg, MAX_SG_RULES, start, count, conn, rule_inbound)
-                                .is_some(),
-                        )
+                        cached(S::first_match(table, conn, rule_inbound) != NO_MATCH)
                     } else {
                         cached_sg
                     };
@@ -313,93 +304,186 @@ fn decide_with(
     }
 }
 
-/// A rule scan's state, passed to its `bpf_loop` callback.
-#[repr(C)]
-struct Scan {
-    subject: RuleSubject,
-    start: u32,
-    count: u32,
-    /// The action of the first matching rule, or [`NO_MATCH`].
-    action: u32,
+/// The rule index of one policy slot (`flowlog_common::policy`, "The rule index"): one type
+/// per slot, so each lookup sees one constant map.
+trait Slot {
+    /// The position in `table` of the first rule that matches the packet opening `conn` in the
+    /// given direction, or [`NO_MATCH`]. A function of its own (a BPF-to-BPF call), for the
+    /// verifier: after its return it sees one value rather than the states of every lookup.
+    fn first_match(table: u8, conn: &ConnKey, inbound: bool) -> u32;
+    /// The action of ACL rule `rule` (ingress rules first).
+    fn acl_action(rule: u32) -> Option<u8>;
 }
 
-/// Rules checked per callback call: the call and return (through the kernel's return thunk)
-/// cost more than checking a rule, so each call checks a block.
-const RULES_PER_STEP: u32 = 4;
+struct Slot0;
+struct Slot1;
 
-const NO_MATCH: u32 = u32::MAX;
+impl Slot for Slot0 {
+    #[inline(never)]
+    fn first_match(table: u8, conn: &ConnKey, inbound: bool) -> u32 {
+        first_match(
+            &RULE_PREFIXES_0,
+            &RULE_PORTS_0,
+            join_0,
+            table,
+            conn,
+            inbound,
+        )
+    }
+    #[inline(always)]
+    fn acl_action(rule: u32) -> Option<u8> {
+        ACL_ACTIONS_0.get(rule).copied()
+    }
+}
 
-/// The action of the first of `count` rules from `start` that matches the packet opening `conn`
-/// in the given direction.
-///
-/// The scan runs in `bpf_loop`, whose callback the verifier checks once: a plain loop over 1,024
-/// rules is verified iteration by iteration and exceeds the verifier's branch limit.
+impl Slot for Slot1 {
+    #[inline(never)]
+    fn first_match(table: u8, conn: &ConnKey, inbound: bool) -> u32 {
+        first_match(
+            &RULE_PREFIXES_1,
+            &RULE_PORTS_1,
+            join_1,
+            table,
+            conn,
+            inbound,
+        )
+    }
+    #[inline(always)]
+    fn acl_action(rule: u32) -> Option<u8> {
+        ACL_ACTIONS_1.get(rule).copied()
+    }
+}
+
+/// [`Slot::first_match`] over one slot's maps: the first rule both in the list of the remote
+/// address's prefix and in the list of the protocol's port, found by walking the two lists of
+/// bitmap words side by side.
 #[inline(always)]
 fn first_match(
-    callback: ScanCallback,
-    bound: u32,
-    start: u32,
-    count: u32,
+    prefixes: &LpmTrie<PrefixKeyData, RuleList>,
+    ports: &LpmTrie<PortKeyData, RuleList>,
+    join_callback: JoinCallback,
+    table: u8,
     conn: &ConnKey,
     inbound: bool,
-) -> Option<u8> {
-    let count = count.min(bound);
-    let mut scan = Scan {
-        subject: RuleSubject::opening(conn, inbound),
-        start,
-        count,
-        action: NO_MATCH,
+) -> u32 {
+    let subject = RuleSubject::opening(conn, inbound);
+    // Keys are built as aligned words (the stack takes no misaligned store), in the layout of
+    // `lpm_trie::Key`: the prefix length, then the data (little-endian, as BPF is).
+    let header = |bits: u32, bytes: [u8; 3]| {
+        bits as u64 | (bytes[0] as u64) << 32 | (bytes[1] as u64) << 40 | (bytes[2] as u64) << 48
     };
-    // SAFETY: the callback only reads and writes the `Scan` it is given, which outlives the
-    // call; the helper calls it at most `count` times.
+    let prefix: [u64; 3] = [
+        header(PREFIX_KEY_HEADER_BITS + 128, [table, subject.family, 0]),
+        subject.remote[0],
+        subject.remote[1],
+    ];
+    let Some(by_prefix) = prefixes.get(as_key::<PrefixKeyData, 3>(&prefix)).copied() else {
+        return NO_MATCH;
+    };
+    let port = subject.port.to_be_bytes();
+    let port_key = |scope: u8, protocol: u8| -> [u64; 2] {
+        [
+            header(PORT_KEY_HEADER_BITS + 16, [table, scope, protocol]) | (port[0] as u64) << 56,
+            port[1] as u64,
+        ]
+    };
+    let own = port_key(PORTS_OWN, subject.protocol);
+    let other = port_key(PORTS_OTHER, 0);
+    let by_port = match ports.get(as_key::<PortKeyData, 2>(&own)) {
+        Some(list) => *list,
+        None => match ports.get(as_key::<PortKeyData, 2>(&other)) {
+            Some(list) => *list,
+            None => return NO_MATCH,
+        },
+    };
+    let mut join = Join {
+        a: by_prefix.offset,
+        a_end: by_prefix
+            .offset
+            .wrapping_add(by_prefix.len.min(RULE_BITMAP_WORDS)),
+        b: by_port.offset,
+        b_end: by_port
+            .offset
+            .wrapping_add(by_port.len.min(RULE_BITMAP_WORDS)),
+        found: NO_MATCH,
+    };
+    let steps = (2 * RULE_BITMAP_WORDS).div_ceil(WORDS_PER_STEP);
+    // SAFETY: the callback only reads and writes the `Join` it is given, which outlives the
+    // call; the helper calls it at most `steps` times.
     unsafe {
         bpf_loop(
-            count.div_ceil(RULES_PER_STEP),
-            callback as *mut c_void,
-            (&mut scan as *mut Scan).cast(),
+            steps,
+            join_callback as *mut c_void,
+            (&mut join as *mut Join).cast(),
             0,
         );
     }
-    (scan.action != NO_MATCH).then_some(scan.action as u8)
+    join.found
 }
 
-type ScanCallback = unsafe extern "C" fn(u32, *mut c_void) -> i64;
-
-/// One step of a scan over `rules`: checks block `step` (up to [`RULES_PER_STEP`] rules); 1
-/// stops the loop (a rule matched, or the table ended), 0 goes on.
+/// `words` as an LPM-trie key of data `D` (which they hold, in `Key`'s layout).
 #[inline(always)]
-fn scan_step(rules: &Array<Rule>, step: u32, scan: *mut c_void) -> i64 {
-    // SAFETY: `first_match` passes a live `Scan`.
-    let scan = unsafe { &mut *scan.cast::<Scan>() };
-    let first = step * RULES_PER_STEP;
-    for offset in 0..RULES_PER_STEP {
-        let i = first + offset;
-        if i >= scan.count {
+fn as_key<D, const N: usize>(words: &[u64; N]) -> &Key<D> {
+    const { assert!(core::mem::size_of::<Key<D>>() <= N * 8) };
+    // SAFETY: `Key<D>` is packed (alignment 1) and no larger than the words, which are plain
+    // integers; the reference borrows them.
+    unsafe { &*words.as_ptr().cast::<Key<D>>() }
+}
+
+/// The walk over two rule lists, passed to its `bpf_loop` callback: positions `a` and `b` in
+/// `RULE_WORDS_n`, each list ending before its `_end`.
+#[repr(C)]
+struct Join {
+    a: u32,
+    a_end: u32,
+    b: u32,
+    b_end: u32,
+    /// The first rule in both lists, or [`NO_MATCH`].
+    found: u32,
+}
+
+/// Words compared per callback call: the call and return cost more than a comparison.
+const WORDS_PER_STEP: u32 = 4;
+
+const NO_MATCH: u32 = u32::MAX;
+
+type JoinCallback = unsafe extern "C" fn(u32, *mut c_void) -> i64;
+
+/// One step of the walk: advances the list whose word comes first, or both on the same word,
+/// which holds the answer if the two have a rule in common. 1 stops the loop.
+#[inline(always)]
+fn join_step(words: &Array<RuleWord>, join: *mut c_void) -> i64 {
+    // SAFETY: `first_match` passes a live `Join`.
+    let join = unsafe { &mut *join.cast::<Join>() };
+    for _ in 0..WORDS_PER_STEP {
+        if join.a >= join.a_end || join.b >= join.b_end {
             return 1;
         }
-        match rules.get(scan.start + i) {
-            Some(rule) if rule_matches(rule, &scan.subject) => {
-                scan.action = rule.action as u32;
+        let (Some(a), Some(b)) = (words.get(join.a), words.get(join.b)) else {
+            return 1;
+        };
+        if a.index < b.index {
+            join.a += 1;
+        } else if a.index > b.index {
+            join.b += 1;
+        } else {
+            let common = a.bits & b.bits;
+            if common != 0 {
+                join.found = a.index * 64 + common.trailing_zeros();
                 return 1;
             }
-            Some(_) => {}
-            None => return 1,
+            join.a += 1;
+            join.b += 1;
         }
     }
     0
 }
 
-unsafe extern "C" fn scan_acl_0(index: u32, scan: *mut c_void) -> i64 {
-    scan_step(&ACL_RULES_0, index, scan)
+unsafe extern "C" fn join_0(_: u32, join: *mut c_void) -> i64 {
+    join_step(&RULE_WORDS_0, join)
 }
-unsafe extern "C" fn scan_acl_1(index: u32, scan: *mut c_void) -> i64 {
-    scan_step(&ACL_RULES_1, index, scan)
-}
-unsafe extern "C" fn scan_sg_0(index: u32, scan: *mut c_void) -> i64 {
-    scan_step(&SG_RULES_0, index, scan)
-}
-unsafe extern "C" fn scan_sg_1(index: u32, scan: *mut c_void) -> i64 {
-    scan_step(&SG_RULES_1, index, scan)
+unsafe extern "C" fn join_1(_: u32, join: *mut c_void) -> i64 {
+    join_step(&RULE_WORDS_1, join)
 }
 
 /// A zeroed connection key, cleared with word stores (see `parse::zeroed_key`).

@@ -4,14 +4,15 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use flowlog_common::{
     flow::{FlowCounters, FlowKey, PacketCount, SkipKey},
     maps::{DEFAULT_MAX_FLOWS, MAX_SKIP_ENTRIES},
     policy::{
-        CONN_VERSION_SLOTS, ConnKey, ConnState, MAX_ACL_RULES, MAX_CONNECTIONS, MAX_EXCLUSIONS,
-        MAX_SG_RULES, PolicyConfig, Rule,
+        CONN_VERSION_SLOTS, ConnKey, ConnState, LEGACY_RULE_ENTRIES, MAX_ACL_RULES,
+        MAX_CONNECTIONS, MAX_EXCLUSIONS, PolicyConfig, PortKeyData, PrefixKeyData,
+        RULE_PORT_ENTRIES, RULE_PREFIX_ENTRIES, RULE_WORD_ENTRIES, Rule, RuleList, RuleWord,
     },
     stats::Stat,
 };
@@ -59,15 +60,40 @@ pub static POLICY_CONFIG_0: Array<PolicyConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static POLICY_CONFIG_1: Array<PolicyConfig> = Array::with_max_entries(1, 0);
 
+// The rule index of each slot (`flowlog_common::policy`, "The rule index").
 #[map]
-pub static ACL_RULES_0: Array<Rule> = Array::with_max_entries(MAX_ACL_RULES, 0);
+pub static RULE_PREFIXES_0: LpmTrie<PrefixKeyData, RuleList> =
+    LpmTrie::with_max_entries(RULE_PREFIX_ENTRIES, 0);
 #[map]
-pub static ACL_RULES_1: Array<Rule> = Array::with_max_entries(MAX_ACL_RULES, 0);
+pub static RULE_PREFIXES_1: LpmTrie<PrefixKeyData, RuleList> =
+    LpmTrie::with_max_entries(RULE_PREFIX_ENTRIES, 0);
+#[map]
+pub static RULE_PORTS_0: LpmTrie<PortKeyData, RuleList> =
+    LpmTrie::with_max_entries(RULE_PORT_ENTRIES, 0);
+#[map]
+pub static RULE_PORTS_1: LpmTrie<PortKeyData, RuleList> =
+    LpmTrie::with_max_entries(RULE_PORT_ENTRIES, 0);
+#[map]
+pub static RULE_WORDS_0: Array<RuleWord> = Array::with_max_entries(RULE_WORD_ENTRIES, 0);
+#[map]
+pub static RULE_WORDS_1: Array<RuleWord> = Array::with_max_entries(RULE_WORD_ENTRIES, 0);
 
+/// The action of each ACL rule (`RULE_ALLOW`, `RULE_DENY`), ingress rules first.
 #[map]
-pub static SG_RULES_0: Array<Rule> = Array::with_max_entries(MAX_SG_RULES, 0);
+pub static ACL_ACTIONS_0: Array<u8> = Array::with_max_entries(MAX_ACL_RULES, 0);
 #[map]
-pub static SG_RULES_1: Array<Rule> = Array::with_max_entries(MAX_SG_RULES, 0);
+pub static ACL_ACTIONS_1: Array<u8> = Array::with_max_entries(MAX_ACL_RULES, 0);
+
+// The rule arrays of the previous layout: not read by these programs (see
+// `flowlog_common::policy::LEGACY_RULE_ENTRIES`).
+#[map]
+pub static ACL_RULES_0: Array<Rule> = Array::with_max_entries(LEGACY_RULE_ENTRIES, 0);
+#[map]
+pub static ACL_RULES_1: Array<Rule> = Array::with_max_entries(LEGACY_RULE_ENTRIES, 0);
+#[map]
+pub static SG_RULES_0: Array<Rule> = Array::with_max_entries(LEGACY_RULE_ENTRIES, 0);
+#[map]
+pub static SG_RULES_1: Array<Rule> = Array::with_max_entries(LEGACY_RULE_ENTRIES, 0);
 
 #[map]
 pub static EXCLUSIONS: Array<Rule> = Array::with_max_entries(MAX_EXCLUSIONS, 0);

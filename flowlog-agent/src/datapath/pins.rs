@@ -16,8 +16,9 @@ use std::{
 };
 
 use flowlog_common::maps::{
-    ACL_RULES, CONNECTIONS, EPOCH, EXCLUSION_COUNT, EXCLUSIONS, FLOWS, POLICY_ACTIVE,
-    POLICY_CONFIG, SG_RULES, SKIP_OVERFLOW, SKIPPED, STATS, STATS_REPORTED,
+    ACL_ACTIONS, ACL_RULES, CONNECTIONS, EPOCH, EXCLUSION_COUNT, EXCLUSIONS, FLOWS, POLICY_ACTIVE,
+    POLICY_CONFIG, RULE_PORTS, RULE_PREFIXES, RULE_WORDS, SG_RULES, SKIP_OVERFLOW, SKIPPED, STATS,
+    STATS_REPORTED,
 };
 
 use super::DatapathError;
@@ -27,7 +28,7 @@ use crate::sys;
 pub const LAYOUT_VERSION: u32 = 1;
 
 /// The maps that outlive an agent.
-pub const PINNED_MAPS: [&str; 18] = [
+pub const PINNED_MAPS: [&str; 26] = [
     EPOCH,
     FLOWS[0],
     FLOWS[1],
@@ -43,6 +44,14 @@ pub const PINNED_MAPS: [&str; 18] = [
     ACL_RULES[1],
     SG_RULES[0],
     SG_RULES[1],
+    RULE_PREFIXES[0],
+    RULE_PREFIXES[1],
+    RULE_PORTS[0],
+    RULE_PORTS[1],
+    RULE_WORDS[0],
+    RULE_WORDS[1],
+    ACL_ACTIONS[0],
+    ACL_ACTIONS[1],
     EXCLUSIONS,
     EXCLUSION_COUNT,
     CONNECTIONS,

@@ -6,12 +6,18 @@
 //! either the whole old policy or the whole new one, and the new generation invalidates every
 //! verdict cached under the old one.
 
-use aya::maps::{Array, MapData};
+use aya::maps::{
+    Array, MapData,
+    lpm_trie::{Key, LpmTrie},
+};
 use flowlog_common::{
-    maps::{ACL_RULES, EXCLUSION_COUNT, EXCLUSIONS, POLICY_ACTIVE, POLICY_CONFIG, SG_RULES},
+    maps::{
+        ACL_ACTIONS, ACL_RULES, EXCLUSION_COUNT, EXCLUSIONS, POLICY_ACTIVE, POLICY_CONFIG,
+        RULE_PORTS, RULE_PREFIXES, RULE_WORDS, SG_RULES,
+    },
     policy::{
-        GENERATION_MASK, MAX_EXCLUSIONS, PolicyConfig, Rule, active_slot, active_word,
-        word_generation,
+        GENERATION_MASK, LEGACY_RULE_ENTRIES, MAX_EXCLUSIONS, PolicyConfig, PortKeyData,
+        PrefixKeyData, Rule, RuleList, RuleWord, active_slot, active_word, word_generation,
     },
 };
 
@@ -23,6 +29,7 @@ pub(super) struct PolicyTables {
     configs: [Array<MapData, PolicyConfig>; 2],
     acl: [Array<MapData, Rule>; 2],
     sg: [Array<MapData, Rule>; 2],
+    index: [SlotIndex; 2],
     exclusions: Array<MapData, Rule>,
     exclusion_count: Array<MapData, u32>,
     /// The slot the programs read, if a policy is loaded.
@@ -50,6 +57,7 @@ impl PolicyTables {
             ],
             acl: [take_map(ebpf, ACL_RULES[0])?, take_map(ebpf, ACL_RULES[1])?],
             sg: [take_map(ebpf, SG_RULES[0])?, take_map(ebpf, SG_RULES[1])?],
+            index: [SlotIndex::take(ebpf, 0)?, SlotIndex::take(ebpf, 1)?],
             exclusions: take_map(ebpf, EXCLUSIONS)?,
             exclusion_count: take_map(ebpf, EXCLUSION_COUNT)?,
             live: active_slot(word),
@@ -91,15 +99,21 @@ impl PolicyTables {
             Some(policy) => {
                 let slot = self.live.map_or(0, |live| 1 - live);
                 let s = slot as usize;
-                for (i, rule) in policy.acl_rules.iter().enumerate() {
-                    self.acl[s]
-                        .set(i as u32, rule, 0)
-                        .map_err(map_error(ACL_RULES[s]))?;
-                }
-                for (i, rule) in policy.sg_rules.iter().enumerate() {
-                    self.sg[s]
-                        .set(i as u32, rule, 0)
-                        .map_err(map_error(SG_RULES[s]))?;
+                self.index[s].write(policy)?;
+                // The rule arrays of the previous layout, for its programs while a start
+                // replaces them (they cannot hold a larger policy; nothing else reads them).
+                let legacy = LEGACY_RULE_ENTRIES as usize;
+                if policy.acl_rules.len() <= legacy && policy.sg_rules.len() <= legacy {
+                    for (i, rule) in policy.acl_rules.iter().enumerate() {
+                        self.acl[s]
+                            .set(i as u32, rule, 0)
+                            .map_err(map_error(ACL_RULES[s]))?;
+                    }
+                    for (i, rule) in policy.sg_rules.iter().enumerate() {
+                        self.sg[s]
+                            .set(i as u32, rule, 0)
+                            .map_err(map_error(SG_RULES[s]))?;
+                    }
                 }
                 self.configs[s]
                     .set(0, policy.config, 0)
@@ -140,6 +154,72 @@ impl PolicyTables {
         self.exclusion_count
             .set(0, rules.len() as u32, 0)
             .map_err(map_error(EXCLUSION_COUNT))
+    }
+}
+
+/// The rule index of one slot (`flowlog_common::policy`, "The rule index").
+struct SlotIndex {
+    slot: usize,
+    prefixes: LpmTrie<MapData, PrefixKeyData, RuleList>,
+    ports: LpmTrie<MapData, PortKeyData, RuleList>,
+    words: Array<MapData, RuleWord>,
+    acl_actions: Array<MapData, u8>,
+}
+
+impl SlotIndex {
+    fn take(ebpf: &mut aya::Ebpf, slot: usize) -> Result<Self, DatapathError> {
+        Ok(Self {
+            slot,
+            prefixes: take_map(ebpf, RULE_PREFIXES[slot])?,
+            ports: take_map(ebpf, RULE_PORTS[slot])?,
+            words: take_map(ebpf, RULE_WORDS[slot])?,
+            acl_actions: take_map(ebpf, ACL_ACTIONS[slot])?,
+        })
+    }
+
+    /// Replaces the slot's index with `policy`'s (the programs do not read this slot).
+    fn write(&mut self, policy: &CompiledPolicy) -> Result<(), DatapathError> {
+        let s = self.slot;
+        let index = &policy.index;
+        let stale: Vec<Key<PrefixKeyData>> = self
+            .prefixes
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_error(RULE_PREFIXES[s]))?;
+        for key in &stale {
+            self.prefixes
+                .remove(key)
+                .map_err(map_error(RULE_PREFIXES[s]))?;
+        }
+        let stale: Vec<Key<PortKeyData>> = self
+            .ports
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_error(RULE_PORTS[s]))?;
+        for key in &stale {
+            self.ports.remove(key).map_err(map_error(RULE_PORTS[s]))?;
+        }
+        for (i, word) in index.words.iter().enumerate() {
+            self.words
+                .set(i as u32, word, 0)
+                .map_err(map_error(RULE_WORDS[s]))?;
+        }
+        for (i, rule) in policy.acl_rules.iter().enumerate() {
+            self.acl_actions
+                .set(i as u32, rule.action, 0)
+                .map_err(map_error(ACL_ACTIONS[s]))?;
+        }
+        for (len, data, list) in &index.prefixes {
+            self.prefixes
+                .insert(&Key::new(*len, *data), list, 0)
+                .map_err(map_error(RULE_PREFIXES[s]))?;
+        }
+        for (len, data, list) in &index.ports {
+            self.ports
+                .insert(&Key::new(*len, *data), list, 0)
+                .map_err(map_error(RULE_PORTS[s]))?;
+        }
+        Ok(())
     }
 }
 

@@ -32,6 +32,7 @@
 //! ```
 
 mod exclusion;
+mod index;
 mod matcher;
 
 use std::{
@@ -40,12 +41,13 @@ use std::{
 };
 
 pub use exclusion::Exclusion;
+pub use index::{IndexFull, RuleIndex};
 pub use matcher::{Matcher, Network, parse_network};
 use matcher::{family_mismatch, parse_ports};
 
 use flowlog_common::policy::{
     MAX_ACL_RULES, MAX_SG_RULES, MODE_AUDIT, MODE_ENFORCE, PolicyConfig, RULE_ALLOW, RULE_DENY,
-    Rule, fast_path_shift,
+    Rule, TABLE_ACL_EG, TABLE_ACL_IN, TABLE_SG_EG, TABLE_SG_IN, fast_path_shift,
 };
 use serde::Deserialize;
 use toml::Spanned;
@@ -185,19 +187,40 @@ impl Policy {
         };
         let acl = file.acl.map(parse_acl).transpose()?;
         let security_group = file.security_group.map(parse_sg).transpose()?;
-        Ok(Self {
+        let policy = Self {
             audit,
             acl,
             security_group,
-        })
+        };
+        // The index is built again by `compile`; built here, a policy too large for it is
+        // refused when read, like any other problem of the file.
+        policy.index().map_err(|full| Problem {
+            span: None,
+            message: full.to_string(),
+        })?;
+        Ok(policy)
     }
 
-    /// The kernel form: settings and the two rule tables.
+    /// The rule index of the compiled tables.
+    fn index(&self) -> Result<RuleIndex, IndexFull> {
+        let (config, acl_rules, sg_rules) = self.tables();
+        let (acl_in, acl_eg) = acl_rules.split_at(config.acl_in_count as usize);
+        let (sg_in, sg_eg) = sg_rules.split_at(config.sg_in_count as usize);
+        let mut index = RuleIndex::default();
+        for (table, rules) in [
+            (TABLE_ACL_IN, acl_in),
+            (TABLE_ACL_EG, acl_eg),
+            (TABLE_SG_IN, sg_in),
+            (TABLE_SG_EG, sg_eg),
+        ] {
+            index.add_table(table, rules)?;
+        }
+        Ok(index)
+    }
+
+    /// The kernel form: settings, the two rule tables and their index.
     pub fn compile(&self, ns_per_jiffy: u64) -> CompiledPolicy {
-        let mut config = PolicyConfig {
-            mode: if self.audit { MODE_AUDIT } else { MODE_ENFORCE },
-            ..PolicyConfig::default()
-        };
+        let (mut config, acl_rules, sg_rules) = self.tables();
         for (slot, secs) in config
             .idle_timeout_jiffies
             .iter_mut()
@@ -215,6 +238,22 @@ impl Policy {
             .min()
             .unwrap_or(0);
         config.fast_path_shift = fast_path_shift(second.min(shortest));
+        CompiledPolicy {
+            config,
+            acl_rules,
+            sg_rules,
+            index: self
+                .index()
+                .expect("the index was built when the policy was read"),
+        }
+    }
+
+    /// The settings that do not depend on the kernel, and the rule tables.
+    fn tables(&self) -> (PolicyConfig, Vec<Rule>, Vec<Rule>) {
+        let mut config = PolicyConfig {
+            mode: if self.audit { MODE_AUDIT } else { MODE_ENFORCE },
+            ..PolicyConfig::default()
+        };
         let mut acl_rules = Vec::new();
         if let Some(acl) = &self.acl {
             config.acl_present = 1;
@@ -251,11 +290,7 @@ impl Policy {
                 }
             }
         }
-        CompiledPolicy {
-            config,
-            acl_rules,
-            sg_rules,
-        }
+        (config, acl_rules, sg_rules)
     }
 }
 
@@ -263,8 +298,10 @@ impl Policy {
 #[derive(Clone, Debug)]
 pub struct CompiledPolicy {
     pub config: PolicyConfig,
+    /// Ingress rules, then egress rules; the programs read their actions.
     pub acl_rules: Vec<Rule>,
     pub sg_rules: Vec<Rule>,
+    pub index: RuleIndex,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
