@@ -105,6 +105,7 @@ fn map_fd(map: &aya::maps::Map) -> Option<std::os::fd::BorrowedFd<'_>> {
         | Map::LruHashMap(data)
         | Map::PerCpuHashMap(data)
         | Map::PerCpuLruHashMap(data)
+        | Map::LpmTrie(data)
         | Map::RingBuf(data) => data,
         _ => return None,
     };
