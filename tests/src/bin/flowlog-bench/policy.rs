@@ -125,7 +125,14 @@ fn policy_toml(acl_rules: usize, acl_allows: &[RuleSpec], sg_ingress: &[RuleSpec
         }
     }
     for (i, spec) in acl_allows.iter().enumerate() {
-        rule(&mut toml, fillers + i + 1, spec, &spec.cidr, spec.ports, "allow");
+        rule(
+            &mut toml,
+            fillers + i + 1,
+            spec,
+            &spec.cidr,
+            spec.ports,
+            "allow",
+        );
     }
     toml.push_str("\n[security_group]\n");
     for spec in sg_ingress {
@@ -401,7 +408,11 @@ impl KernelBench {
 
         // A new generation: every cached verdict is stale, the entries stay.
         let (datapath, compiled, accepted) = if large {
-            (&mut self.large, &self.large_compiled, &mut self.large_accepted)
+            (
+                &mut self.large,
+                &self.large_compiled,
+                &mut self.large_accepted,
+            )
         } else {
             (&mut self.with_policy, &self.compiled, &mut self.accepted)
         };
