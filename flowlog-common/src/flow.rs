@@ -138,6 +138,19 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
+    /// An address in the key's layout: IPv4 in the first four bytes, the rest zero.
+    pub const fn address_bytes(address: core::net::IpAddr) -> [u8; 16] {
+        match address {
+            core::net::IpAddr::V4(v4) => {
+                let octets = v4.octets();
+                [
+                    octets[0], octets[1], octets[2], octets[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                ]
+            }
+            core::net::IpAddr::V6(v6) => v6.octets(),
+        }
+    }
+
     pub const fn zeroed() -> Self {
         Self {
             ifindex: 0,

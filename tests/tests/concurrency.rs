@@ -94,14 +94,7 @@ fn senders(socket: &Arc<UdpSocket>, to: SocketAddr, cpus: usize) -> Vec<thread::
 }
 
 fn matches(key: &FlowKey, from: SocketAddr, to: SocketAddr, direction: Direction) -> bool {
-    let address = |ip: IpAddr| match ip {
-        IpAddr::V4(v4) => {
-            let mut bytes = [0; 16];
-            bytes[..4].copy_from_slice(&v4.octets());
-            bytes
-        }
-        IpAddr::V6(v6) => v6.octets(),
-    };
+    let address = FlowKey::address_bytes;
     key.direction == direction as u8
         && key.protocol == 17
         && key.src_addr == address(from.ip())

@@ -181,24 +181,8 @@ impl SlotIndex {
     fn write(&mut self, policy: &CompiledPolicy) -> Result<(), DatapathError> {
         let s = self.slot;
         let index = &policy.index;
-        let stale: Vec<Key<PrefixKeyData>> = self
-            .prefixes
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(map_error(RULE_PREFIXES[s]))?;
-        for key in &stale {
-            self.prefixes
-                .remove(key)
-                .map_err(map_error(RULE_PREFIXES[s]))?;
-        }
-        let stale: Vec<Key<PortKeyData>> = self
-            .ports
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(map_error(RULE_PORTS[s]))?;
-        for key in &stale {
-            self.ports.remove(key).map_err(map_error(RULE_PORTS[s]))?;
-        }
+        clear(&mut self.prefixes, RULE_PREFIXES[s])?;
+        clear(&mut self.ports, RULE_PORTS[s])?;
         for (i, word) in index.words.iter().enumerate() {
             self.words
                 .set(i as u32, word, 0)
@@ -221,6 +205,21 @@ impl SlotIndex {
         }
         Ok(())
     }
+}
+
+/// Removes every entry of `trie` (the previous policy of a slot, maybe a previous agent's).
+fn clear<K: aya::Pod>(
+    trie: &mut LpmTrie<MapData, K, RuleList>,
+    name: &'static str,
+) -> Result<(), DatapathError> {
+    let stale: Vec<Key<K>> = trie
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_error(name))?;
+    for key in &stale {
+        trie.remove(key).map_err(map_error(name))?;
+    }
+    Ok(())
 }
 
 /// The policy word and exclusions the programs used before a start changed them.

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use flowlog_common::{
-    flow::AddressFamily,
+    flow::{AddressFamily, FlowKey},
     policy::{ANY_PROTOCOL, Rule},
 };
 
@@ -59,7 +59,7 @@ pub fn parse_network(text: &str) -> Result<Network, String> {
         prefix_len,
     };
     let (prefix, _) = network.prefix_and_mask();
-    if prefix != key_bytes(address) {
+    if prefix != FlowKey::address_bytes(address) {
         return Err(format!(
             "host bits are set; the network is {}/{prefix_len}",
             network.masked_address()
@@ -87,16 +87,6 @@ pub(super) fn parse_ports(text: &str) -> Result<(u16, u16), String> {
     Ok((min, max))
 }
 
-/// An address in the flow key's layout: IPv4 in the first four bytes.
-fn key_bytes(address: IpAddr) -> [u8; 16] {
-    let mut out = [0; 16];
-    match address {
-        IpAddr::V4(v4) => out[..4].copy_from_slice(&v4.octets()),
-        IpAddr::V6(v6) => out = v6.octets(),
-    }
-    out
-}
-
 impl Network {
     /// Whether `address` is inside this network (never across families).
     pub fn contains(&self, address: IpAddr) -> bool {
@@ -104,7 +94,7 @@ impl Network {
             return false;
         }
         let (prefix, mask) = self.prefix_and_mask();
-        let bytes = key_bytes(address);
+        let bytes = FlowKey::address_bytes(address);
         bytes
             .iter()
             .zip(mask)
@@ -126,7 +116,7 @@ impl Network {
         for bit in 0..self.prefix_len as usize {
             mask[bit / 8] |= 0x80 >> (bit % 8);
         }
-        let mut prefix = key_bytes(self.address);
+        let mut prefix = FlowKey::address_bytes(self.address);
         for (byte, m) in prefix.iter_mut().zip(mask) {
             *byte &= m;
         }

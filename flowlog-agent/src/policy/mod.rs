@@ -515,6 +515,37 @@ cidr = "::/0"
     }
 
     #[test]
+    fn ten_thousand_rules_are_indexed_and_a_policy_the_index_cannot_hold_is_refused() {
+        let rules = |ports: &dyn Fn(usize) -> String| {
+            let mut text = String::from("[security_group]\n");
+            for i in 0..10_000 {
+                text.push_str(&format!(
+                    "[[security_group.ingress]]\nprotocol = \"tcp\"\ncidr = \"10.{}.{}.0/24\"\n\
+                     ports = \"{}\"\n",
+                    i / 256,
+                    i % 256,
+                    ports(i)
+                ));
+            }
+            text
+        };
+        // A large allow list: one port, distinct networks.
+        let policy = Policy::parse(&rules(&|_| "443".into())).unwrap();
+        let compiled = policy.compile(4_000_000);
+        assert_eq!(compiled.config.sg_in_count, 10_000);
+        assert_eq!(compiled.index.prefixes.len(), 10_000);
+        // Nested port ranges: 20,000 ranges between boundaries, each with a different half of
+        // the rules, far more bitmap words than the kernel maps hold.
+        let (line, message) = error(&rules(&|i| format!("{i}-{}", 65_535 - i)));
+        assert_eq!(line, None);
+        assert!(
+            message.starts_with("the rule index needs ")
+                && message.contains("bitmap words and the kernel maps hold 262144"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn the_example_compiles_in_rule_number_order() {
         let policy = Policy::parse(EXAMPLE).unwrap();
         assert!(!policy.audit);

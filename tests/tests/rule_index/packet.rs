@@ -118,14 +118,6 @@ impl Opening {
 
     /// The key its flow must be counted under with `verdict`.
     pub fn flow_key(&self, verdict: Verdict) -> FlowKey {
-        let bytes = |address: IpAddr| match address {
-            IpAddr::V4(a) => {
-                let mut out = [0; 16];
-                out[..4].copy_from_slice(&a.octets());
-                out
-            }
-            IpAddr::V6(a) => a.octets(),
-        };
         let (src, dst) = self.addresses();
         let (family, direction) = (
             match self.remote {
@@ -141,8 +133,8 @@ impl Opening {
         FlowKey {
             ifindex: LOOPBACK_IFINDEX,
             cpu: 0,
-            src_addr: bytes(src),
-            dst_addr: bytes(dst),
+            src_addr: FlowKey::address_bytes(src),
+            dst_addr: FlowKey::address_bytes(dst),
             src_port: self.src_port.to_be_bytes(),
             dst_port: self.dst_port.to_be_bytes(),
             protocol: self.protocol.number(),
