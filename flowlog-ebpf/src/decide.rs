@@ -211,7 +211,10 @@ fn decide_with<S: Slot>(
         verdict == CACHED_DENY
     };
 
-    let sg_rejects = if config.sg_present == 0 {
+    let audit = config.mode == MODE_AUDIT;
+    // Inbound, a packet the ACL drops never reaches the security group: it opens no connection
+    // there. (In audit mode it passes, so the security group sees it.)
+    let sg_rejects = if config.sg_present == 0 || (inbound && acl_rejects && !audit) {
         None
     } else {
         match closed_connection(&mut state, packet) {
@@ -241,7 +244,7 @@ fn decide_with<S: Slot>(
                     }
                     verdict == CACHED_ALLOW
                 };
-                security_group(&mut state, packet, allowed, config.mode == MODE_AUDIT)
+                security_group(&mut state, packet, allowed, audit)
             }
         }
     };
@@ -260,7 +263,6 @@ fn decide_with<S: Slot>(
     } else {
         None
     };
-    let audit = config.mode == MODE_AUDIT;
     if rejected.is_none() || audit {
         track_close(&mut state, packet);
     }

@@ -205,6 +205,46 @@ cidr = "198.18.0.0/15"
     assert_eq!(verdict_of(&mut datapath, &stray), sg_reject);
 }
 
+/// Inbound, the ACL comes first: a packet it drops never reaches the security group, so it
+/// opens no connection there (as in a VPC, where the network ACL drops it before the instance).
+/// The same tuple outbound is then a new connection for the egress rules, not a reply.
+#[test]
+fn a_packet_the_acl_drops_inbound_opens_no_security_group_connection() {
+    let mut datapath = TestDatapath::load(1024);
+    datapath.set_policy(
+        r#"
+[acl]
+default = "allow"
+[[acl.rule]]
+number = 10
+direction = "ingress"
+protocol = "udp"
+cidr = "198.18.0.0/15"
+ports = "53"
+action = "deny"
+[security_group]
+[[security_group.ingress]]
+protocol = "udp"
+ports = "53"
+cidr = "198.18.0.0/15"
+[[security_group.egress]]
+protocol = "tcp"
+ports = "443"
+cidr = "198.18.0.0/15"
+"#,
+    );
+    assert_eq!(
+        verdict_of(&mut datapath, &v4().udp(4000, 53).payload(8)),
+        DROPPED_BY_ACL
+    );
+    // The same connection outbound: no egress rule allows UDP to port 4000.
+    let out = FrameBuilder::ipv4(V4_DST, V4_SRC).udp(53, 4000).payload(8);
+    assert_eq!(
+        verdict_on(Program::TcEgress, &mut datapath, &out),
+        (true, Verdict::RejectSecurityGroup)
+    );
+}
+
 #[test]
 fn a_new_policy_keeps_the_connections_it_still_admits() {
     let mut datapath = TestDatapath::load(1024);
