@@ -72,9 +72,10 @@ const CONNECTION_FLAGS: u8 = SYN | FIN | RST;
 /// Cost: the flow lookup the packet needs anyway, plus array reads the verifier inlines.
 ///
 /// A function of its own (a BPF-to-BPF call), not inlined: after its return the verifier sees
-/// one state (its answer), where the inlined branches multiplied the states that reach the
-/// rule scans' callbacks and took the TC egress program past the verifier's million
-/// instructions on 7.3. Only the programs with a policy ([`Loops::POLICY`]) call it.
+/// one state (its answer), where the inlined branches multiplied the states that reached the
+/// (then) rule scans' callbacks and took the TC egress program past the verifier's million
+/// instructions on 7.3 (with the rule index, inlined, it verifies at 705k on 6.18). Only the
+/// programs with a policy ([`Loops::POLICY`]) call it.
 #[inline(never)]
 pub fn counted_on_fast_path(
     key: &mut FlowKey,
@@ -111,7 +112,7 @@ pub fn counted_on_fast_path(
 }
 
 /// The connection version in `slot`. Not inlined, for the verifier: its found and not-found
-/// branches end in one returned value rather than two states reaching the rule scans.
+/// branches end in one returned value rather than two states reaching the rule lookups.
 #[inline(never)]
 fn conn_version(slot: u32) -> u32 {
     CONN_VERSIONS.get(slot).copied().unwrap_or(0)

@@ -1,11 +1,11 @@
 //! The two builds of each counting program, told apart by how they walk tables of rules.
 //!
 //! - [`HelperLoops`]: the `bpf_loop` helper (Linux 5.17). Its callback is verified once, so
-//!   the policy's 1,024-rule scans fit; the callback is referenced by a `BPF_PSEUDO_FUNC`
+//!   the rule index's walk fits; the callback is referenced by a `BPF_PSEUDO_FUNC`
 //!   load (5.13), which older verifiers do not count as a subprogram ("number of funcs in
 //!   func_info doesn't match number of subprogs" on 5.10).
 //! - [`BoundedLoops`]: plain loops with a constant bound, which every kernel from 5.3 verifies
-//!   iteration by iteration. The exclusion scan (64 entries) fits; the policy's scans do not,
+//!   iteration by iteration. The exclusion scan (64 entries) fits; the policy's walk does not,
 //!   so these programs enforce no policy and the agent refuses one on such kernels.
 //!
 //! The agent probes for `bpf_loop` and loads one build or the other (`datapath/programs.rs`).

@@ -76,7 +76,7 @@ fn check_names_every_feature_this_kernel_lacks() {
     let expected = [
         (
             !policy_ok,
-            "FAIL  feature policy: unavailable: its rule scans need ",
+            "FAIL  feature policy: unavailable: its rule lookups need ",
         ),
         (!kernel_at_least(6, 6), "warn  feature TCX: unavailable: "),
         (

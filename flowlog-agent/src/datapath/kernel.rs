@@ -80,12 +80,12 @@ impl fmt::Display for ProgramSet {
 pub fn why_no_policy() -> Option<&'static str> {
     if !has_bpf_loop() {
         return Some(
-            "its rule scans need the bpf_loop helper (Linux 5.17), which this kernel lacks",
+            "its rule lookups need the bpf_loop helper (Linux 5.17), which this kernel lacks",
         );
     }
     match KernelVersion::current() {
         Ok(version) if version < KernelVersion::new(6, 5, 0) => Some(
-            "its rule scans need a verifier that tracks precision through bpf_loop callbacks (Linux 6.5); older ones give up at a million instructions",
+            "its rule lookups need a verifier that tracks precision through bpf_loop callbacks (Linux 6.5); older ones give up at a million instructions",
         ),
         _ => None,
     }

@@ -492,7 +492,7 @@ fn run_once(program: Runnable<'_>, frame: &CraftedFrame) -> Result<f64> {
 /// Single-packet times of one hook's flows, in nanoseconds.
 #[derive(Default)]
 struct FirstPacketTimes {
-    /// With the policy: a new flow's first packet (connection-table miss, rule scans, new
+    /// With the policy: a new flow's first packet (connection-table miss, rule lookups, new
     /// connection and flow entries) and its second (cached verdict).
     first: Vec<f64>,
     second: Vec<f64>,
