@@ -36,8 +36,6 @@ pub struct RuleIndex {
     pub ports: Vec<(u32, PortKeyData, RuleList)>,
     /// `RULE_WORDS_n`.
     pub words: Vec<RuleWord>,
-    /// Lists already in `words`, to store each once.
-    lists: HashMap<Vec<RuleWord>, RuleList>,
 }
 
 /// A policy whose index does not fit the kernel maps.
@@ -52,14 +50,17 @@ pub struct IndexFull {
 }
 
 impl RuleIndex {
-    /// Adds the rules of one table (`flowlog_common::policy::TABLE_*`).
-    pub fn add_table(&mut self, table: u8, rules: &[Rule]) -> Result<(), IndexFull> {
-        if rules.is_empty() {
-            return Ok(());
+    /// The index of the rules of each table (`flowlog_common::policy::TABLE_*`).
+    pub fn build(tables: &[(u8, &[Rule])]) -> Result<Self, IndexFull> {
+        let mut builder = Builder::default();
+        for (table, rules) in tables {
+            if !rules.is_empty() {
+                builder.add_prefixes(*table, rules);
+                builder.add_ports(*table, rules);
+                builder.index.check()?;
+            }
         }
-        self.add_prefixes(table, rules);
-        self.add_ports(table, rules);
-        self.check()
+        Ok(builder.index)
     }
 
     fn check(&self) -> Result<(), IndexFull> {
@@ -78,7 +79,16 @@ impl RuleIndex {
         }
         Ok(())
     }
+}
 
+/// A [`RuleIndex`] being built, with the lists already stored (each is stored once).
+#[derive(Default)]
+struct Builder {
+    index: RuleIndex,
+    lists: HashMap<Vec<RuleWord>, RuleList>,
+}
+
+impl Builder {
     fn add_prefixes(&mut self, table: u8, rules: &[Rule]) {
         // Rules by network (family, masked address, length).
         let mut by_network: HashMap<(u8, [u8; 16], u32), Vec<usize>> = HashMap::new();
@@ -98,7 +108,7 @@ impl RuleIndex {
                 }
             }
             let list = self.store(&bitmap);
-            self.prefixes.push((
+            self.index.prefixes.push((
                 PREFIX_KEY_HEADER_BITS + len,
                 prefix_key(table, family, prefix),
                 list,
@@ -155,7 +165,7 @@ impl RuleIndex {
             }
             let list = self.store(&active);
             for (block, bits) in port_blocks(first, end) {
-                self.ports.push((
+                self.index.ports.push((
                     PORT_KEY_HEADER_BITS + 16 - bits,
                     port_key(table, scope, protocol, block as u16),
                     list,
@@ -171,10 +181,10 @@ impl RuleIndex {
             return *list;
         }
         let list = RuleList {
-            offset: self.words.len() as u32,
+            offset: self.index.words.len() as u32,
             len: words.len() as u32,
         };
-        self.words.extend_from_slice(&words);
+        self.index.words.extend_from_slice(&words);
         self.lists.insert(words, list);
         list
     }
@@ -408,8 +418,7 @@ mod tests {
             let rules: Vec<Rule> = (0..[10, 200, 1000, 3000][tables])
                 .map(|_| random_rule(&mut random))
                 .collect();
-            let mut index = RuleIndex::default();
-            index.add_table(1, &rules).expect("fits");
+            let index = RuleIndex::build(&[(1, &rules)]).expect("fits");
             for _ in 0..25_000 {
                 let packet = random_packet(&mut random);
                 let want = linear(&rules, &packet);
@@ -473,8 +482,7 @@ mod tests {
                 }
             })
             .collect();
-        let mut index = RuleIndex::default();
-        index.add_table(0, &rules).expect("fits");
+        let index = RuleIndex::build(&[(0, &rules)]).expect("fits");
         assert_eq!(index.prefixes.len(), 10_000);
         assert!(index.words.len() < 10_000 + 200, "{}", index.words.len());
     }

@@ -70,6 +70,9 @@ pub struct Policy {
     pub audit: bool,
     pub acl: Option<Acl>,
     pub security_group: Option<SecurityGroup>,
+    /// The rule index of the compiled tables, built when the policy is read: a policy too large
+    /// for it is refused then, like any other problem of the file.
+    index: RuleIndex,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -187,35 +190,26 @@ impl Policy {
         };
         let acl = file.acl.map(parse_acl).transpose()?;
         let security_group = file.security_group.map(parse_sg).transpose()?;
-        let policy = Self {
+        let mut policy = Self {
             audit,
             acl,
             security_group,
+            index: RuleIndex::default(),
         };
-        // The index is built again by `compile`; built here, a policy too large for it is
-        // refused when read, like any other problem of the file.
-        policy.index().map_err(|full| Problem {
-            span: None,
-            message: full.to_string(),
-        })?;
-        Ok(policy)
-    }
-
-    /// The rule index of the compiled tables.
-    fn index(&self) -> Result<RuleIndex, IndexFull> {
-        let (config, acl_rules, sg_rules) = self.tables();
+        let (config, acl_rules, sg_rules) = policy.tables();
         let (acl_in, acl_eg) = acl_rules.split_at(config.acl_in_count as usize);
         let (sg_in, sg_eg) = sg_rules.split_at(config.sg_in_count as usize);
-        let mut index = RuleIndex::default();
-        for (table, rules) in [
+        policy.index = RuleIndex::build(&[
             (TABLE_ACL_IN, acl_in),
             (TABLE_ACL_EG, acl_eg),
             (TABLE_SG_IN, sg_in),
             (TABLE_SG_EG, sg_eg),
-        ] {
-            index.add_table(table, rules)?;
-        }
-        Ok(index)
+        ])
+        .map_err(|full| Problem {
+            span: None,
+            message: full.to_string(),
+        })?;
+        Ok(policy)
     }
 
     /// The kernel form: settings, the two rule tables and their index.
@@ -242,9 +236,7 @@ impl Policy {
             config,
             acl_rules,
             sg_rules,
-            index: self
-                .index()
-                .expect("the index was built when the policy was read"),
+            index: self.index.clone(),
         }
     }
 
