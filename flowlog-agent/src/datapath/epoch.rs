@@ -91,6 +91,9 @@ pub(super) struct Epochs {
     current: u32,
     /// The kernel drop program's maps, when it is loaded: drained with the flows.
     pub(super) kernel_drops: Option<KernelDrops>,
+    /// Flows the last drain found: the next one makes room for as many at once rather than
+    /// growing its table step by step (each step rehashes every flow so far).
+    last_flows: usize,
 }
 
 impl Epochs {
@@ -119,6 +122,7 @@ impl Epochs {
             overflow,
             current,
             kernel_drops: None,
+            last_flows: 0,
         })
     }
 
@@ -171,7 +175,9 @@ impl Epochs {
 
     fn drain_into(&mut self, epoch: u32, drained: &mut DrainedEpoch) -> Result<(), DatapathError> {
         let e = epoch as usize;
+        drained.flows.reserve(self.last_flows);
         drain_flows(&self.flows[e], FLOWS[e], drained)?;
+        self.last_flows = drained.flows.len();
         // After the flows: their ACCEPT counts are what the drops are taken from.
         if let Some(drops) = &mut self.kernel_drops {
             drops.drain_into(epoch, drained)?;
@@ -225,14 +231,15 @@ pub(super) fn drain_flow_maps(
     Ok(drained)
 }
 
-/// Reads and deletes every entry of a flow map into `drained`, summing each flow over CPUs.
+/// Reads and deletes every entry of a flow map into `drained`, summing each flow over CPUs. The
+/// kernel copies out the next entries while the last ones are summed.
 fn drain_flows(
     map: &MapData,
     name: &'static str,
     drained: &mut DrainedEpoch,
 ) -> Result<(), DatapathError> {
     let flows = &mut drained.flows;
-    drained.entries += sys::drain_hash_map::<FlowKey, FlowCounters>(
+    drained.entries += sys::drain_hash_map_overlapped::<FlowKey, FlowCounters>(
         map.fd().as_fd(),
         DRAIN_CHUNK,
         |key, counters| {

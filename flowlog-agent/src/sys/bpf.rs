@@ -4,6 +4,8 @@
 use std::{
     io, mem,
     os::fd::{AsRawFd, BorrowedFd},
+    sync::mpsc,
+    thread,
 };
 
 use aya::Pod;
@@ -35,60 +37,166 @@ pub fn drain_hash_map<K: Pod, V: Pod>(
     chunk: usize,
     mut each: impl FnMut(&K, &V),
 ) -> io::Result<usize> {
-    let mut chunk = chunk.max(1);
-    let mut keys: Vec<K> = zeroed_vec(chunk);
-    let mut values: Vec<V> = zeroed_vec(chunk);
-    // For hash maps the batch position is a bucket index (u32); u64 leaves room.
-    let mut position: u64 = 0;
-    let mut next_position: u64 = 0;
-    let mut started = false;
+    let mut batch = Batch::new(chunk);
+    let mut reader = BatchReader::new(map);
     let mut total = 0;
-    loop {
-        let mut attr = BatchAttr {
-            in_batch: if started {
-                &position as *const u64 as u64
-            } else {
-                0
-            },
-            out_batch: &mut next_position as *mut u64 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: chunk as u32,
-            map_fd: map.as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        // SAFETY: `attr` describes buffers of `chunk` keys and `chunk` values of the map's key
-        // and value types (`K`, `V` are the types the map was created with), which live until
-        // the call returns; the kernel writes at most `count` entries into them and the batch
-        // position into `next_position`.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_AND_DELETE_BATCH,
-                &mut attr as *mut BatchAttr,
-                mem::size_of::<BatchAttr>() as libc::c_uint,
-            )
-        };
-        let error = (ret < 0).then(io::Error::last_os_error);
-        let filled = (attr.count as usize).min(chunk);
-        for (key, value) in keys[..filled].iter().zip(&values[..filled]) {
-            each(key, value);
+    while reader.next_chunk(&mut batch)? {
+        batch.entries().for_each(|(key, value)| each(key, value));
+        total += batch.filled;
+    }
+    Ok(total)
+}
+
+/// [`drain_hash_map`] with the system calls on a second thread: while `each` handles one chunk,
+/// the kernel copies out the next (for large maps, where the two take about as long).
+///
+/// Every entry the kernel handed out (and so deleted) reaches `each`, also when a later call
+/// fails: the error is returned after them.
+pub fn drain_hash_map_overlapped<K: Pod + Send, V: Pod + Send>(
+    map: BorrowedFd<'_>,
+    chunk: usize,
+    mut each: impl FnMut(&K, &V),
+) -> io::Result<usize> {
+    /// Chunks read ahead of the one being handled.
+    const READ_AHEAD: usize = 2;
+    let (full_tx, full_rx) = mpsc::sync_channel::<Batch<K, V>>(READ_AHEAD);
+    let (empty_tx, empty_rx) = mpsc::channel::<Batch<K, V>>();
+    for _ in 0..=READ_AHEAD {
+        empty_tx
+            .send(Batch::new(chunk))
+            .expect("the receiver is alive");
+    }
+    thread::scope(|scope| {
+        let reader = scope.spawn(move || -> io::Result<()> {
+            let mut reader = BatchReader::new(map);
+            // Ends when the handling side is gone (it never leaves before the last chunk).
+            while let Ok(mut batch) = empty_rx.recv() {
+                if !reader.next_chunk(&mut batch)? {
+                    return Ok(());
+                }
+                if full_tx.send(batch).is_err() {
+                    return Ok(());
+                }
+            }
+            Ok(())
+        });
+        let mut total = 0;
+        for batch in full_rx {
+            batch.entries().for_each(|(key, value)| each(key, value));
+            total += batch.filled;
+            // The reader may already have finished: then the buffer is simply dropped.
+            let _ = empty_tx.send(batch);
         }
-        total += filled;
-        match error.as_ref().and_then(io::Error::raw_os_error) {
-            None => {
-                position = next_position;
-                started = true;
+        match reader.join() {
+            Ok(result) => result.map(|()| total),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+/// Buffers for one batch call and how many entries the kernel put in them.
+struct Batch<K, V> {
+    keys: Vec<K>,
+    values: Vec<V>,
+    filled: usize,
+}
+
+impl<K: Pod, V: Pod> Batch<K, V> {
+    fn new(chunk: usize) -> Self {
+        let chunk = chunk.max(1);
+        Self {
+            keys: zeroed_vec(chunk),
+            values: zeroed_vec(chunk),
+            filled: 0,
+        }
+    }
+
+    fn entries(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.keys[..self.filled]
+            .iter()
+            .zip(&self.values[..self.filled])
+    }
+}
+
+/// The position of a batched read-and-delete through a hash map.
+struct BatchReader<'fd> {
+    map: BorrowedFd<'fd>,
+    /// For hash maps the batch position is a bucket index (u32); u64 leaves room.
+    position: Option<u64>,
+    done: bool,
+    /// An error that came with entries: reported by the call after the one handing them out.
+    failed: Option<io::Error>,
+}
+
+impl<'fd> BatchReader<'fd> {
+    fn new(map: BorrowedFd<'fd>) -> Self {
+        Self {
+            map,
+            position: None,
+            done: false,
+            failed: None,
+        }
+    }
+
+    /// Reads and deletes the next entries into `batch`. Returns false (and an empty batch) once
+    /// the whole map has been read. A batch too small for one bucket's entries is enlarged.
+    fn next_chunk<K: Pod, V: Pod>(&mut self, batch: &mut Batch<K, V>) -> io::Result<bool> {
+        loop {
+            batch.filled = 0;
+            if let Some(error) = self.failed.take() {
+                return Err(error);
             }
-            // The whole map has been read.
-            Some(libc::ENOENT) => return Ok(total),
-            // One bucket holds more entries than fit: retry it with larger buffers.
-            Some(libc::ENOSPC) if filled == 0 => {
-                chunk *= 2;
-                keys = zeroed_vec(chunk);
-                values = zeroed_vec(chunk);
+            if self.done {
+                return Ok(false);
             }
-            Some(_) => return Err(error.unwrap_or_else(io::Error::last_os_error)),
+            let chunk = batch.keys.len().min(batch.values.len());
+            let mut next_position: u64 = 0;
+            let mut attr = BatchAttr {
+                in_batch: self
+                    .position
+                    .as_ref()
+                    .map_or(0, |position| position as *const u64 as u64),
+                out_batch: &mut next_position as *mut u64 as u64,
+                keys: batch.keys.as_mut_ptr() as u64,
+                values: batch.values.as_mut_ptr() as u64,
+                count: chunk as u32,
+                map_fd: self.map.as_raw_fd() as u32,
+                ..BatchAttr::default()
+            };
+            // SAFETY: `attr` describes buffers of `chunk` keys and `chunk` values of the map's
+            // key and value types (`K`, `V` are the types the map was created with), which live
+            // until the call returns; the kernel writes at most `count` entries into them and
+            // the batch position into `next_position`.
+            let ret = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_LOOKUP_AND_DELETE_BATCH,
+                    &mut attr as *mut BatchAttr,
+                    mem::size_of::<BatchAttr>() as libc::c_uint,
+                )
+            };
+            let error = (ret < 0).then(io::Error::last_os_error);
+            batch.filled = (attr.count as usize).min(chunk);
+            match error.as_ref().and_then(io::Error::raw_os_error) {
+                None => self.position = Some(next_position),
+                // The whole map has been read (the last entries may come with this).
+                Some(libc::ENOENT) => self.done = true,
+                // One bucket holds more entries than fit: retry it with larger buffers.
+                Some(libc::ENOSPC) if batch.filled == 0 => {
+                    *batch = Batch::new(chunk * 2);
+                    continue;
+                }
+                // Entries deleted before the error are handed out first; the error comes with
+                // the next call.
+                Some(_) if batch.filled > 0 => {
+                    self.done = true;
+                    self.failed = error;
+                }
+                Some(_) => return Err(error.unwrap_or_else(io::Error::last_os_error)),
+            }
+            if batch.filled > 0 || self.done {
+                return Ok(batch.filled > 0);
+            }
         }
     }
 }
@@ -242,4 +350,92 @@ pub fn program_recursion_misses(program: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(u64::from_ne_bytes(
         info[at..at + 8].try_into().expect("8 bytes"),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+
+    use super::*;
+
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+
+    /// The first members of the `map_create` and `map_elem` parts of `union bpf_attr`, padded
+    /// to a size the kernel accepts (it checks that the rest is zero).
+    #[repr(C)]
+    struct Attr([u64; 16]);
+
+    fn bpf(command: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
+        // SAFETY: `attr` is a zero-padded `union bpf_attr` prefix valid for the call, and every
+        // pointer it holds points at a live value of the size the map was created with.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                command,
+                attr as *mut Attr,
+                mem::size_of::<Attr>() as libc::c_uint,
+            )
+        };
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(ret)
+        }
+    }
+
+    /// A hash map of u32 -> u64 holding `k -> 3k` for `k` in `0..entries`.
+    fn filled_map(entries: u32) -> OwnedFd {
+        let mut create = Attr([0; 16]);
+        // map_type, key_size; value_size, max_entries.
+        create.0[0] = u64::from(BPF_MAP_TYPE_HASH) | (4 << 32);
+        create.0[1] = 8 | (u64::from(entries) << 32);
+        let fd = bpf(BPF_MAP_CREATE, &mut create).expect("creating a hash map (needs root)");
+        // SAFETY: the kernel just returned this descriptor to us alone.
+        let map = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        for key in 0..entries {
+            let value = u64::from(key) * 3;
+            let mut update = Attr([0; 16]);
+            update.0[0] = map.as_raw_fd() as u64;
+            update.0[1] = &key as *const u32 as u64;
+            update.0[2] = &value as *const u64 as u64;
+            bpf(BPF_MAP_UPDATE_ELEM, &mut update).expect("adding an entry");
+        }
+        map
+    }
+
+    /// Every entry comes out exactly once and the map is left empty, whatever the chunk size:
+    /// a chunk of one entry meets buckets holding two or more (the kernel answers ENOSPC and the
+    /// buffers grow).
+    #[test]
+    fn both_drains_hand_out_every_entry_once_and_empty_the_map() {
+        const ENTRIES: u32 = 5000;
+        type Drain = fn(BorrowedFd<'_>, usize, &mut dyn FnMut(&u32, &u64)) -> io::Result<usize>;
+        let drains: [(&str, Drain); 2] = [
+            ("in turn", |map, chunk, each| {
+                drain_hash_map(map, chunk, |k, v| each(k, v))
+            }),
+            ("overlapped", |map, chunk, each| {
+                drain_hash_map_overlapped(map, chunk, |k, v| each(k, v))
+            }),
+        ];
+        for (name, drain) in drains {
+            for chunk in [1, 7, 8192] {
+                let map = filled_map(ENTRIES);
+                let mut seen = Vec::new();
+                let count = drain(map.as_fd(), chunk, &mut |&key, &value| {
+                    seen.push((key, value))
+                })
+                .expect("draining");
+                seen.sort_unstable();
+                let expected: Vec<(u32, u64)> =
+                    (0..ENTRIES).map(|key| (key, u64::from(key) * 3)).collect();
+                assert_eq!(count, ENTRIES as usize, "{name}, chunk {chunk}");
+                assert!(seen == expected, "{name}, chunk {chunk}: entries differ");
+                let again = drain(map.as_fd(), chunk, &mut |_, _| {}).expect("draining again");
+                assert_eq!(again, 0, "{name}, chunk {chunk}: the map was not emptied");
+            }
+        }
+    }
 }

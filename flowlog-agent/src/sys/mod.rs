@@ -13,7 +13,8 @@ mod rcu;
 pub mod ready;
 
 pub use bpf::{
-    bpf_link_update, bpf_obj_get, bpf_obj_pin, drain_hash_map, program_recursion_misses,
+    bpf_link_update, bpf_obj_get, bpf_obj_pin, drain_hash_map, drain_hash_map_overlapped,
+    program_recursion_misses,
 };
 pub use bpffs::{is_bpffs, lock_directory, mount_bpffs};
 pub use caps::keep_only_capabilities;

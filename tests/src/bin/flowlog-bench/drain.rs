@@ -4,7 +4,8 @@
 //! The flow map is filled by the real TC ingress program (BPF_PROG_TEST_RUN, one run per frame,
 //! each frame a different flow, all on one pinned CPU), then `drain_interval`,
 //! `IntervalBuilder::build` and rendering every record in the default format are timed, in wall
-//! and CPU time. The fill and drain repeat a few times on the same datapath (the epochs
+//! and CPU time, unpinned as in the agent (the drain reads the kernel on a second thread while
+//! it sums; CPU time is the whole process's). The fill and drain repeat a few times on the same datapath (the epochs
 //! alternate, as in the agent); the medians are reported.
 
 use std::time::{Duration, Instant, SystemTime};
@@ -16,13 +17,13 @@ use flowlog_agent::{
     format::RecordFormat,
     interval::IntervalBuilder,
     record::{Metadata, RecordKind},
-    sys::{self, thread_cpu_time},
+    sys,
 };
 use flowlog_common::maps::DEFAULT_MAX_FLOWS;
 
 use crate::{
     report::{Goal, Outcome, Report},
-    support::{Context, CpuPin, Result, median, si, thread_user_system_time},
+    support::{Context, CpuPin, Result, median, process_cpu_time, process_user_system_time, si},
 };
 
 const GOAL_RECORDS_PER_SECOND: f64 = 1e6;
@@ -42,8 +43,8 @@ struct Timing {
     render: Step,
     /// Part of the drain's wall time spent waiting for running programs (the RCU grace period).
     grace: Duration,
-    /// Part of the drain's CPU time spent in the kernel (the batch lookup-and-delete calls); the
-    /// rest is merging the entries in user space.
+    /// Part of the drain's CPU time spent in the kernel (the batch lookup-and-delete calls, and
+    /// page faults); the rest is merging the entries in user space.
     drain_kernel: Duration,
 }
 
@@ -117,7 +118,7 @@ fn outcome(flows: usize, max_flows: u32, timings: &[Timing]) -> Outcome {
     if drain_cpu >= MIN_CPU_FOR_SPLIT.as_secs_f64() {
         details.push(format!(
             "drain CPU {:.0} ms, about {:.0} ms of it in the kernel (batch lookup-and-delete, \
-             ~{:.2} us per flow), the rest merging the entries",
+             ~{:.2} us per flow), the rest merging the entries, both threads",
             drain_cpu * 1e3,
             drain_kernel * 1e3,
             drain_kernel * 1e6 / flows as f64,
@@ -139,10 +140,10 @@ fn outcome(flows: usize, max_flows: u32, timings: &[Timing]) -> Outcome {
 
 /// Loads a datapath sized for `flows`, then fills and drains it `rounds` times.
 fn measure_size(flows: usize, rounds: usize) -> Result<(u32, Vec<Timing>)> {
-    let pin = CpuPin::highest_allowed()?;
+    let fill_cpu = CpuPin::highest_allowed()?.cpu;
     eprintln!(
-        "drain: {flows} flows on CPU {}, {rounds} round(s) of fill (BPF_PROG_TEST_RUN) and drain",
-        pin.cpu
+        "drain: {flows} flows filled on CPU {fill_cpu}, {rounds} round(s) of fill \
+         (BPF_PROG_TEST_RUN) and drain"
     );
     // The agent's default capacity, as deployed (the drain walks every bucket, used or not),
     // or more for N beyond it, with headroom: with many CPUs the kernel counts a hash map's
@@ -166,7 +167,10 @@ fn measure_size(flows: usize, rounds: usize) -> Result<(u32, Vec<Timing>)> {
 
     let mut timings = Vec::with_capacity(rounds);
     for _ in 0..rounds {
-        fill(&mut datapath, flows)?;
+        {
+            let _pin = CpuPin::to(fill_cpu)?;
+            fill(&mut datapath, flows)?;
+        }
         timings.push(drain_and_render(
             &mut datapath,
             &mut builder,
@@ -225,11 +229,11 @@ fn drain_and_render(
     flows: usize,
     interface: &str,
 ) -> Result<Timing> {
-    let (_, kernel_before) = thread_user_system_time();
+    let (_, kernel_before) = process_user_system_time();
     let mut clock = Clock::start();
     let drained = datapath.drain_interval().context("draining")?;
     let drain = clock.lap();
-    let drain_kernel = thread_user_system_time().1.saturating_sub(kernel_before);
+    let drain_kernel = process_user_system_time().1.saturating_sub(kernel_before);
     let grace = drained
         .quiescent_at
         .duration_since(drained.switched_at)
@@ -275,7 +279,7 @@ fn drain_and_render(
     })
 }
 
-/// Wall and thread CPU time since the last lap.
+/// Wall and process CPU time since the last lap.
 struct Clock {
     wall: Instant,
     cpu: Duration,
@@ -285,7 +289,7 @@ impl Clock {
     fn start() -> Self {
         Self {
             wall: Instant::now(),
-            cpu: thread_cpu_time(),
+            cpu: process_cpu_time(),
         }
     }
 

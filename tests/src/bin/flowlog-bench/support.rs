@@ -204,10 +204,34 @@ impl Drop for TempDir {
 /// CPU time the calling thread has spent in user space and in the kernel, separately: the drain's
 /// kernel share is the batch system calls, its user share the merging.
 pub fn thread_user_system_time() -> (Duration, Duration) {
+    user_system_time(libc::RUSAGE_THREAD)
+}
+
+/// CPU time the whole process has used, its threads included (user and system).
+pub fn process_cpu_time() -> Duration {
+    // SAFETY: timespec is plain old data; all-zero is a valid value.
+    let mut now: libc::timespec = unsafe { mem::zeroed() };
+    // SAFETY: clock_gettime writes one timespec into `now`, which lives across the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        now.tv_sec.max(0) as u64,
+        now.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
+/// [`thread_user_system_time`] for the whole process, its threads included.
+pub fn process_user_system_time() -> (Duration, Duration) {
+    user_system_time(libc::RUSAGE_SELF)
+}
+
+fn user_system_time(who: libc::c_int) -> (Duration, Duration) {
     // SAFETY: rusage is plain old data; all-zero is a valid value.
     let mut usage: libc::rusage = unsafe { mem::zeroed() };
     // SAFETY: getrusage writes one rusage into `usage`, which lives across the call.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    let rc = unsafe { libc::getrusage(who, &mut usage) };
     if rc != 0 {
         return (Duration::ZERO, Duration::ZERO);
     }
