@@ -9,7 +9,7 @@
 //! `flowlog_common::policy::fast_path_stamp` for when a stamp holds, and docs/policy.md for why
 //! the verdicts stay those of the full check.
 
-use core::{ffi::c_void, mem::MaybeUninit};
+use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::BPF_ANY,
@@ -40,9 +40,9 @@ use crate::{
     counting::{add_to_entry, flow_entry},
     loops::Loops,
     maps::{
-        ACL_ACTIONS_0, ACL_ACTIONS_1, CONN_VERSIONS, CONNECTIONS, POLICY_ACTIVE, POLICY_CONFIG_0,
-        POLICY_CONFIG_1, RULE_PORTS_0, RULE_PORTS_1, RULE_PREFIXES_0, RULE_PREFIXES_1,
-        RULE_WORDS_0, RULE_WORDS_1,
+        ACL_ACTIONS_0, ACL_ACTIONS_1, CONN_KEY_SCRATCH, CONN_VERSIONS, CONNECTIONS, POLICY_ACTIVE,
+        POLICY_CONFIG_0, POLICY_CONFIG_1, RULE_PORTS_0, RULE_PORTS_1, RULE_PREFIXES_0,
+        RULE_PREFIXES_1, RULE_WORDS_0, RULE_WORDS_1,
     },
 };
 
@@ -52,6 +52,23 @@ pub struct Decision {
     pub verdict: u8,
     pub drop: bool,
     pub stamp: u32,
+}
+
+impl Decision {
+    /// The decision as one register: verdict in bits 0-7, drop in bit 8, stamp in bits 32-63.
+    #[inline(always)]
+    fn pack(&self) -> u64 {
+        u64::from(self.verdict) | u64::from(self.drop) << 8 | u64::from(self.stamp) << 32
+    }
+
+    #[inline(always)]
+    fn unpack(packed: u64) -> Self {
+        Self {
+            verdict: packed as u8,
+            drop: packed & 1 << 8 != 0,
+            stamp: (packed >> 32) as u32,
+        }
+    }
 }
 
 const ACCEPT: Decision = Decision {
@@ -71,12 +88,10 @@ const CONNECTION_FLAGS: u8 = SYN | FIN | RST;
 ///
 /// Cost: the flow lookup the packet needs anyway, plus array reads the verifier inlines.
 ///
-/// A function of its own (a BPF-to-BPF call), not inlined: after its return the verifier sees
-/// one state (its answer), where the inlined branches multiplied the states that reached the
-/// (then) rule scans' callbacks and took the TC egress program past the verifier's million
-/// instructions on 7.3 (with the rule index, inlined, it verifies at 705k on 6.18). Only the
-/// programs with a policy ([`Loops::POLICY`]) call it.
-#[inline(never)]
+/// Inlined into the program: a BPF-to-BPF call and its return cost a few ns each on kernels
+/// with the SRSO return thunk, which is what a known connection's packet would pay here. The
+/// full check ([`decide`]) is the function instead, for the verifier (see there).
+#[inline(always)]
 pub fn counted_on_fast_path(
     key: &mut FlowKey,
     parsed: &Parsed,
@@ -99,7 +114,10 @@ pub fn counted_on_fast_path(
     let Some(entry) = flow_entry(key) else {
         return false;
     };
-    let version = conn_version(conn_version_slot(key));
+    let version = CONN_VERSIONS
+        .get(conn_version_slot(key))
+        .copied()
+        .unwrap_or(0);
     let stamp = fast_path_stamp(word_generation(word), version);
     // SAFETY: this CPU's entry of the current epoch (see `counting`).
     unsafe {
@@ -120,23 +138,38 @@ fn conn_version(slot: u32) -> u32 {
 
 /// Decides a parsed packet (`key` complete but for `cpu` and `verdict`). Programs built
 /// without the policy ([`Loops::POLICY`]) accept everything.
+///
+/// The check is a function of its own (a BPF-to-BPF call, its [`Decision`] packed into the one
+/// returned register): after its return the verifier sees one state, where the inlined
+/// branches of the check multiplied the states reaching the rest of the program (inlined with
+/// the fast path as the function, TC egress verified at 705k instructions on 6.18 and 7.3
+/// refused it at its million; this way, 667k on 6.18). Its stack frame sits between the
+/// program's and the rule lookups' (512 bytes in all), so the connection key lives in a per-CPU
+/// scratch slot (`CONN_KEY_SCRATCH`).
 #[inline(always)]
 pub fn decide<L: Loops>(key: &FlowKey, parsed: &Parsed, now: u64) -> Decision {
     if !L::POLICY {
         return ACCEPT;
     }
+    Decision::unpack(decide_packed(key, parsed, now))
+}
+
+/// [`decide`]'s check, its answer packed by [`Decision::pack`].
+#[inline(never)]
+fn decide_packed(key: &FlowKey, parsed: &Parsed, now: u64) -> u64 {
     let word = POLICY_ACTIVE.get(0).copied().unwrap_or(0);
     // No live slot: no policy (the generation above the slot bits is kept for the next one).
     if word & 3 == 0 {
-        return ACCEPT;
+        return ACCEPT.pack();
     }
     let generation = word_generation(word);
     // One call site per slot, so each rule lookup sees one constant map.
-    if word & 3 == 1 {
+    let decision = if word & 3 == 1 {
         decide_with(&POLICY_CONFIG_0, Slot0, generation, key, parsed, now)
     } else {
         decide_with(&POLICY_CONFIG_1, Slot1, generation, key, parsed, now)
-    }
+    };
+    decision.pack()
 }
 
 #[inline(always)]
@@ -163,9 +196,12 @@ fn decide_with<S: Slot>(
     // carries an older version and never holds.
     let version_slot = conn_version_slot(key);
     let version = conn_version(version_slot);
-    let mut storage = MaybeUninit::uninit();
+    let Some(conn) = CONN_KEY_SCRATCH.get_ptr_mut(0) else {
+        return ACCEPT;
+    };
     let conn: &ConnKey = {
-        let conn = zeroed_conn_key(&mut storage);
+        // SAFETY: this CPU's scratch slot, which nothing else uses while this program runs.
+        let conn = zeroed_conn_key(unsafe { &mut *conn });
         fill_conn_key(conn, key);
         conn
     };
@@ -489,14 +525,13 @@ unsafe extern "C" fn join_1(_: u32, join: *mut c_void) -> i64 {
     join_step(&RULE_WORDS_1, join)
 }
 
-/// A zeroed connection key, cleared with word stores (see `parse::zeroed_key`).
+/// `conn` cleared with word stores (see `parse::zeroed_key`).
 #[inline(always)]
-fn zeroed_conn_key(storage: &mut MaybeUninit<ConnKey>) -> &mut ConnKey {
-    let words = storage.as_mut_ptr().cast::<u64>();
+fn zeroed_conn_key(conn: &mut ConnKey) -> &mut ConnKey {
+    let words = (conn as *mut ConnKey).cast::<u64>();
     for i in 0..core::mem::size_of::<ConnKey>() / 8 {
         // SAFETY: ConnKey is 48 bytes and 8-byte aligned.
         unsafe { words.add(i).write_volatile(0) };
     }
-    // SAFETY: every byte was written; all-zero is a valid ConnKey.
-    unsafe { storage.assume_init_mut() }
+    conn
 }

@@ -106,6 +106,13 @@ pub static EXCLUSION_COUNT: Array<u32> = Array::with_max_entries(1, 0);
 pub static CONNECTIONS: LruHashMap<ConnKey, ConnState> =
     LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
 
+/// Per-CPU room for the connection key of the packet being decided: the full check's stack
+/// frame, below the programs' and above the rule lookups', leaves no room for it (the kernel
+/// allows 512 bytes for the whole chain). A program does not re-enter on a CPU, and TC and XDP
+/// programs do not interrupt one another there (both run with bottom halves disabled).
+#[map]
+pub static CONN_KEY_SCRATCH: PerCpuArray<ConnKey> = PerCpuArray::with_max_entries(1, 0);
+
 /// Connection versions of the policy's fast path (`flowlog_common::policy::CONN_VERSION_SLOTS`).
 /// Not pinned: a restart starts a new table, and a stamp lives one window.
 #[map]
