@@ -18,6 +18,8 @@ use crate::sys::{self, GracePeriod};
 
 /// Entries fetched per batch system call.
 const DRAIN_CHUNK: usize = 8192;
+/// Most threads reading one flow map at once.
+const MAX_DRAIN_READERS: usize = 4;
 
 /// What one epoch counted, summed over CPUs.
 #[derive(Clone, Debug)]
@@ -232,23 +234,40 @@ pub(super) fn drain_flow_maps(
 }
 
 /// Reads and deletes every entry of a flow map into `drained`, summing each flow over CPUs. The
-/// kernel copies out the next entries while the last ones are summed.
+/// kernel copies out the next entries on other threads while the last ones are summed.
 fn drain_flows(
     map: &MapData,
     name: &'static str,
     drained: &mut DrainedEpoch,
 ) -> Result<(), DatapathError> {
+    let syscall_error = |source| DatapathError::Syscall { call: name, source };
+    // The kernel sizes a hash map's bucket array to its capacity rounded up to a power of two.
+    let capacity = map
+        .info()
+        .map_err(|source| DatapathError::Map { name, source })?
+        .max_entries();
+    let buckets = u64::from(capacity).next_power_of_two();
     let flows = &mut drained.flows;
-    drained.entries += sys::drain_hash_map_overlapped::<FlowKey, FlowCounters>(
+    drained.entries += sys::drain_hash_map_parallel::<FlowKey, FlowCounters>(
         map.fd().as_fd(),
+        buckets,
+        drain_readers(),
         DRAIN_CHUNK,
         |key, counters| {
             let flow = FlowKey { cpu: 0, ..*key };
             flows.entry(flow).or_default().merge(counters);
         },
     )
-    .map_err(|source| DatapathError::Syscall { call: name, source })?;
+    .map_err(syscall_error)?;
     Ok(())
+}
+
+/// Threads reading a flow map: one per CPU, up to [`MAX_DRAIN_READERS`]. The summing thread
+/// takes about a third of what the kernel takes per entry, so it runs beside them.
+fn drain_readers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_DRAIN_READERS)
 }
 
 fn wait_for_programs() -> Result<GracePeriod, DatapathError> {

@@ -47,51 +47,76 @@ pub fn drain_hash_map<K: Pod, V: Pod>(
     Ok(total)
 }
 
-/// [`drain_hash_map`] with the system calls on a second thread: while `each` handles one chunk,
-/// the kernel copies out the next (for large maps, where the two take about as long).
+/// [`drain_hash_map`] with the system calls on `readers` other threads: while `each` handles
+/// one chunk on this thread, the kernel copies out the next ones (for large maps, where the
+/// kernel's part is most of the work).
 ///
-/// Every entry the kernel handed out (and so deleted) reaches `each`, also when a later call
-/// fails: the error is returned after them.
-pub fn drain_hash_map_overlapped<K: Pod + Send, V: Pod + Send>(
+/// `buckets` is the map's bucket count (its `max_entries` rounded up to a power of two). Each
+/// reader starts at its share of the buckets and stops once past it: a hash map's batch
+/// position is a bucket index. Nothing depends on that for exactness: an entry is read and
+/// deleted in one step under its bucket's lock, so whichever reader reaches it takes it once,
+/// and a last pass from the start reads whatever the readers left (none, as the kernel is).
+///
+/// Every entry the kernel handed out (and so deleted) reaches `each`, also when a call fails:
+/// the first error is returned after them.
+pub fn drain_hash_map_parallel<K: Pod + Send, V: Pod + Send>(
     map: BorrowedFd<'_>,
+    buckets: u64,
+    readers: usize,
     chunk: usize,
     mut each: impl FnMut(&K, &V),
 ) -> io::Result<usize> {
-    /// Chunks read ahead of the one being handled.
+    /// Chunks each reader reads ahead of the one being handled.
     const READ_AHEAD: usize = 2;
-    let (full_tx, full_rx) = mpsc::sync_channel::<Batch<K, V>>(READ_AHEAD);
-    let (empty_tx, empty_rx) = mpsc::channel::<Batch<K, V>>();
-    for _ in 0..=READ_AHEAD {
-        empty_tx
-            .send(Batch::new(chunk))
-            .expect("the receiver is alive");
-    }
-    thread::scope(|scope| {
-        let reader = scope.spawn(move || -> io::Result<()> {
-            let mut reader = BatchReader::new(map);
-            // Ends when the handling side is gone (it never leaves before the last chunk).
-            while let Ok(mut batch) = empty_rx.recv() {
-                if !reader.next_chunk(&mut batch)? {
-                    return Ok(());
-                }
-                if full_tx.send(batch).is_err() {
-                    return Ok(());
-                }
+    let readers = readers.max(1);
+    let (full_tx, full_rx) = mpsc::sync_channel::<(usize, Batch<K, V>)>(READ_AHEAD * readers);
+    let mut total = 0;
+    thread::scope(|scope| -> io::Result<()> {
+        let mut returns = Vec::with_capacity(readers);
+        let mut handles = Vec::with_capacity(readers);
+        for reader in 0..readers {
+            let (empty_tx, empty_rx) = mpsc::channel::<Batch<K, V>>();
+            for _ in 0..=READ_AHEAD {
+                empty_tx
+                    .send(Batch::new(chunk))
+                    .expect("the receiver is alive");
             }
-            Ok(())
-        });
-        let mut total = 0;
-        for batch in full_rx {
+            returns.push(empty_tx);
+            let share = |reader: usize| buckets * reader as u64 / readers as u64;
+            let from = (reader > 0).then(|| share(reader));
+            let until = (reader + 1 < readers).then(|| share(reader + 1));
+            let full_tx = full_tx.clone();
+            handles.push(scope.spawn(move || -> io::Result<()> {
+                let mut position = BatchReader::range(map, from, until);
+                // Ends when the handling side is gone (it never leaves before the last chunk).
+                while let Ok(mut batch) = empty_rx.recv() {
+                    if !position.next_chunk(&mut batch)? || full_tx.send((reader, batch)).is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            }));
+        }
+        drop(full_tx);
+        for (reader, batch) in full_rx {
             batch.entries().for_each(|(key, value)| each(key, value));
             total += batch.filled;
             // The reader may already have finished: then the buffer is simply dropped.
-            let _ = empty_tx.send(batch);
+            let _ = returns[reader].send(batch);
         }
-        match reader.join() {
-            Ok(result) => result.map(|()| total),
-            Err(panic) => std::panic::resume_unwind(panic),
+        let mut result = Ok(());
+        for handle in handles {
+            let outcome = handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            result = result.and(outcome);
         }
-    })
+        result
+    })?;
+    if readers > 1 {
+        total += drain_hash_map(map, chunk, each)?;
+    }
+    Ok(total)
 }
 
 /// Buffers for one batch call and how many entries the kernel put in them.
@@ -123,6 +148,8 @@ struct BatchReader<'fd> {
     map: BorrowedFd<'fd>,
     /// For hash maps the batch position is a bucket index (u32); u64 leaves room.
     position: Option<u64>,
+    /// Where this reader's share ends.
+    until: Option<u64>,
     done: bool,
     /// An error that came with entries: reported by the call after the one handing them out.
     failed: Option<io::Error>,
@@ -130,16 +157,23 @@ struct BatchReader<'fd> {
 
 impl<'fd> BatchReader<'fd> {
     fn new(map: BorrowedFd<'fd>) -> Self {
+        Self::range(map, None, None)
+    }
+
+    /// A reader that starts at bucket `from` (the first one if `None`) and stops once its
+    /// position reaches `until` (the last chunk may run past it).
+    fn range(map: BorrowedFd<'fd>, from: Option<u64>, until: Option<u64>) -> Self {
         Self {
             map,
-            position: None,
+            position: from,
+            until,
             done: false,
             failed: None,
         }
     }
 
     /// Reads and deletes the next entries into `batch`. Returns false (and an empty batch) once
-    /// the whole map has been read. A batch too small for one bucket's entries is enlarged.
+    /// the whole map (or this reader's share) has been read. A batch too small for one bucket's entries is enlarged.
     fn next_chunk<K: Pod, V: Pod>(&mut self, batch: &mut Batch<K, V>) -> io::Result<bool> {
         loop {
             batch.filled = 0;
@@ -178,7 +212,10 @@ impl<'fd> BatchReader<'fd> {
             let error = (ret < 0).then(io::Error::last_os_error);
             batch.filled = (attr.count as usize).min(chunk);
             match error.as_ref().and_then(io::Error::raw_os_error) {
-                None => self.position = Some(next_position),
+                None => {
+                    self.position = Some(next_position);
+                    self.done = self.until.is_some_and(|until| next_position >= until);
+                }
                 // The whole map has been read (the last entries may come with this).
                 Some(libc::ENOENT) => self.done = true,
                 // One bucket holds more entries than fit: retry it with larger buffers.
@@ -409,16 +446,31 @@ mod tests {
     /// a chunk of one entry meets buckets holding two or more (the kernel answers ENOSPC and the
     /// buffers grow).
     #[test]
-    fn both_drains_hand_out_every_entry_once_and_empty_the_map() {
+    fn every_drain_hands_out_every_entry_once_and_empties_the_map() {
         const ENTRIES: u32 = 5000;
         type Drain = fn(BorrowedFd<'_>, usize, &mut dyn FnMut(&u32, &u64)) -> io::Result<usize>;
-        let drains: [(&str, Drain); 2] = [
+        let drains: [(&str, Drain); 5] = [
             ("in turn", |map, chunk, each| {
                 drain_hash_map(map, chunk, |k, v| each(k, v))
             }),
-            ("overlapped", |map, chunk, each| {
-                drain_hash_map_overlapped(map, chunk, |k, v| each(k, v))
+            ("one reader", |map, chunk, each| {
+                drain_hash_map_parallel(map, 8192, 1, chunk, |k, v| each(k, v))
             }),
+            ("three readers", |map, chunk, each| {
+                drain_hash_map_parallel(map, 8192, 3, chunk, |k, v| each(k, v))
+            }),
+            // A wrong bucket count: the readers' shares miss most of the map, the last pass
+            // reads it.
+            (
+                "three readers, bucket count too small",
+                |map, chunk, each| drain_hash_map_parallel(map, 64, 3, chunk, |k, v| each(k, v)),
+            ),
+            (
+                "three readers, bucket count too large",
+                |map, chunk, each| {
+                    drain_hash_map_parallel(map, 1 << 20, 3, chunk, |k, v| each(k, v))
+                },
+            ),
         ];
         for (name, drain) in drains {
             for chunk in [1, 7, 8192] {

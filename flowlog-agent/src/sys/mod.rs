@@ -13,7 +13,7 @@ mod rcu;
 pub mod ready;
 
 pub use bpf::{
-    bpf_link_update, bpf_obj_get, bpf_obj_pin, drain_hash_map, drain_hash_map_overlapped,
+    bpf_link_update, bpf_obj_get, bpf_obj_pin, drain_hash_map, drain_hash_map_parallel,
     program_recursion_misses,
 };
 pub use bpffs::{is_bpffs, lock_directory, mount_bpffs};
