@@ -83,8 +83,8 @@ const CONNECTION_FLAGS: u8 = SYN | FIN | RST;
 /// The fast path of a policy: counts a packet of a flow that a full check accepted under the
 /// live policy and the connection's current version, in the same window as the flow's previous
 /// packet (see `flowlog_common::policy::fast_path_stamp`), and returns true. Anything else
-/// returns false, and the packet goes to [`decide`] and `count_flow`. `key` arrives with the
-/// ACCEPT verdict.
+/// returns false, and the packet goes to [`decide`] and `count_flow`. `word` is the packet's
+/// [`policy_word`] (false at once without a policy); `key` arrives with the ACCEPT verdict.
 ///
 /// Cost: the flow lookup the packet needs anyway, plus array reads the verifier inlines.
 ///
@@ -93,15 +93,15 @@ const CONNECTION_FLAGS: u8 = SYN | FIN | RST;
 /// full check ([`decide`]) is the function instead, for the verifier (see there).
 #[inline(always)]
 pub fn counted_on_fast_path(
+    word: u32,
     key: &mut FlowKey,
     parsed: &Parsed,
     count: &WireCount,
     now: u64,
 ) -> bool {
-    if parsed.tcp_header_flags & CONNECTION_FLAGS != 0 {
+    if word & 3 == 0 || parsed.tcp_header_flags & CONNECTION_FLAGS != 0 {
         return false;
     }
-    let word = POLICY_ACTIVE.get(0).copied().unwrap_or(0);
     let config = match word & 3 {
         1 => POLICY_CONFIG_0.get(0),
         2 => POLICY_CONFIG_1.get(0),
@@ -136,32 +136,37 @@ fn conn_version(slot: u32) -> u32 {
     CONN_VERSIONS.get(slot).copied().unwrap_or(0)
 }
 
-/// Decides a parsed packet (`key` complete but for `cpu` and `verdict`). Programs built
-/// without the policy ([`Loops::POLICY`]) accept everything.
+/// The live policy word (`POLICY_ACTIVE`: slot and generation), read once per packet, which so
+/// uses one policy throughout; 0 (no policy) in programs built without it ([`Loops::POLICY`]).
+#[inline(always)]
+pub fn policy_word<L: Loops>() -> u32 {
+    if !L::POLICY {
+        return 0;
+    }
+    POLICY_ACTIVE.get(0).copied().unwrap_or(0)
+}
+
+/// Decides a parsed packet (`key` complete but for `cpu` and `verdict`) under the policy
+/// `word` ([`policy_word`]). Without a policy every packet is accepted, with no call.
 ///
 /// The check is a function of its own (a BPF-to-BPF call, its [`Decision`] packed into the one
 /// returned register): after its return the verifier sees one state, where the inlined
 /// branches of the check multiplied the states reaching the rest of the program (inlined with
 /// the fast path as the function, TC egress verified at 705k instructions on 6.18 and 7.3
-/// refused it at its million; this way, 667k on 6.18). Its stack frame sits between the
+/// refused it at its million; this way, 399k on 6.18). Its stack frame sits between the
 /// program's and the rule lookups' (512 bytes in all), so the connection key lives in a per-CPU
 /// scratch slot (`CONN_KEY_SCRATCH`).
 #[inline(always)]
-pub fn decide<L: Loops>(key: &FlowKey, parsed: &Parsed, now: u64) -> Decision {
-    if !L::POLICY {
+pub fn decide(word: u32, key: &FlowKey, parsed: &Parsed, now: u64) -> Decision {
+    if word & 3 == 0 {
         return ACCEPT;
     }
-    Decision::unpack(decide_packed(key, parsed, now))
+    Decision::unpack(decide_packed(word, key, parsed, now))
 }
 
 /// [`decide`]'s check, its answer packed by [`Decision::pack`].
 #[inline(never)]
-fn decide_packed(key: &FlowKey, parsed: &Parsed, now: u64) -> u64 {
-    let word = POLICY_ACTIVE.get(0).copied().unwrap_or(0);
-    // No live slot: no policy (the generation above the slot bits is kept for the next one).
-    if word & 3 == 0 {
-        return ACCEPT.pack();
-    }
+fn decide_packed(word: u32, key: &FlowKey, parsed: &Parsed, now: u64) -> u64 {
     let generation = word_generation(word);
     // One call site per slot, so each rule lookup sees one constant map.
     let decision = if word & 3 == 1 {

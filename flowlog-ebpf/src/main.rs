@@ -39,7 +39,7 @@ mod programs {
 
     use crate::{
         counting::{clock_sample, count_flow, count_parse_error, count_reference, jiffies},
-        decide::{counted_on_fast_path, decide},
+        decide::{counted_on_fast_path, decide, policy_word},
         frames::{SkbFrame, XdpFrame},
         loops::{BoundedLoops, HelperLoops, Loops},
     };
@@ -98,8 +98,9 @@ mod programs {
                 key.direction = Direction::Ingress as u8;
                 let now = jiffies();
                 let count = wire_count(&parsed, 0, 0);
-                if !(L::POLICY && counted_on_fast_path(key, &parsed, &count, now)) {
-                    let decision = decide::<L>(key, &parsed, now);
+                let policy = policy_word::<L>();
+                if !counted_on_fast_path(policy, key, &parsed, &count, now) {
+                    let decision = decide(policy, key, &parsed, now);
                     key.verdict = decision.verdict;
                     count_flow::<L, _>(ctx, key, count, parsed.tcp_flags, now, decision.stamp);
                     if decision.drop {
@@ -141,10 +142,11 @@ mod programs {
                 key.direction = direction as u8;
                 let count: WireCount = wire_count(&parsed, gso.size, gso.segs);
                 let now = jiffies();
-                if L::POLICY && counted_on_fast_path(key, &parsed, &count, now) {
+                let policy = policy_word::<L>();
+                if counted_on_fast_path(policy, key, &parsed, &count, now) {
                     return false;
                 }
-                let decision = decide::<L>(key, &parsed, now);
+                let decision = decide(policy, key, &parsed, now);
                 key.verdict = decision.verdict;
                 count_flow::<L, _>(ctx, key, count, parsed.tcp_flags, now, decision.stamp);
                 if decision.drop {
