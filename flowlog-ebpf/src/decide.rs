@@ -114,10 +114,7 @@ pub fn counted_on_fast_path(
     let Some(entry) = flow_entry(key) else {
         return false;
     };
-    let version = CONN_VERSIONS
-        .get(conn_version_slot(key))
-        .copied()
-        .unwrap_or(0);
+    let version = read_conn_version(conn_version_slot(key));
     let stamp = fast_path_stamp(word_generation(word), version);
     // SAFETY: this CPU's entry of the current epoch (see `counting`).
     unsafe {
@@ -129,11 +126,18 @@ pub fn counted_on_fast_path(
     true
 }
 
-/// The connection version in `slot`. Not inlined, for the verifier: its found and not-found
-/// branches end in one returned value rather than two states reaching the rule lookups.
+/// The connection version in `slot` (0 if out of range).
+#[inline(always)]
+fn read_conn_version(slot: u32) -> u32 {
+    CONN_VERSIONS.get(slot).copied().unwrap_or(0)
+}
+
+/// [`read_conn_version`] for the full check, not inlined, for the verifier: its found and
+/// not-found branches end in one returned value rather than two states reaching the rule
+/// lookups. (The fast path reads it inline: no call on a known connection's packet.)
 #[inline(never)]
 fn conn_version(slot: u32) -> u32 {
-    CONN_VERSIONS.get(slot).copied().unwrap_or(0)
+    read_conn_version(slot)
 }
 
 /// The live policy word (`POLICY_ACTIVE`: slot and generation), read once per packet, which so

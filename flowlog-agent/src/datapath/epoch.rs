@@ -93,8 +93,8 @@ pub(super) struct Epochs {
     current: u32,
     /// The kernel drop program's maps, when it is loaded: drained with the flows.
     pub(super) kernel_drops: Option<KernelDrops>,
-    /// Flows the last drain found: the next one makes room for as many at once rather than
-    /// growing its table step by step (each step rehashes every flow so far).
+    /// Flows the last drain found: the next one makes room for as many in all at once rather
+    /// than growing its table step by step (each step rehashes every flow so far).
     last_flows: usize,
 }
 
@@ -177,7 +177,9 @@ impl Epochs {
 
     fn drain_into(&mut self, epoch: u32, drained: &mut DrainedEpoch) -> Result<(), DatapathError> {
         let e = epoch as usize;
-        drained.flows.reserve(self.last_flows);
+        drained
+            .flows
+            .reserve(self.last_flows.saturating_sub(drained.flows.len()));
         drain_flows(&self.flows[e], FLOWS[e], drained)?;
         self.last_flows = drained.flows.len();
         // After the flows: their ACCEPT counts are what the drops are taken from.
@@ -240,7 +242,6 @@ fn drain_flows(
     name: &'static str,
     drained: &mut DrainedEpoch,
 ) -> Result<(), DatapathError> {
-    let syscall_error = |source| DatapathError::Syscall { call: name, source };
     // The kernel sizes a hash map's bucket array to its capacity rounded up to a power of two.
     let capacity = map
         .info()
@@ -258,7 +259,7 @@ fn drain_flows(
             flows.entry(flow).or_default().merge(counters);
         },
     )
-    .map_err(syscall_error)?;
+    .map_err(|source| DatapathError::Syscall { call: name, source })?;
     Ok(())
 }
 

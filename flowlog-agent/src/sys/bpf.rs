@@ -173,7 +173,8 @@ impl<'fd> BatchReader<'fd> {
     }
 
     /// Reads and deletes the next entries into `batch`. Returns false (and an empty batch) once
-    /// the whole map (or this reader's share) has been read. A batch too small for one bucket's entries is enlarged.
+    /// the whole map (or this reader's share) has been read. A batch too small for one
+    /// bucket's entries is enlarged.
     fn next_chunk<K: Pod, V: Pod>(&mut self, batch: &mut Batch<K, V>) -> io::Result<bool> {
         loop {
             batch.filled = 0;
