@@ -151,8 +151,6 @@ struct BatchReader<'fd> {
     /// Where this reader's share ends.
     until: Option<u64>,
     done: bool,
-    /// An error that came with entries: reported by the call after the one handing them out.
-    failed: Option<io::Error>,
 }
 
 impl<'fd> BatchReader<'fd> {
@@ -168,7 +166,6 @@ impl<'fd> BatchReader<'fd> {
             position: from,
             until,
             done: false,
-            failed: None,
         }
     }
 
@@ -178,9 +175,6 @@ impl<'fd> BatchReader<'fd> {
     fn next_chunk<K: Pod, V: Pod>(&mut self, batch: &mut Batch<K, V>) -> io::Result<bool> {
         loop {
             batch.filled = 0;
-            if let Some(error) = self.failed.take() {
-                return Err(error);
-            }
             if self.done {
                 return Ok(false);
             }
@@ -211,24 +205,23 @@ impl<'fd> BatchReader<'fd> {
                 )
             };
             let error = (ret < 0).then(io::Error::last_os_error);
-            batch.filled = (attr.count as usize).min(chunk);
+            // The kernel writes `count` back on success, ENOENT and ENOSPC only: after any other
+            // error it still holds what was asked for, and the buffers hold no new entries.
             match error.as_ref().and_then(io::Error::raw_os_error) {
                 None => {
+                    batch.filled = (attr.count as usize).min(chunk);
                     self.position = Some(next_position);
                     self.done = self.until.is_some_and(|until| next_position >= until);
                 }
                 // The whole map has been read (the last entries may come with this).
-                Some(libc::ENOENT) => self.done = true,
+                Some(libc::ENOENT) => {
+                    batch.filled = (attr.count as usize).min(chunk);
+                    self.done = true;
+                }
                 // One bucket holds more entries than fit: retry it with larger buffers.
-                Some(libc::ENOSPC) if batch.filled == 0 => {
+                Some(libc::ENOSPC) if attr.count == 0 => {
                     *batch = Batch::new(chunk * 2);
                     continue;
-                }
-                // Entries deleted before the error are handed out first; the error comes with
-                // the next call.
-                Some(_) if batch.filled > 0 => {
-                    self.done = true;
-                    self.failed = error;
                 }
                 Some(_) => return Err(error.unwrap_or_else(io::Error::last_os_error)),
             }
@@ -399,6 +392,7 @@ mod tests {
     const BPF_MAP_CREATE: libc::c_long = 0;
     const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
     const BPF_MAP_TYPE_HASH: u32 = 1;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
 
     /// The first members of the `map_create` and `map_elem` parts of `union bpf_attr`, padded
     /// to a size the kernel accepts (it checks that the rest is zero).
@@ -423,15 +417,20 @@ mod tests {
         }
     }
 
-    /// A hash map of u32 -> u64 holding `k -> 3k` for `k` in `0..entries`.
-    fn filled_map(entries: u32) -> OwnedFd {
+    /// A map of u32 -> u64 of `map_type` with room for `entries`.
+    fn empty_map(map_type: u32, entries: u32) -> OwnedFd {
         let mut create = Attr([0; 16]);
         // map_type, key_size; value_size, max_entries.
-        create.0[0] = u64::from(BPF_MAP_TYPE_HASH) | (4 << 32);
+        create.0[0] = u64::from(map_type) | (4 << 32);
         create.0[1] = 8 | (u64::from(entries) << 32);
-        let fd = bpf(BPF_MAP_CREATE, &mut create).expect("creating a hash map (needs root)");
+        let fd = bpf(BPF_MAP_CREATE, &mut create).expect("creating a map (needs root)");
         // SAFETY: the kernel just returned this descriptor to us alone.
-        let map = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        unsafe { OwnedFd::from_raw_fd(fd as i32) }
+    }
+
+    /// A hash map of u32 -> u64 holding `k -> 3k` for `k` in `0..entries`.
+    fn filled_map(entries: u32) -> OwnedFd {
+        let map = empty_map(BPF_MAP_TYPE_HASH, entries);
         for key in 0..entries {
             let value = u64::from(key) * 3;
             let mut update = Attr([0; 16]);
@@ -489,6 +488,24 @@ mod tests {
                 let again = drain(map.as_fd(), chunk, &mut |_, _| {}).expect("draining again");
                 assert_eq!(again, 0, "{name}, chunk {chunk}: the map was not emptied");
             }
+        }
+    }
+
+    /// A failing batch call ends the drain with its error, on every reader, without waiting
+    /// forever for the others, and hands out nothing: the kernel leaves `count` as asked after
+    /// such an error (an array map refuses the batched read-and-delete).
+    #[test]
+    fn a_failing_call_ends_the_drain_with_its_error() {
+        let map = empty_map(BPF_MAP_TYPE_ARRAY, 16);
+        let result =
+            drain_hash_map::<u32, u64>(map.as_fd(), 8, |_, _| panic!("no entry can come out"));
+        assert!(result.is_err(), "{result:?}");
+        for readers in [1, 3] {
+            let result =
+                drain_hash_map_parallel::<u32, u64>(map.as_fd(), 16, readers, 8, |_, _| {
+                    panic!("no entry can come out")
+                });
+            assert!(result.is_err(), "{readers} reader(s): {result:?}");
         }
     }
 }
